@@ -1,0 +1,1 @@
+"""Feast definitions for DERM embeddings: declarative, one file per concern (like `feast init`)."""
