@@ -1,0 +1,77 @@
+"""Shared fixtures: a real Redis database per test, temporary work directories, local Spark.
+
+Redis: tests use database `DERM_TEST_REDIS_DB` (default 15) of the server at REDIS_URL
+(default redis://127.0.0.1:6379) and flush that database before and after each test that
+asks for it, so nothing leaks between tests or into the user's database 0.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+
+from derm_features.workdir import Workdir
+
+
+def _test_redis_url() -> str:
+    base = urlparse(os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379")
+    db = os.environ.get("DERM_TEST_REDIS_DB", "15")
+    return urlunparse(base._replace(path=f"/{db}"))
+
+
+@pytest.fixture
+def redis_url(monkeypatch) -> str:
+    """REDIS_URL pointed at the test database, flushed before and after the test."""
+    import redis
+
+    url = _test_redis_url()
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"tests need a Redis at {url.split('@')[-1]} (run scripts/setup.sh): {exc}")
+    client.flushdb()
+    monkeypatch.setenv("REDIS_URL", url)
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Workdir:
+    """An empty work directory; DERM_WORKDIR points at it for the test."""
+    root = tmp_path / "workdir"
+    root.mkdir()
+    monkeypatch.setenv("DERM_WORKDIR", str(root))
+    return Workdir(root)
+
+
+@pytest.fixture
+def applied_workdir(workdir, redis_url) -> Workdir:
+    """A work directory with the DERM Feast objects applied (real `feast apply`)."""
+    from derm_features.feast_repo import apply
+
+    apply(workdir, quiet=True)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A local[2] Spark session on loopback, shared by the whole test session."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    from materialize.spark_session import local_spark
+
+    session = local_spark("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
