@@ -15,8 +15,8 @@ materializer refuses to average across versions that do not (`compatible`).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
-import secrets
 from dataclasses import dataclass
 
 _PATTERN = re.compile(r"^(ctr|cvr)-([0-9a-f]{8})-d(\d+)@(\d{4}-\d{2}-\d{2})$")
@@ -46,9 +46,11 @@ class ModelVersion:
         return ModelVersion(self.model, self.lineage, self.dim, day)
 
 
-def new_lineage() -> str:
-    """A fresh lineage id for a model trained from scratch."""
-    return secrets.token_hex(4)
+def new_lineage(*identity: object) -> str:
+    """A lineage id for a model trained from scratch, derived from what defines that run
+    (model, seed, window, config...): a deterministic re-run gets the same id, and so the
+    same weights are recognised as the same space."""
+    return hashlib.sha256(repr(identity).encode()).hexdigest()[:8]
 
 
 def compatible(a: str | ModelVersion, b: str | ModelVersion) -> bool:
