@@ -69,8 +69,8 @@ echo "==> Redis is up at $(python -m derm_features.redis_url redacted)"
 # 3. Register the DERM entities, views and services with Feast.
 export DERM_WORKDIR="${DERM_WORKDIR:-$PWD/data}"
 mkdir -p "$DERM_WORKDIR"
-echo "==> feast apply (workdir $DERM_WORKDIR)"
-feast apply
+echo "==> feast apply of feature_repo/ (workdir $DERM_WORKDIR)"
+derm apply --workdir "$DERM_WORKDIR"
 
 # 4. The main job on the embedded default.
 if [ "$RUN_DEMO" = 1 ]; then
