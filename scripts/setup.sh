@@ -30,9 +30,11 @@ STAMP=.venv/.derm-installed
 WANT="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "==> installing pinned dependencies into .venv (about 2 minutes the first time)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
+  # pip warns about every local index path it does not find: noise, filtered out.
+  quiet_pip() { .venv/bin/python -m pip "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+  quiet_pip install --quiet --upgrade pip
   # torch==2.13.0 resolves to the CPU build when it is available locally (see README).
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e .
+  quiet_pip install --quiet -c constraints.txt -e .
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
