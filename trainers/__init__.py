@@ -1,0 +1,1 @@
+"""Model training: the upstream DERM model (`trainers.upstream`) and reusable modules."""
