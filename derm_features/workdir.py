@@ -3,10 +3,13 @@
     <workdir>/
       registry.db                                   Feast registry
       logs/                                         generated logs (derm demo)
+      truth/                                        latent truth of generated logs (derm generate)
       checkpoints/<model>/<YYYY-MM-DD>.ckpt         upstream snapshots
       daily/<model>/<entity>/ds=<YYYY-MM-DD>/       raw tower outputs, one row per occurrence
       pool/<model>/<entity>/ds=<YYYY-MM-DD>/        aggregated pool, one row per live entity
       offline/<model>_<entity>_embedding/           Feast offline source (changed rows)
+      training_sets/<name>/ds=<YYYY-MM-DD>/         downstream training sets (from Feast)
+      index/<model>/ds=<YYYY-MM-DD>/                Pin ANN index built from that day's pool
       metrics/                                      embedding-health and training metrics
 
 Every path in the project comes from a `Workdir`, so nothing else spells these out.
@@ -74,6 +77,11 @@ class Workdir:
         return self.root / "logs"
 
     @property
+    def truth(self) -> Path:
+        """The generator's latent vectors and formulas (`derm_features.generate.true_affinity`)."""
+        return self.root / "truth"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics"
 
@@ -101,6 +109,18 @@ class Workdir:
 
     def offline(self, model: str, entity: str) -> Path:
         return self.root / "offline" / view_name(model, entity)
+
+    def index_dir(self, model: str) -> Path:
+        check_model_entity(model, "pin")
+        return self.root / "index" / model
+
+    def index(self, model: str, day: dt.date) -> Path:
+        """The Pin ANN index built from the Pin pool of `day` (`derm_features.ann`)."""
+        return self.index_dir(model) / ds(day)
+
+    def training_set(self, name: str) -> Path:
+        """A downstream training set (Parquet, ``ds=`` partitions) built from Feast."""
+        return self.root / "training_sets" / name
 
 
 def parse_day(value: str, what: str = "date") -> dt.date:
