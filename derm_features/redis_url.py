@@ -10,6 +10,7 @@ Run as a module for the setup script: ``python -m derm_features.redis_url ping|h
 from __future__ import annotations
 
 import os
+import re
 import sys
 from urllib.parse import unquote, urlparse
 
@@ -54,6 +55,18 @@ def feast_connection_string(url: str | None = None) -> str:
     if p.password:
         parts.append(f"password={unquote(p.password)}")
     return ",".join(parts)
+
+
+def redacted_connection_string(connection_string: str) -> str:
+    """A Feast connection string (``host:port,db=1,ssl=true,password=...``) shown as a
+    redacted URL, for errors raised where only the store's config is at hand."""
+    # Only host:port parts: a password holding a comma must not leak through a stray part.
+    hosts = [p for p in connection_string.split(",") if re.fullmatch(r"[\w.\-\[\]:]+:\d+", p)]
+    params = dict(part.split("=", 1) for part in connection_string.split(",") if "=" in part)
+    scheme = "rediss" if params.get("ssl", "").lower() == "true" else "redis"
+    auth = f"{params.get('username', '')}:***@" if params.get("password") else ""
+    db = f"/{params['db']}" if params.get("db") else ""
+    return f"{scheme}://{auth}{','.join(hosts)}{db}"
 
 
 def client(url: str | None = None, **kwargs):

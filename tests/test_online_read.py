@@ -1,0 +1,101 @@
+"""`EmbeddingReader` returns what `FeatureStore.get_online_features` returns, as arrays.
+
+Real Feast and real Redis (DB 15): rows are pushed with `materialize.online.push_rows`
+(whose layout is checked byte for byte against Feast's writer in test_online_push.py)
+and read back by both paths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import redis
+from test_online_push import embedding_rows
+
+from derm_features.feast_redis_layout import OnlineStoreUnavailable
+from derm_features.feast_repo import feature_store
+from derm_features.online import EmbeddingReader
+from materialize.online import push_rows, remove_entities
+
+ALL_VIEWS = ["ctr_user_embedding", "ctr_pin_embedding", "cvr_user_embedding", "cvr_pin_embedding"]
+
+
+def feast_embeddings(store, view: str, ids) -> list:
+    entity = view.split("_")[1]
+    rows = [{f"{entity}_id": int(i)} for i in ids]
+    return store.get_online_features(features=[f"{view}:embedding"], entity_rows=rows).to_dict()[
+        "embedding"
+    ]
+
+
+def test_reader_equals_get_online_features_with_missing_entities(applied_workdir):
+    store = feature_store(applied_workdir)
+    push_rows(store, "ctr_user_embedding", embedding_rows("user", [1, 2], dim=16, seed=1))
+    push_rows(store, "cvr_user_embedding", embedding_rows("user", [2], dim=16, seed=2))
+    pins = np.arange(100, 140)
+    push_rows(store, "ctr_pin_embedding", embedding_rows("pin", pins, dim=16, seed=3))
+    push_rows(store, "cvr_pin_embedding", embedding_rows("pin", pins[::3], dim=16, seed=4))
+    remove_entities(store, "ctr_pin_embedding", pa.array([104], pa.int64()))
+
+    user_ids = [1]
+    pin_ids = [103, 104, 999, 100, 103, 2**50, 139]  # a removed Pin, unknown ones, a repeat
+    reader = EmbeddingReader(store, dims=dict.fromkeys(ALL_VIEWS, 16))
+    result = reader.read(user_ids, pin_ids, ALL_VIEWS)
+
+    assert sorted(result) == sorted(ALL_VIEWS)
+    for view, (values, found) in result.items():
+        ids = user_ids if "_user_" in view else pin_ids
+        expected = feast_embeddings(store, view, ids)
+        assert values.dtype == np.float32 and values.shape == (len(ids), 16)
+        assert found.tolist() == [e is not None for e in expected]
+        for row, feast_value in zip(values, expected, strict=True):
+            assert row.tolist() == (feast_value if feast_value is not None else [0.0] * 16)
+    # The user has ctr but not cvr; the spot checks guard against a vacuous comparison.
+    assert result["ctr_user_embedding"][1].tolist() == [True]
+    assert result["cvr_user_embedding"][1].tolist() == [False]
+    assert result["ctr_pin_embedding"][1].tolist() == [True, False, False, True, True, False, True]
+
+
+def test_reader_gives_zeros_when_nothing_is_found(applied_workdir):
+    store = feature_store(applied_workdir)
+    reader = EmbeddingReader(store, dims={"ctr_pin_embedding": 8})
+    result = reader.read([], [5, 6], ["ctr_pin_embedding", "ctr_user_embedding"])
+    values, found = result["ctr_pin_embedding"]
+    assert values.shape == (2, 8) and not values.any() and not found.any()
+    values, found = result["ctr_user_embedding"]
+    assert values.shape == (0, 0) and found.shape == (0,)
+
+
+def test_reader_learns_the_dimension_and_refuses_a_different_one(applied_workdir):
+    store = feature_store(applied_workdir)
+    push_rows(store, "ctr_user_embedding", embedding_rows("user", [1], dim=4))
+    reader = EmbeddingReader(store)
+    reader.read([1], [], ["ctr_user_embedding"])
+    values, found = reader.read([2], [], ["ctr_user_embedding"])["ctr_user_embedding"]
+    assert values.shape == (1, 4) and not found.any()
+    push_rows(store, "ctr_user_embedding", embedding_rows("user", [3], dim=6))
+    with pytest.raises(ValueError, match="6-d values, not 4"):
+        reader.read([3], [], ["ctr_user_embedding"])
+
+
+def test_reader_unreachable_redis_is_a_clear_error(applied_workdir, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:secret@127.0.0.1:6390/0")
+    reader = EmbeddingReader(feature_store(applied_workdir))
+    with pytest.raises(OnlineStoreUnavailable) as error:
+        reader.read([1], [2, 3], ALL_VIEWS)
+    assert "redis://:***@127.0.0.1:6390/0" in str(error.value)
+    assert "secret" not in str(error.value)
+
+
+def test_reader_recovers_when_its_pooled_connection_was_dropped(applied_workdir, redis_url):
+    store = feature_store(applied_workdir)
+    push_rows(store, "ctr_user_embedding", embedding_rows("user", [1], dim=4))
+    reader = EmbeddingReader(store)
+    reader.read([1], [], ["ctr_user_embedding"])
+    # The pool's one idle connection is the one `client_id` runs on; kill it server-side,
+    # as a Redis restart would (only this connection: other clients share the server).
+    connection_id = reader._client.client_id()
+    assert redis.Redis.from_url(redis_url).client_kill_filter(_id=connection_id) == 1
+    values, found = reader.read([1], [], ["ctr_user_embedding"])["ctr_user_embedding"]
+    assert found.tolist() == [True] and values.shape == (1, 4)
