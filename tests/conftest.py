@@ -2,13 +2,18 @@
 
 Redis: tests use database `DERM_TEST_REDIS_DB` (default 15) of the server at REDIS_URL
 (default redis://127.0.0.1:6379) and flush that database before and after each test that
-asks for it, so nothing leaks between tests or into the user's database 0.
+asks for it, so nothing leaks between tests or into the user's database 0. A test holds
+an exclusive file lock on that database while it runs: two pytest sessions on one machine
+(several engineers, or a benchmark beside the tests) would otherwise flush each other's
+data mid-test, which shows up as values read back as None.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -34,10 +39,13 @@ def redis_url(monkeypatch) -> str:
         client.ping()
     except redis.ConnectionError as exc:
         pytest.fail(f"tests need a Redis at {url.split('@')[-1]} (run scripts/setup.sh): {exc}")
-    client.flushdb()
-    monkeypatch.setenv("REDIS_URL", url)
-    yield url
-    client.flushdb()
+    lock_name = f"derm-test-redis-{urlparse(url).port or 6379}-{urlparse(url).path.strip('/')}"
+    with open(Path(tempfile.gettempdir()) / f"{lock_name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client.flushdb()
+        monkeypatch.setenv("REDIS_URL", url)
+        yield url
+        client.flushdb()
     client.close()
 
 
@@ -67,7 +75,7 @@ def spark():
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from materialize.spark_session import local_spark
 
-    session = local_spark("local[2]")
+    session = local_spark("local[2]", shuffle_partitions=2)
     yield session
     session.stop()
 

@@ -1,0 +1,136 @@
+"""Embedding-health metrics of one materialized day, kept in one table per work directory.
+
+`metrics/embedding_health.parquet`: one row per (model, entity, day); re-running a day
+replaces its row. Counts follow the kernel's statuses; the day-to-day cosine is taken
+between pool(t-1) and pool(t) over the entities updated on day t (carried entities are
+identical by construction and would only pull the mean towards 1). Norm statistics are
+over the values written that day (new and updated): a carried value's norm is the one it
+had on the day it changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from derm_features.atomic import write_parquet_atomic
+from materialize.kernel import CARRIED, EXPIRED, NEW, TIMESTAMP, UPDATED, day_start
+
+HEALTH_FILE = "embedding_health.parquet"
+KEY = ("model", "entity", "day")
+
+
+def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
+    """The health row of one day from the engines' per-entity stats.
+
+    stats: `status`, `cosine`, `norm`, `last_seen`, one row per entity of pool(t-1) or daily(t).
+    coverage: the share of day t's active entities that pool(t-1) already held, i.e. that
+    serving had an embedding for on day t.
+    """
+    status = stats["status"].to_numpy(zero_copy_only=False)
+    counts = {
+        name: int(np.count_nonzero(status == code))
+        for name, code in (
+            ("new", NEW),
+            ("updated", UPDATED),
+            ("carried", CARRIED),
+            ("expired", EXPIRED),
+        )
+    }
+    live = counts["new"] + counts["updated"] + counts["carried"]
+    active = counts["new"] + counts["updated"]
+    cosine = pc.drop_null(stats["cosine"]).to_numpy(zero_copy_only=False)
+    norm = pc.drop_null(stats["norm"]).to_numpy(zero_copy_only=False)
+    seen = pc.cast(stats["last_seen"], TIMESTAMP).to_numpy().view(np.int64)
+    stamp = int(day_start(day).timestamp()) * 1_000_000
+    age = (stamp - seen[status == CARRIED]) / 86_400_000_000
+
+    def stat(values: np.ndarray, fn) -> float | None:
+        return float(fn(values)) if len(values) else None
+
+    return {
+        "model": model,
+        "entity": entity,
+        "day": day,
+        "live": live,
+        **counts,
+        "active": active,
+        "coverage": counts["updated"] / active if active else None,
+        "cosine_mean": stat(cosine, np.mean),
+        "cosine_p5": stat(cosine, lambda v: np.percentile(v, 5)),
+        "norm_mean": stat(norm, np.mean),
+        "norm_min": stat(norm, np.min),
+        "norm_max": stat(norm, np.max),
+        "carried_age_mean_days": stat(age, np.mean),
+        "carried_age_max_days": stat(age, np.max),
+    }
+
+
+HEALTH_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("entity", pa.string()),
+        ("day", pa.date32()),
+        ("live", pa.int64()),
+        ("new", pa.int64()),
+        ("updated", pa.int64()),
+        ("carried", pa.int64()),
+        ("expired", pa.int64()),
+        ("active", pa.int64()),
+        ("coverage", pa.float64()),
+        ("cosine_mean", pa.float64()),
+        ("cosine_p5", pa.float64()),
+        ("norm_mean", pa.float64()),
+        ("norm_min", pa.float64()),
+        ("norm_max", pa.float64()),
+        ("carried_age_mean_days", pa.float64()),
+        ("carried_age_max_days", pa.float64()),
+    ]
+)
+
+
+def record(metrics_dir: Path, row: dict) -> Path:
+    """Adds (or replaces) the day's row in the health table, atomically."""
+    path = metrics_dir / HEALTH_FILE
+    new = pa.Table.from_pylist([row], schema=HEALTH_SCHEMA)
+    if path.exists():
+        old = pq.read_table(path).cast(HEALTH_SCHEMA)
+        same = pc.and_(
+            pc.and_(pc.equal(old["model"], row["model"]), pc.equal(old["entity"], row["entity"])),
+            pc.equal(old["day"], pa.scalar(row["day"], pa.date32())),
+        )
+        new = pa.concat_tables([old.filter(pc.invert(same)), new])
+    new = new.sort_by([(k, "ascending") for k in KEY])
+    write_parquet_atomic(new, path)
+    return path
+
+
+def read_health(metrics_dir: Path) -> pa.Table:
+    path = metrics_dir / HEALTH_FILE
+    return pq.read_table(path) if path.exists() else HEALTH_SCHEMA.empty_table()
+
+
+def format_metrics(row: dict) -> str:
+    """The day's row as a few readable lines for the CLI."""
+
+    def num(value, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    return "\n".join(
+        [
+            f"embedding health {row['model']}/{row['entity']} {row['day']}:",
+            f"  live {row['live']:,}  new {row['new']:,}  updated {row['updated']:,}  "
+            f"carried {row['carried']:,}  expired {row['expired']:,}",
+            f"  coverage of active entities {num(row['coverage'], '.1%')}  "
+            f"day-to-day cosine mean {num(row['cosine_mean'])} p5 {num(row['cosine_p5'])}",
+            f"  norm mean {num(row['norm_mean'])} min {num(row['norm_min'])} "
+            f"max {num(row['norm_max'])}  carried age days mean "
+            f"{num(row['carried_age_mean_days'], '.1f')} "
+            f"max {num(row['carried_age_max_days'], '.0f')}",
+        ]
+    )

@@ -1,0 +1,271 @@
+"""One day of materialization: order rules, provenance, the kernel, writes, metrics, online.
+
+    materialize_day(config)
+      1. plan      which pool is day t-1's (order rules, `plan_day`)
+      2. read      daily(t), validated; nothing is written if it is bad
+      3. merge     the kernel through an engine (local or Spark) -> pool(t) in a temp dir
+      4. write     offline day file (atomic), then pool(t) renamed into place, then metrics
+      5. online    push day t's changed rows, remove expired entities (`push_online`)
+
+The offline file is written before the pool, so a pool on disk always has its offline
+rows; a crash anywhere leaves pool(t-1) untouched and a re-run of day t completes it.
+The online step only reads what steps 1-4 wrote, so `--online-only` replays it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from derm_features.atomic import atomic_dir, clean_stale_tmp
+from derm_features.provenance import compatible
+from derm_features.workdir import Workdir, check_model_entity, days_in_dir, join_key, view_name
+from materialize import health
+from materialize.kernel import HEURISTICS, KernelParams
+from materialize.storage import (
+    MaterializeError,
+    buckets_for,
+    offline_rows,
+    pool_buckets,
+    pool_versions,
+    read_daily,
+    read_offline_day,
+    read_pool,
+    write_offline_day,
+)
+
+ENGINES = ("local", "spark")
+
+
+@dataclass(frozen=True)
+class MaterializeConfig:
+    """Everything `derm materialize` decides for one (model, entity, day)."""
+
+    workdir: Workdir
+    model: str
+    entity: str
+    day: dt.date
+    heuristic: str = "ma"
+    w: float = 0.8
+    ttl_days: int = 90
+    renormalize: bool = True
+    engine: str = "local"
+    spark_master: str = "local[2]"
+    online: bool = True
+    allow_gap: bool = False
+    reset_on_new_model: bool = False
+    buckets: int | None = None  # None: from pool(t-1), else sized from the day's input
+
+    def __post_init__(self) -> None:
+        check_model_entity(self.model, self.entity)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got '{self.engine}'")
+        if self.heuristic not in HEURISTICS:
+            raise ValueError(f"heuristic must be one of {HEURISTICS}, got '{self.heuristic}'")
+
+    @property
+    def id_column(self) -> str:
+        return join_key(self.entity)
+
+    @property
+    def view(self) -> str:
+        return view_name(self.model, self.entity)
+
+    def kernel_params(self) -> KernelParams:
+        return KernelParams(
+            day=self.day,
+            id_column=self.id_column,
+            heuristic=self.heuristic,
+            w=self.w,
+            ttl_days=self.ttl_days,
+            renormalize=self.renormalize,
+        )
+
+
+@dataclass(frozen=True)
+class OnlineReport:
+    pushed: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class DayReport:
+    metrics: dict
+    previous_day: dt.date | None
+    pool_dir: Path
+    offline_file: Path
+    reset: bool
+    online: OnlineReport | None = None
+
+
+class OnlineError(RuntimeError):
+    """The offline part is done but the online push failed; replay with --online-only."""
+
+
+def plan_day(config: MaterializeConfig) -> dt.date | None:
+    """The day of the pool that day t builds on, or None for a first day.
+
+    Days go in order: a day older than the newest pool is refused; re-running the newest
+    day rebuilds it from the pool before it; a day after a missing one needs `allow_gap`.
+    """
+    day, pools = config.day, days_in_dir(config.workdir.pool_dir(config.model, config.entity))
+    if not pools:
+        return None
+    newest = pools[-1]
+    if day < newest:
+        raise MaterializeError(
+            f"{day} is older than the newest pool ({newest}) of {config.model}/{config.entity}: "
+            "days are materialized in order and only the newest day can be re-run"
+        )
+    earlier = [p for p in pools if p < day]
+    previous = earlier[-1] if earlier else None
+    if previous is not None and previous != day - dt.timedelta(days=1) and not config.allow_gap:
+        raise MaterializeError(
+            f"gap: no pool for {day - dt.timedelta(days=1)} (newest before {day} is {previous}); "
+            "materialize the missing days first, or pass --allow-gap to build on "
+            f"the pool of {previous}"
+        )
+    return previous
+
+
+def materialize_offline(
+    config: MaterializeConfig,
+    spark=None,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> DayReport:
+    """Steps 1-4: builds pool(t), the offline day file and the health row of day t."""
+    wd, key = config.workdir, config.id_column
+    previous = plan_day(config)
+    daily = read_daily(wd.daily(config.model, config.entity, config.day), key, config.model)
+    previous_dir = wd.pool(config.model, config.entity, previous) if previous else None
+
+    reset = False
+    if previous_dir is not None and daily.versions:
+        pooled = pool_versions(previous_dir)
+        if pooled and not compatible(pooled[0], daily.versions[0]):
+            if not config.reset_on_new_model:
+                raise MaterializeError(
+                    f"daily outputs of {config.day} come from model version "
+                    f"'{daily.versions[0]}', incompatible with pool {previous} "
+                    f"('{pooled[0]}': another lineage or D); averaging them is meaningless. "
+                    "Pass --reset-on-new-model to restart the pool from this day"
+                )
+            previous_dir, reset = None, True
+
+    dim = daily.dim
+    if previous_dir is not None:
+        buckets = pool_buckets(previous_dir)
+    else:
+        buckets = config.buckets or buckets_for(daily.table.num_rows, max(dim, 1))
+    if on_total is not None:
+        on_total(buckets)
+
+    pool_dir = wd.pool(config.model, config.entity, config.day)
+    offline_dir = wd.offline(config.model, config.entity)
+    offline_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(pool_dir.parent)
+    clean_stale_tmp(offline_dir)
+    params = config.kernel_params()
+    with atomic_dir(pool_dir) as tmp:
+        if config.engine == "spark":
+            from materialize.engine_spark import run_spark
+
+            if spark is None:
+                from materialize.spark_session import local_spark
+
+                spark = local_spark(config.spark_master)
+            output = run_spark(spark, previous_dir, list(daily.files), params, dim, buckets, tmp)
+            if progress is not None:
+                progress(buckets)
+        else:
+            from materialize.engine_local import run_local
+
+            output = run_local(
+                previous_dir, daily.table, params, dim, buckets, tmp, progress or (lambda n: None)
+            )
+        # Offline first: once pool(t) exists, its offline rows do too.
+        offline_file = write_offline_day(
+            offline_dir, config.day, offline_rows(output.changed, key, config.day)
+        )
+    metrics = health.day_metrics(output.stats, config.model, config.entity, config.day)
+    if reset and previous is not None:
+        # Entities of the abandoned pool are gone from pool(t) like expired ones.
+        metrics["expired"] = len(_ids(wd.pool(config.model, config.entity, previous), key))
+    health.record(wd.metrics, metrics)
+    return DayReport(metrics, previous, pool_dir, offline_file, reset)
+
+
+def _ids(pool_dir: Path, key: str) -> pa.Array:
+    return read_pool(pool_dir, [key])[key].combine_chunks()
+
+
+def dropped_ids(config: MaterializeConfig) -> pa.Array:
+    """Entities in the pool before day t and not in pool(t): expired, or reset away."""
+    wd, key = config.workdir, config.id_column
+    pools = days_in_dir(wd.pool_dir(config.model, config.entity))
+    earlier = [p for p in pools if p < config.day]
+    if not earlier:
+        return pa.array([], pa.int64())
+    before = _ids(wd.pool(config.model, config.entity, earlier[-1]), key)
+    after = _ids(wd.pool(config.model, config.entity, config.day), key)
+    return before.filter(pc.invert(pc.is_in(before, value_set=after)))
+
+
+def push_online(config: MaterializeConfig, store=None) -> OnlineReport:
+    """Step 5: day t's changed rows into Redis, expired entities out of this view.
+
+    Reads only the offline day file and the two pools, so it can be replayed at any time
+    for the newest day (`--online-only`).
+    """
+    wd = config.workdir
+    pools = days_in_dir(wd.pool_dir(config.model, config.entity))
+    if config.day not in pools:
+        raise MaterializeError(
+            f"no pool for {config.day}: run `derm materialize` for that day before --online-only"
+        )
+    if pools[-1] != config.day:
+        raise MaterializeError(
+            f"online replay of {config.day} would overwrite the newer day {pools[-1]} in Redis; "
+            "replay the newest day instead"
+        )
+    rows = read_offline_day(wd.offline(config.model, config.entity), config.day)
+    dropped = dropped_ids(config)
+    try:
+        from materialize.online import push_rows, remove_entities
+
+        if store is None:
+            from derm_features.feast_repo import feature_store
+
+            store = feature_store(wd)
+        pushed = push_rows(store, config.view, rows)
+        removed = remove_entities(store, config.view, dropped) if len(dropped) else 0
+    except Exception as exc:
+        raise OnlineError(
+            f"offline part of {config.model}/{config.entity} {config.day} is complete, but the "
+            f"online push failed: {type(exc).__name__}: {exc}\n"
+            f"replay it with: derm materialize --workdir {wd.root} --model {config.model} "
+            f"--entity {config.entity} --date {config.day} --online-only"
+        ) from exc
+    return OnlineReport(pushed, removed)
+
+
+def materialize_day(config: MaterializeConfig, spark=None, store=None) -> DayReport:
+    """Steps 1-5 for one day (step 5 only when `config.online`)."""
+    report = materialize_offline(config, spark=spark)
+    if not config.online:
+        return report
+    online = push_online(config, store=store)
+    return DayReport(
+        report.metrics,
+        report.previous_day,
+        report.pool_dir,
+        report.offline_file,
+        report.reset,
+        online,
+    )

@@ -1,0 +1,285 @@
+"""One day's job end to end on real files, real Feast (DuckDB offline) and real Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from materialize_helpers import DIM, VERSION, daily_table, unit_rows, write_daily
+
+from materialize import health
+from materialize.job import MaterializeConfig, OnlineError, materialize_day, push_online
+from materialize.kernel import embedding_matrix
+from materialize.storage import MaterializeError, offline_day_path, read_pool
+
+DAY = dt.date(2024, 3, 1)
+DERM = str(Path(sys.executable).with_name("derm"))
+MODEL, ENTITY, KEY = "ctr", "user", "user_id"
+
+
+def day(n: int) -> dt.date:
+    return DAY + dt.timedelta(days=n)
+
+
+def config(workdir, d, **kw) -> MaterializeConfig:
+    kw.setdefault("online", False)
+    kw.setdefault("buckets", 3)
+    return MaterializeConfig(workdir=workdir, model=MODEL, entity=ENTITY, day=d, **kw)
+
+
+def add_day(workdir, d, ids, seed=0, version=VERSION, name="part-0") -> np.ndarray:
+    e = unit_rows(np.random.default_rng(seed), len(ids))
+    write_daily(workdir, MODEL, ENTITY, d, daily_table(ids, e, d, version=version), name)
+    return e
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_two_days_pool_offline_metrics_and_idempotent_rerun(workdir):
+    add_day(workdir, day(0), [1, 2, 3], seed=1)
+    add_day(workdir, day(1), [2, 4], seed=2)
+    materialize_day(config(workdir, day(0)))
+    pool0 = tree_bytes(workdir.pool(MODEL, ENTITY, day(0)))
+    first = materialize_day(config(workdir, day(1)))
+    pool1 = tree_bytes(workdir.pool(MODEL, ENTITY, day(1)))
+    offline1 = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(1)))
+
+    again = materialize_day(config(workdir, day(1)))  # re-run of the newest day
+    assert tree_bytes(workdir.pool(MODEL, ENTITY, day(1))) == pool1
+    assert tree_bytes(workdir.pool(MODEL, ENTITY, day(0))) == pool0  # t-1 untouched
+    offline = pq.read_table(workdir.offline(MODEL, ENTITY))
+    assert sorted(offline[KEY].to_pylist()) == [1, 2, 2, 3, 4]  # no duplicate rows
+    assert offline1[KEY].to_pylist() == [2, 4]
+    assert set(offline1["event_timestamp"].to_pylist()) == {dt.datetime(2024, 3, 3, tzinfo=dt.UTC)}
+    assert sorted(read_pool(workdir.pool(MODEL, ENTITY, day(1)))[KEY].to_pylist()) == [1, 2, 3, 4]
+
+    m = again.metrics
+    assert (m["live"], m["new"], m["updated"], m["carried"], m["expired"]) == (4, 1, 1, 2, 0)
+    assert m["coverage"] == pytest.approx(0.5) and m["carried_age_max_days"] == 1.0
+    assert first.metrics == m
+    table = health.read_health(workdir.metrics)
+    assert table.num_rows == 2  # one row per day even after the re-run
+
+
+def test_order_rules_gap_and_older_day(workdir):
+    for n in (0, 1, 3):
+        add_day(workdir, day(n), [1, 2], seed=n)
+    materialize_day(config(workdir, day(0)))
+    materialize_day(config(workdir, day(1)))
+    with pytest.raises(MaterializeError, match="gap.*--allow-gap"):
+        materialize_day(config(workdir, day(3)))
+    assert not workdir.pool(MODEL, ENTITY, day(3)).exists()
+    materialize_day(config(workdir, day(3), allow_gap=True))
+    with pytest.raises(MaterializeError, match="older than the newest pool"):
+        materialize_day(config(workdir, day(1)))
+
+
+def test_bad_input_names_file_and_count_and_writes_nothing(workdir):
+    e = unit_rows(np.random.default_rng(0), 4)
+    e[1, 0] = np.nan
+    e[2] = 0.0
+    write_daily(workdir, MODEL, ENTITY, day(0), daily_table([1, 2, 3, 4], e, day(0)), "bad")
+    wrong_dim = daily_table([5], unit_rows(np.random.default_rng(1), 1, DIM + 1), day(0))
+    write_daily(workdir, MODEL, ENTITY, day(0), wrong_dim, "wrongdim")
+    missing = daily_table([6], e[:1], day(0)).drop_columns(["ts"])
+    write_daily(workdir, MODEL, ENTITY, day(0), missing, "missing")
+    with pytest.raises(MaterializeError) as info:
+        materialize_day(config(workdir, day(0)))
+    message = str(info.value)
+    assert "bad.parquet: 1 row(s) with NaN or inf" in message
+    assert "bad.parquet: 1 row(s) with a zero-norm" in message
+    assert "wrongdim.parquet: 1 row(s) whose embedding length is not D=8" in message
+    assert "missing.parquet: missing column(s) ['ts']" in message
+    assert not workdir.pool_dir(MODEL, ENTITY).exists()
+    assert not list(workdir.offline(MODEL, ENTITY).glob("*.parquet"))
+
+
+def test_incompatible_model_version_refused_unless_reset(workdir):
+    add_day(workdir, day(0), [1, 2], seed=0)
+    add_day(workdir, day(1), [2, 3], seed=1, version="ctr-ffffffff-d8@2024-03-02")
+    materialize_day(config(workdir, day(0)))
+    with pytest.raises(MaterializeError, match="incompatible.*--reset-on-new-model"):
+        materialize_day(config(workdir, day(1)))
+    report = materialize_day(config(workdir, day(1), reset_on_new_model=True))
+    assert report.reset
+    pool = read_pool(workdir.pool(MODEL, ENTITY, day(1)))
+    assert sorted(pool[KEY].to_pylist()) == [2, 3]
+    assert set(pool["model_version"].to_pylist()) == {"ctr-ffffffff-d8@2024-03-02"}
+    assert report.metrics["new"] == 2 and report.metrics["expired"] == 2
+
+
+_CRASH_SCRIPT = """
+import datetime as dt, os, sys, time
+import materialize.storage as storage
+from derm_features.workdir import Workdir
+from materialize.job import MaterializeConfig, materialize_offline
+real = storage.write_pool_bucket
+def slow(*args):
+    real(*args)
+    open(sys.argv[2], "w").close()
+    time.sleep(60)
+import materialize.engine_local as engine_local
+engine_local.write_pool_bucket = slow
+materialize_offline(MaterializeConfig(workdir=Workdir.resolve(sys.argv[1]), model="ctr",
+    entity="user", day=dt.date(2024, 3, 2), online=False, buckets=3))
+"""
+
+
+def test_killed_mid_run_leaves_readable_state_and_rerun_completes(workdir, tmp_path):
+    add_day(workdir, day(0), [1, 2, 3], seed=0)
+    add_day(workdir, day(1), [3, 4], seed=1)
+    materialize_day(config(workdir, day(0)))
+    pool0 = tree_bytes(workdir.pool(MODEL, ENTITY, day(0)))
+    marker = tmp_path / "mid-write"
+    # A real process, killed with SIGKILL while it is writing pool(t).
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, str(workdir.root), str(marker)])
+    for _ in range(600):
+        if marker.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert marker.exists(), "the child never reached the pool write"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not workdir.pool(MODEL, ENTITY, day(1)).exists()
+    assert tree_bytes(workdir.pool(MODEL, ENTITY, day(0))) == pool0
+    assert pq.read_table(workdir.offline(MODEL, ENTITY)).num_rows == 3  # readable, day 0 only
+    materialize_day(config(workdir, day(1)))
+    assert sorted(read_pool(workdir.pool(MODEL, ENTITY, day(1)))[KEY].to_pylist()) == [1, 2, 3, 4]
+    assert not list(workdir.pool_dir(MODEL, ENTITY).glob(".tmp-*"))
+
+
+def test_offline_timestamp_and_ttl_agree_with_feast(applied_workdir):
+    """Entity 1 last seen on day 0 and carried: Feast serves it for events through day 91
+    (pool of day 90, exactly 90 days old) and not on day 92, like the kernel's pool.
+    Feast's ttl bound is inclusive, so only (day 92) 00:00:00 exactly still sees it."""
+    from derm_features.feast_repo import feature_store
+
+    wd = applied_workdir
+    e = add_day(wd, day(0), [1], seed=0)
+    materialize_day(config(wd, day(0)))
+    add_day(wd, day(90), [2], seed=1)
+    materialize_day(config(wd, day(90), allow_gap=True))
+    assert 1 in read_pool(wd.pool(MODEL, ENTITY, day(90)))[KEY].to_pylist()
+    add_day(wd, day(91), [2], seed=2)
+    materialize_day(config(wd, day(91)))
+    assert 1 not in read_pool(wd.pool(MODEL, ENTITY, day(91)))[KEY].to_pylist()
+
+    def at(moment: dt.datetime):
+        return moment.replace(tzinfo=dt.UTC)
+
+    midnight = dt.datetime.combine(day(0), dt.time())
+    events = {
+        "day 0, last microsecond": at(midnight + dt.timedelta(days=1, microseconds=-1)),
+        "day 1, midnight": at(midnight + dt.timedelta(days=1)),
+        "day 91, last microsecond": at(midnight + dt.timedelta(days=92, microseconds=-1)),
+        "day 92, after midnight": at(midnight + dt.timedelta(days=92, seconds=1)),
+    }
+    entity_df = pd.DataFrame({KEY: [1] * len(events), "event_timestamp": list(events.values())})
+    store = feature_store(wd)
+    got = store.get_historical_features(
+        entity_df=entity_df, features=["ctr_user_embedding:embedding"]
+    ).to_df()
+    seen = {
+        name: got.loc[got["event_timestamp"] == ts, "embedding"].iloc[0]
+        for name, ts in events.items()
+    }
+    assert seen["day 0, last microsecond"] is None
+    np.testing.assert_allclose(np.asarray(seen["day 1, midnight"]), e[0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(seen["day 91, last microsecond"]), e[0], rtol=1e-6)
+    assert seen["day 92, after midnight"] is None
+
+
+def test_online_push_remove_and_replay_after_redis_down(applied_workdir, monkeypatch):
+    from derm_features.feast_repo import feature_store
+
+    wd = applied_workdir
+    e0 = add_day(wd, day(0), [1, 2], seed=0)
+    materialize_day(config(wd, day(0), online=True))
+    store = feature_store(wd)
+
+    def online(ids):
+        return store.get_online_features(
+            features=["ctr_user_embedding:embedding"], entity_rows=[{KEY: i} for i in ids]
+        ).to_dict()["embedding"]
+
+    np.testing.assert_allclose(np.asarray(online([1])[0]), e0[0], rtol=1e-6)
+
+    # Day 1 with Redis unreachable: offline completes, online fails loudly.
+    add_day(wd, day(1), [2], seed=1)
+    good_url = os.environ["REDIS_URL"]
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/15")
+    with pytest.raises(OnlineError, match="--online-only"):
+        materialize_day(config(wd, day(1), online=True, ttl_days=0))
+    assert workdir_has_day(wd, day(1))
+    monkeypatch.setenv("REDIS_URL", good_url)
+    report = push_online(config(wd, day(1), ttl_days=0))
+    assert (report.pushed, report.removed) == (1, 1)  # entity 1 expired with ttl 0
+    values = online([1, 2])
+    assert values[0] is None
+    pool = read_pool(wd.pool(MODEL, ENTITY, day(1)))
+    np.testing.assert_allclose(
+        np.asarray(values[1]), embedding_matrix(pool["embedding"], DIM)[0], rtol=1e-6
+    )
+
+
+def workdir_has_day(wd, d) -> bool:
+    return (
+        wd.pool(MODEL, ENTITY, d).is_dir()
+        and offline_day_path(wd.offline(MODEL, ENTITY), d).is_file()
+    )
+
+
+def test_cli_materializes_and_prints_health(workdir):
+    add_day(workdir, day(0), [1, 2, 3], seed=0)
+    result = subprocess.run(
+        [
+            DERM,
+            "materialize",
+            "--workdir",
+            str(workdir.root),
+            "--model",
+            MODEL,
+            "--entity",
+            ENTITY,
+            "--date",
+            str(day(0)),
+            "--no-online",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "live 3" in result.stdout and "new 3" in result.stdout
+    bad = subprocess.run(
+        [
+            DERM,
+            "materialize",
+            "--workdir",
+            str(workdir.root),
+            "--model",
+            MODEL,
+            "--entity",
+            ENTITY,
+            "--date",
+            "2024-02-01",
+            "--no-online",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "older than the newest pool" in bad.stderr
