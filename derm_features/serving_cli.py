@@ -1,0 +1,168 @@
+"""`derm index`, `derm retrieve`, `derm serve`: the serving side of the command line.
+
+Thin shells over `derm_features.ann` and `derm_features.serve`; heavy imports (faiss,
+Feast, FastAPI) happen inside the command bodies so `derm --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ModelOption = Annotated[
+    str, typer.Option("--model", help="Upstream model whose embeddings to use: ctr or cvr.")
+]
+WorkdirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--workdir",
+        help="Work directory of the run (default: $DERM_WORKDIR, else ./data).",
+        show_default=False,
+    ),
+]
+
+
+def index_cmd(
+    date: Annotated[str, typer.Option("--date", help="Day (YYYY-MM-DD) of the Pin pool to index.")],
+    workdir: WorkdirOption = None,
+    model: ModelOption = "ctr",
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            help="auto: exact (flat) below 10k Pins, else HNSW; or force flat / hnsw.",
+        ),
+    ] = "auto",
+    hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW graph degree.")] = 32,
+    ef_construction: Annotated[
+        int, typer.Option("--ef-construction", help="HNSW build beam width.")
+    ] = 200,
+    ef_search: Annotated[
+        int, typer.Option("--ef-search", help="HNSW query beam width (keep it >= k).")
+    ] = 256,
+) -> None:
+    """Build the Pin ANN index (cosine) of one day's Pin pool, written atomically to
+    WORKDIR/index/<model>/ds=<date>/ (index, id map, manifest)."""
+    from derm_features.ann import AnnIndexError, IndexConfig, build_index
+    from derm_features.cli import fail, parse_day_option
+    from derm_features.workdir import Workdir
+
+    try:
+        config = IndexConfig(
+            Workdir.resolve(workdir),
+            model,
+            parse_day_option(date, "--date"),
+            kind=kind,
+            hnsw_m=hnsw_m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+        )
+        index = build_index(config)
+    except (AnnIndexError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    m = index.manifest
+    typer.echo(
+        f"index {config.workdir.index(model, config.day)}: {m.count} Pins, D={m.dim}, "
+        f"{m.kind}, {m.model_version}"
+        + (f" ({m.skipped_zero_norm} zero-norm rows skipped)" if m.skipped_zero_norm else "")
+    )
+
+
+def retrieve_cmd(
+    user: Annotated[int, typer.Option("--user", help="The user_id to retrieve Pins for.")],
+    workdir: WorkdirOption = None,
+    model: ModelOption = "ctr",
+    k: Annotated[int, typer.Option("--k", help="How many Pins.", min=1, max=10_000)] = 100,
+    date: Annotated[
+        str | None,
+        typer.Option("--date", help="Index day (YYYY-MM-DD); default: the newest index."),
+    ] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Where the user vector comes from: 'pool' (the user pool of the index's "
+            "day) or 'redis' (the online store, as `derm serve` reads it).",
+        ),
+    ] = "pool",
+) -> None:
+    """Print the top-k Pins (pin_id and cosine score, best first) for one user."""
+    from derm_features.ann import AnnIndexError, load_index, pool_vector
+    from derm_features.cli import fail, parse_day_option
+    from derm_features.provenance import compatible
+    from derm_features.workdir import Workdir, parse_day
+
+    if source not in ("pool", "redis"):
+        raise fail(f"--from must be 'pool' or 'redis', got '{source}'")
+    wd = Workdir.resolve(workdir)
+    try:
+        index = load_index(wd, model, parse_day_option(date, "--date") if date else None)
+        day = parse_day(index.manifest.day)
+        if source == "pool":
+            found = pool_vector(wd, model, "user", user, day)
+            if found is None:
+                raise fail(f"user {user} is not in the {model} user pool of {day}")
+            vector, version = found
+            if not compatible(version, index.manifest.model_version):
+                raise fail(
+                    f"user vector of {version} and index of {index.manifest.model_version} "
+                    "are not in one embedding space"
+                )
+        else:
+            vector = _online_user_vector(wd, model, user)
+        pin_ids, scores = index.retrieve(vector[None, :], k)
+    except (AnnIndexError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"# {k} Pins for user {user}: index {index.manifest.model_version} ({day})")
+    for pin_id, score in zip(pin_ids[0].tolist(), scores[0].tolist(), strict=True):
+        if pin_id >= 0:
+            typer.echo(f"{pin_id}\t{score:.6f}")
+
+
+def _online_user_vector(wd, model: str, user: int):
+    from derm_features.cli import fail
+    from derm_features.feast_redis_layout import OnlineStoreUnavailable
+    from derm_features.feast_repo import feature_store
+    from derm_features.online import EmbeddingReader
+    from derm_features.workdir import view_name
+
+    view = view_name(model, "user")
+    try:
+        values, found = EmbeddingReader(feature_store(wd)).read([user], [], [view])[view]
+    except OnlineStoreUnavailable as exc:
+        raise fail(str(exc), code=1) from None
+    if not found[0]:
+        raise fail(f"user {user} has no {view} in the online store")
+    return values[0]
+
+
+def serve_cmd(
+    workdir: WorkdirOption = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind. Loopback by default; 0.0.0.0 exposes the service "
+            "to the network (put TLS and auth in front of it).",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 8000,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
+    ] = False,
+) -> None:
+    """Serve embeddings (POST /embeddings), Pin retrieval (POST /retrieve) and GET /health
+    over HTTP. Redis comes from REDIS_URL (rediss:// for TLS; credentials only there);
+    the newest Pin index of each model in WORKDIR is loaded at start."""
+    from derm_features.ann import AnnIndexError
+    from derm_features.cli import fail
+    from derm_features.serve import ServeConfig, run
+    from derm_features.workdir import Workdir
+
+    config = ServeConfig(Workdir.resolve(workdir), host=host, port=port, access_log=access_log)
+    try:
+        run(config)
+    except AnnIndexError as exc:
+        raise fail(str(exc)) from None

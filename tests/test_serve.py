@@ -1,0 +1,262 @@
+"""`derm serve` over real HTTP (uvicorn on loopback), real Feast and a private real Redis.
+
+The Redis here is a `redis-server` of this test module on a free loopback port, with a
+password, so it can be killed and restarted without touching the shared one on 6379.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from materialize_helpers import daily_table, unit_rows, write_daily
+from typer.testing import CliRunner
+
+from derm_features.ann import IndexConfig, build_index
+from derm_features.cli import app as cli_app
+from derm_features.serve import MAX_IDS, ServeConfig, create_app
+from derm_features.workdir import Workdir
+from materialize.job import MaterializeConfig, materialize_day, push_online
+
+DAY = dt.date(2024, 3, 1)
+PASSWORD = "s3cret-pw-do-not-leak"
+USERS = np.arange(1, 21, dtype=np.int64)
+PINS = np.arange(5_000_000_000, 5_000_000_300, dtype=np.int64)
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A throwaway redis-server on loopback: no persistence, a password, our own pid."""
+
+    def __init__(self, port: int, workdir):
+        self.port, self.workdir, self.process = port, workdir, None
+
+    def start(self) -> None:
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--requirepass", PASSWORD, "--dir", str(self.workdir)]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+class LiveServer:
+    """The app under uvicorn in a thread, on a socket bound before it starts."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_config=None, access_log=True, log_level="info")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.server.started, "uvicorn did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()
+
+
+def call(port: int, method: str, path: str, payload=None, raw: bytes | None = None):
+    """(status, JSON body) of one request; 4xx/5xx are returned, not raised."""
+    data = raw if raw is not None else (json.dumps(payload).encode() if payload else None)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def materialize(wd: Workdir, entity: str, ids: np.ndarray, seed: int) -> dict[int, np.ndarray]:
+    vectors = unit_rows(np.random.default_rng(seed), len(ids))
+    key = f"{entity}_id"
+    write_daily(wd, "ctr", entity, DAY, daily_table(ids, vectors, DAY, id_column=key))
+    config = MaterializeConfig(wd, "ctr", entity, DAY, online=True, buckets=1, renormalize=False)
+    materialize_day(config)  # no re-normalisation: the pool holds these exact floats
+    return dict(zip(ids.tolist(), vectors, strict=True))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Private Redis (with a password) + applied workdir + pools + index + live server."""
+    from derm_features.feast_repo import apply
+
+    root = tmp_path_factory.mktemp("serve")
+    redis = PrivateRedis(free_port(), root)
+    redis.start()
+    wd = Workdir(root / "workdir")
+    wd.root.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REDIS_URL", f"redis://:{PASSWORD}@127.0.0.1:{redis.port}/0")
+        mp.setenv("DERM_WORKDIR", str(wd.root))
+        apply(wd, quiet=True)
+        users = materialize(wd, "user", USERS, seed=1)
+        materialize(wd, "pin", PINS, seed=2)
+        build_index(IndexConfig(wd, "ctr", DAY))
+        with LiveServer(create_app(ServeConfig(wd))) as server:
+            yield {"port": server.port, "redis": redis, "wd": wd, "users": users}
+    redis.kill()
+
+
+def test_embeddings_retrieve_health_and_no_secret_anywhere(served, caplog):
+    caplog.set_level(logging.INFO)
+    port, users = served["port"], served["users"]
+    status, health = call(port, "GET", "/health")
+    assert status == 200 and health["status"] == "ok" and health["redis"]["reachable"]
+    assert health["indexes"]["ctr"]["count"] == len(PINS)
+    assert health["redis"]["address"] == f"redis://:***@127.0.0.1:{served['redis'].port}/0"
+
+    asked = [3, 999, 7]
+    status, body = call(
+        port, "POST", "/embeddings", {"user_ids": asked, "views": ["ctr_user_embedding"]}
+    )
+    assert status == 200
+    values = np.array(body["views"]["ctr_user_embedding"]["values"], np.float32)
+    assert body["views"]["ctr_user_embedding"]["found"] == [True, False, True]
+    np.testing.assert_array_equal(values[0], users[3])
+    np.testing.assert_array_equal(values[2], users[7])
+    assert not values[1].any()
+
+    status, by_user = call(port, "POST", "/retrieve", {"user_id": 4, "k": 10})
+    assert status == 200 and by_user["source"] == "online" and len(by_user["pin_ids"]) == 10
+    status, by_vector = call(port, "POST", "/retrieve", {"vector": users[4].tolist(), "k": 10})
+    assert status == 200 and by_vector["pin_ids"] == by_user["pin_ids"]
+    assert by_vector["scores"] == sorted(by_vector["scores"], reverse=True)
+    status, everything = call(port, "POST", "/retrieve", {"user_id": 4, "k": 1000})
+    assert status == 200 and len(everything["pin_ids"]) == len(PINS)  # fewer than k exist
+
+    responses = [health, body, by_user]
+    for payload, field, code in [
+        ({"user_ids": [1], "views": ["nope"]}, "views", 422),
+        ({"user_ids": ["1"], "views": ["ctr_user_embedding"]}, "user_ids", 422),
+        ({"pin_ids": [1], "views": []}, "views", 422),
+        ({"user_ids": [1], "views": ["ctr_user_embedding"], "extra": 1}, "extra", 422),
+        ({"pin_ids": list(range(MAX_IDS + 1)), "views": ["ctr_pin_embedding"]}, "pin_ids", 422),
+    ]:
+        status, error = call(port, "POST", "/embeddings", payload)
+        assert (status, error["field"]) == (code, field), error
+        assert field in error["error"]
+        responses.append(error)
+    for payload, field, code in [
+        ({"user_id": 1, "vector": [0.1] * 8}, "user_id", 422),
+        ({"k": 5}, "user_id", 422),
+        ({"vector": [0.1] * 3}, "vector", 422),
+        ({"user_id": 1, "k": 0}, "k", 422),
+        ({"user_id": 424242}, "user_id", 404),
+        ({"user_id": 1, "model": "cvr"}, "model", 404),
+    ]:
+        status, error = call(port, "POST", "/retrieve", payload)
+        assert (status, error["field"]) == (code, field), error
+        responses.append(error)
+    status, error = call(port, "POST", "/retrieve", raw=b"{not json")
+    assert status == 422 and error["field"] == "body"
+    status, error = call(port, "GET", "/nowhere")
+    assert status == 404 and "error" in error
+
+    # A million ids: refused by size before any parsing (413), the service lives on.
+    million = {"pin_ids": list(range(1_000_000)), "views": ["ctr_pin_embedding"]}
+    status, error = call(port, "POST", "/embeddings", million)
+    assert status == 413 and error["field"] == "body"
+    assert call(port, "GET", "/health")[0] == 200
+
+    text = json.dumps(responses) + caplog.text
+    assert "/health" in caplog.text  # the access log was captured
+    assert PASSWORD not in text
+
+
+def test_redis_killed_and_restarted_under_load_gives_503_then_recovers(served, caplog):
+    port, redis, wd, users = served["port"], served["redis"], served["wd"], served["users"]
+    statuses: list[int] = []
+    stop = threading.Event()
+    payload = {"user_ids": [1, 2], "pin_ids": PINS[:50].tolist(), "views": ["ctr_pin_embedding"]}
+
+    def load() -> None:
+        while not stop.is_set():
+            statuses.append(call(port, "POST", "/embeddings", payload)[0])
+
+    workers = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(0.5)
+        redis.kill()
+        status, error = call(port, "POST", "/embeddings", payload)
+        assert status == 503
+        assert f"127.0.0.1:{redis.port}" in error["error"] and "***" in error["error"]
+        status, health = call(port, "GET", "/health")
+        assert status == 503 and not health["redis"]["reachable"]
+        # Retrieval by vector needs no Redis: the index is in memory.
+        status, _ = call(port, "POST", "/retrieve", {"vector": users[1].tolist(), "k": 5})
+        assert status == 200
+        time.sleep(0.5)
+
+        redis.start()  # same port, empty: re-push the rows (REDIS_URL is the fixture's)
+        for entity in ("user", "pin"):
+            push_online(MaterializeConfig(wd, "ctr", entity, DAY, buckets=1, renormalize=False))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=60)
+
+    status, body = call(
+        port, "POST", "/embeddings", {"user_ids": [5], "views": ["ctr_user_embedding"]}
+    )
+    assert status == 200 and body["views"]["ctr_user_embedding"]["found"] == [True]
+    np.testing.assert_array_equal(
+        np.array(body["views"]["ctr_user_embedding"]["values"][0], np.float32), users[5]
+    )
+    assert call(port, "GET", "/health")[0] == 200
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert 503 in statuses and statuses[-1] == 200
+    assert f"127.0.0.1:{redis.port}" in caplog.text  # the 503s were logged, redacted
+    assert PASSWORD not in caplog.text + json.dumps(error)
+
+
+def test_serve_binds_loopback_by_default():
+    result = CliRunner().invoke(cli_app, ["serve", "--help"])
+    assert result.exit_code == 0 and "127.0.0.1" in result.output
+    assert ServeConfig(Workdir.resolve("/tmp")).host == "127.0.0.1"
