@@ -103,12 +103,18 @@ class Log:
         end: dt.date | None = None,
         columns: list[str] | None = None,
         batch_size: int = 65_536,
+        use_threads: bool = True,
     ) -> pads.Scanner:
-        """Streams the rows with `start` <= day(ts) <= `end` (both inclusive, UTC)."""
+        """Streams the rows with `start` <= day(ts) <= `end` (both inclusive, UTC).
+
+        `use_threads=False` decodes on the caller's thread: a training loop wants that,
+        since Arrow's read-ahead threads otherwise preempt torch's on a small machine.
+        """
         return self.dataset.scanner(
             columns=columns or self.columns(),
             filter=day_filter(start, end, self.partitioned),
             batch_size=batch_size,
+            use_threads=use_threads,
         )
 
     def days(self) -> list[dt.date]:
