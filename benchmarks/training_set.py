@@ -1,0 +1,169 @@
+"""Training-set fetch speed: Feast's DuckDB offline store vs its default `file` (Dask) store.
+
+Same data for every contender: four embedding views (ctr/cvr x user/Pin) of synthetic
+offline rows (a share of the entities changes each day, stamped at the end of the day),
+and an entity dataframe of `--rows` events over `--days` days.
+
+Contenders, in one process:
+
+    duckdb raw      FeatureStore.get_historical_features on all `--rows` entity rows
+                    (user_id, pin_id, event_timestamp), four views, to Arrow
+    file raw        the same call with `offline_store: type: file`, on the first
+                    `--file-rows` rows only (it is ~100x slower; rates are per row)
+    derm builder    trainers.downstream.training_set.build_training_set on a log of the
+                    same `--rows` events: per-day cut, entities deduplicated, Parquet out
+
+Prints rows/s of each and the ratios. Example:
+
+    .venv/bin/python benchmarks/training_set.py --rows 1000000 --file-rows 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+UTC = pa.timestamp("us", tz="UTC")
+START = dt.date(2025, 6, 1)
+
+
+def write_views(workdir, users: int, pins: int, dim: int, days: int, change: float, seed: int):
+    """Offline rows for the four views: on each day `change` of the entities get a new value."""
+    rng = np.random.default_rng(seed)
+    rows = 0
+    for model in ("ctr", "cvr"):
+        for entity, count, base in (("user", users, 1_000_000_000), ("pin", pins, 5_000_000_000)):
+            for i in range(days):
+                day = START + dt.timedelta(days=i)
+                ids = base + (
+                    np.arange(count)
+                    if i == 0
+                    else rng.choice(count, int(count * change), replace=False)
+                )
+                stamp = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+                values = rng.standard_normal((len(ids), dim), dtype=np.float32)
+                table = pa.table({
+                    f"{entity}_id": pa.array(np.sort(ids), pa.int64()),
+                    "event_timestamp": pa.array(np.full(len(ids), stamp)).cast(UTC),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim),
+                    "last_seen": pa.array(np.full(len(ids), stamp)).cast(UTC),
+                    "model_version": pa.array([f"{model}-0123abcd-d{dim}@{day}"] * len(ids)),
+                })  # fmt: skip
+                out = workdir.offline(model, entity) / f"ds={day.isoformat()}"
+                out.mkdir(parents=True, exist_ok=True)
+                pq.write_table(table, out / "part-0.parquet")
+                rows += len(ids)
+    return rows
+
+
+def write_log(path: Path, rows: int, users: int, pins: int, first_day: int, days: int, seed: int):
+    """A log of `rows` impressions over `days` days (the log contract's required columns)."""
+    rng = np.random.default_rng(seed + 1)
+    day0 = dt.datetime.combine(START + dt.timedelta(days=first_day), dt.time(), tzinfo=dt.UTC)
+    micros = rng.integers(0, days * 86_400_000_000, rows)
+    ts = np.sort(int(day0.timestamp() * 1_000_000) + micros)
+    table = pa.table({
+        "user_id": pa.array(1_000_000_000 + rng.integers(0, users, rows), pa.int64()),
+        "pin_id": pa.array(5_000_000_000 + rng.integers(0, pins, rows), pa.int64()),
+        "ts": pa.array(ts).cast(UTC),
+        "click": pa.array(rng.integers(0, 2, rows).astype(np.int8)),
+        "conversion": pa.array(np.zeros(rows, np.int8)),
+    })  # fmt: skip
+    for i in range(days):
+        day = START + dt.timedelta(days=first_day + i)
+        lo = int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp() * 1_000_000)
+        hi = lo + 86_400_000_000
+        mask = (ts >= lo) & (ts < hi)
+        out = path / f"ds={day.isoformat()}"
+        out.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.filter(pa.array(mask)), out / "part-0.parquet")
+    return table
+
+
+FEATURES = [f"{m}_{e}_embedding:embedding" for m in ("ctr", "cvr") for e in ("user", "pin")]
+
+
+def raw_fetch(store, log: pa.Table, rows: int) -> float:
+    """Seconds of one get_historical_features over the first `rows` events, four views."""
+    entity_df = log.slice(0, rows).select(["user_id", "pin_id", "ts"]).to_pandas()
+    entity_df = entity_df.rename(columns={"ts": "event_timestamp"})
+    t0 = time.perf_counter()
+    result = store.get_historical_features(
+        entity_df=entity_df, features=FEATURES, full_feature_names=True
+    ).to_arrow()
+    seconds = time.perf_counter() - t0
+    assert result.num_rows == rows, (result.num_rows, rows)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="entity rows (events)")
+    parser.add_argument("--file-rows", type=int, default=20_000, help="rows for the file store")
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--pins", type=int, default=20_000)
+    parser.add_argument("--dim", type=int, default=32, help="embedding D")
+    parser.add_argument("--history-days", type=int, default=14, help="days of offline rows")
+    parser.add_argument("--days", type=int, default=7, help="days the events span")
+    parser.add_argument("--change", type=float, default=0.1, help="share of entities updated a day")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
+    from derm_features.feast_repo import REPO_ROOT, apply, feature_store
+    from derm_features.workdir import Workdir
+    from trainers.downstream.training_set import TrainingSetConfig, build_training_set
+
+    with tempfile.TemporaryDirectory(prefix="derm-bench-") as tmp:
+        workdir = Workdir(Path(tmp) / "workdir")
+        offline_rows = write_views(
+            workdir, args.users, args.pins, args.dim, args.history_days + args.days,
+            args.change, args.seed,
+        )  # fmt: skip
+        log_dir = Path(tmp) / "logs"
+        log = write_log(log_dir, args.rows, args.users, args.pins, args.history_days, args.days,
+                        args.seed)  # fmt: skip
+        apply(workdir, quiet=True)
+        print(f"data: {offline_rows:,} offline rows in 4 views (D={args.dim}), "
+              f"{args.rows:,} events over {args.days} days; 2 CPU cores here")  # fmt: skip
+
+        duck = feature_store(workdir)
+        duck_s = raw_fetch(duck, log, args.rows)
+        file_yaml = Path(tmp) / "feature_store.file.yaml"
+        file_yaml.write_text(
+            (REPO_ROOT / "feature_store.yaml").read_text().replace("type: duckdb", "type: file")
+        )
+        file_store = type(duck)(repo_path=str(REPO_ROOT), fs_yaml_file=file_yaml)
+        file_s = raw_fetch(file_store, log, args.file_rows)
+
+        first = START + dt.timedelta(days=args.history_days)
+        cfg = TrainingSetConfig(log_dir, workdir.root, first,
+                                first + dt.timedelta(days=args.days - 1),
+                                ("ctr_user", "ctr_pin", "cvr_user", "cvr_pin"))  # fmt: skip
+        t0 = time.perf_counter()
+        built = build_training_set(cfg, store=duck)
+        build_s = time.perf_counter() - t0
+        assert built.meta["rows"] == args.rows
+
+        rates = {
+            f"duckdb raw ({args.rows:,} rows)": args.rows / duck_s,
+            f"file raw ({args.file_rows:,} rows)": args.file_rows / file_s,
+            f"derm builder on duckdb ({args.rows:,} rows, Parquet out)": args.rows / build_s,
+        }
+        for (name, rate), seconds in zip(rates.items(), (duck_s, file_s, build_s), strict=True):
+            print(f"{name:<58} {seconds:8.2f} s {rate:>12,.0f} rows/s")
+        file_rate = args.file_rows / file_s
+        print(f"ratio duckdb raw / file raw (per row): {args.rows / duck_s / file_rate:,.1f}x")
+        print(f"ratio derm builder / file raw (per row): {args.rows / build_s / file_rate:,.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Downstream models: module shapes, the CTR and CVR networks, and `derm downstream` end to end."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from derm_features.cli import app
+from derm_features.logs import CATEGORICAL, DENSE, PRETRAINED, SEQUENCE, FeatureSpec, LogSchema
+from trainers.downstream.data import TASKS
+from trainers.downstream.models import CTRModel, CVRModel, DermInputs, NetworkConfig
+from trainers.modules.crossnet import LowRankCrossNet
+from trainers.modules.moe import MultiGateMixtureOfExperts
+from trainers.upstream.model import tower_layout
+
+SCHEMA = LogSchema(
+    id_type="int64",
+    has_surface=True,
+    features=(
+        FeatureSpec("user_country", "user", CATEGORICAL),
+        FeatureSpec("user_clicks_30d", "user", DENSE),
+        FeatureSpec("user_recent_pins", "user", SEQUENCE),
+        FeatureSpec("pin_category", "pin", CATEGORICAL),
+        FeatureSpec("pin_content_embedding", "pin", PRETRAINED, dim=8),
+        FeatureSpec("ctx_hour", "ctx", CATEGORICAL),
+    ),
+)
+
+
+def fake_batch(b: int, derm_dims: list[int], cfg: NetworkConfig) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    batch = {}
+    for tower, layout in tower_layout(SCHEMA, cfg.feature_config(("click",))).items():
+        batch[f"{tower}_cat"] = torch.randint(0, 1000, (b, layout.n_cat), generator=g)
+        batch[f"{tower}_dense"] = torch.rand(b, layout.n_dense, generator=g)
+        seq = torch.randint(0, 1000, (b, layout.n_seq, cfg.seq_len), generator=g)
+        seq[:, :, 5:] = 0  # padding
+        batch[f"{tower}_seq"] = seq
+        batch[f"{tower}_pre"] = torch.randn(b, sum(layout.pre_dims), generator=g)
+    batch["derm"] = torch.randn(b, sum(derm_dims), generator=g)
+    batch["derm_present"] = torch.ones(b, len(derm_dims))
+    return batch
+
+
+def test_low_rank_crossnet_shape_and_identity_at_zero_weights():
+    cross = LowRankCrossNet(in_features=12, num_layers=3, low_rank=4)
+    x = torch.randn(5, 12)
+    assert cross(x).shape == (5, 12)
+    for w in cross.W:
+        torch.nn.init.zeros_(w.weight)
+    # x_{l+1} = x0 * (0 + b) + x_l with b = 0: every layer passes its input through
+    torch.testing.assert_close(cross(x), x)
+    with pytest.raises(ValueError, match="low_rank >= 1"):
+        LowRankCrossNet(4, 1, 0)
+
+
+def test_mixture_of_experts_gates_per_task():
+    experts = [torch.nn.Linear(6, 3) for _ in range(4)]
+    moe = MultiGateMixtureOfExperts(experts, in_features=6, num_tasks=2)
+    x = torch.randn(7, 6)
+    y = moe(x)
+    assert y.shape == (7, 2, 3)
+    # with the gates zeroed every task averages the experts equally
+    torch.nn.init.zeros_(moe.gates.weight)
+    torch.nn.init.zeros_(moe.gates.bias)
+    mean = torch.stack([e(x) for e in experts], 1).mean(1)
+    torch.testing.assert_close(moe(x)[:, 0], mean)
+    torch.testing.assert_close(moe(x)[:, 1], mean)
+
+
+@pytest.mark.parametrize("projection_dim", [None, 8])
+def test_derm_inputs_width(projection_dim):
+    block = DermInputs([16, 16, 4], projection_dim)
+    out = block(torch.randn(3, 36), torch.ones(3, 3))
+    assert out.shape == (3, block.out_features)
+    assert block.out_features == (projection_dim or 36) + 3
+
+
+@pytest.mark.parametrize("task", ["ctr", "cvr"])
+@pytest.mark.parametrize("derm_dims", [[], [16, 16], [16, 16, 16, 16]])
+def test_downstream_models_map_a_batch_to_one_logit_per_task(task, derm_dims):
+    cfg = NetworkConfig(token_dim=8, num_buckets=1024, seq_len=10, cross_rank=4, mlp_hidden=16)
+    spec = TASKS[task]
+    layouts = tower_layout(SCHEMA, cfg.feature_config(spec.tasks))
+    model = {"ctr": CTRModel, "cvr": CVRModel}[task](layouts, derm_dims, spec.tasks, cfg)
+    batch = fake_batch(6, derm_dims, cfg)
+    logits = model(batch)
+    assert logits.shape == (6, len(spec.tasks))
+    assert torch.isfinite(logits).all()
+    if derm_dims:  # the DERM embeddings reach the output
+        other = dict(batch, derm=batch["derm"] + 1.0)
+        assert not torch.allclose(model(other), logits)
+
+
+def test_projection_layer_narrows_the_ctr_crossing():
+    cfg = NetworkConfig(token_dim=8, num_buckets=1024, seq_len=10, cross_rank=4)
+    layouts = tower_layout(SCHEMA, cfg.feature_config(("click", "conversion")))
+    wide = CTRModel(layouts, [64] * 4, ("click", "conversion"), cfg)
+    projected = NetworkConfig(**{**cfg.__dict__, "projection_dim": 16})
+    narrow = CTRModel(layouts, [64] * 4, ("click", "conversion"), projected)
+    assert narrow.input_norm.normalized_shape[0] == wide.input_norm.normalized_shape[0] - 256 + 16
+    assert narrow(fake_batch(4, [64] * 4, cfg)).shape == (4, 2)
+
+
+@pytest.mark.slow
+def test_derm_downstream_prints_the_metrics_json_line_last(applied_workdir, tmp_path):
+    from test_training_set import write_offline
+
+    from derm_features.generate import GenerateConfig, generate_logs
+
+    out = tmp_path / "gen"
+    start = dt.date(2026, 1, 1)
+    generate_logs(
+        GenerateConfig(out=out, users=300, pins=80, days=4, start=start,
+                       impressions_per_day=1500, progress=False)
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    users = [1_000_000_000 + i for i in range(300)]
+    rows = [
+        (u, start + dt.timedelta(days=d), list(rng.normal(size=4))) for u in users for d in range(3)
+    ]
+    write_offline(applied_workdir, "ctr", "user", rows)
+    args = [
+        "downstream", "--task", "ctr", "--logs", str(out / "logs"),
+        "--workdir", str(applied_workdir.root),
+        "--train-start", "2026-01-01", "--train-end", "2026-01-03",
+        "--eval-start", "2026-01-04", "--eval-end", "2026-01-04",
+        "--embeddings", "ctr_user", "--epochs", "1", "--seed", "3",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # stdout's last line (warnings and progress bars go to stderr)
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(last) >= {"roc_auc", "pr_auc", "logloss"}
+    assert 0.0 <= last["roc_auc"] <= 1.0 and last["logloss"] > 0
+    assert last["embeddings"] == "ctr_user" and last["eval_rows"] == 1500
+    # the same seed gives the same metrics
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    again = json.loads(second.stdout.strip().splitlines()[-1])
+    assert again["roc_auc"] == last["roc_auc"] and again["logloss"] == last["logloss"]
+
+
+def test_derm_downstream_rejects_eval_days_inside_training(tmp_path):
+    args = [
+        "downstream", "--task", "ctr", "--logs", str(tmp_path),
+        "--train-start", "2026-01-01", "--train-end", "2026-01-03",
+        "--eval-start", "2026-01-03", "--eval-end", "2026-01-04",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "--eval-start 2026-01-03 must come after --train-end" in result.output
+
+
+def test_derm_downstream_rejects_unknown_embeddings(tmp_path):
+    args = [
+        "downstream", "--task", "cvr", "--logs", str(tmp_path),
+        "--train-start", "2026-01-01", "--train-end", "2026-01-03",
+        "--eval-start", "2026-01-04", "--eval-end", "2026-01-04", "--embeddings", "ctr_item",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--embeddings" in result.output
+
+
+@pytest.mark.slow
+def test_experiment_runner_end_to_end_on_a_tiny_log(applied_workdir):
+    """generate -> upstream train/infer -> materialize -> Feast -> downstream, two seeds."""
+    from trainers.downstream.experiments import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(
+        table="table2", workdir=applied_workdir.root, seeds=2, users=300, pins=80, days=5,
+        impressions_per_day=1500, window_days=2, eval_days=1, downstream_epochs=1,
+        progress=False,
+    )  # fmt: skip
+    result = run_experiment(cfg)
+    assert [r["config"] for r in result.rows] == [
+        "ctr_user", "cvr_user", "ctr_user+ctr_pin", "ctr_user+cvr_user", "cvr_user+cvr_pin",
+        "all four",
+    ]  # fmt: skip
+    for row in result.rows:
+        assert row["seeds"] == 2 and np.isfinite(row["roc_auc_lift_mean"])
+        assert row["roc_auc_lift_std"] >= 0.0
+    assert result.markdown_path.read_text().startswith("### table2")
+    assert "| all four |" in result.markdown
+    assert result.chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the DERM runs really read embeddings: the eval training set has present values
+    evals = sorted((applied_workdir.root / "training_sets").glob("2026-01-05_*"))
+    from trainers.downstream.training_set import open_training_set
+
+    present = open_training_set(evals[0]).read(["has_ctr_user_embedding"]).column(0)
+    assert 0 < sum(present.to_pylist()) <= present.length()

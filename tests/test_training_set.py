@@ -1,0 +1,247 @@
+"""Training sets from Feast: the point-in-time rule, missing embeddings, bad input.
+
+Offline rows are written by hand in the materializer's format (`write_offline`), so these
+tests pin the contract between the two sides: `<entity>_id`, `event_timestamp` (end of the
+day the value includes), `embedding`, `last_seen`, `model_version`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from derm_features.workdir import Workdir
+from trainers.downstream.training_set import (
+    TrainingSetConfig,
+    TrainingSetError,
+    build_training_set,
+    embedding_matrix,
+    parse_embeddings,
+)
+
+UTC = pa.timestamp("us", tz="UTC")
+D = 4
+
+
+def end_of_day(day: dt.date, convention: str) -> dt.datetime:
+    """The stamp of a value that includes `day`: the last microsecond of it, or midnight after."""
+    midnight_after = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    return (
+        midnight_after - dt.timedelta(microseconds=1) if convention == "last_us" else midnight_after
+    )
+
+
+def write_offline(
+    workdir: Workdir,
+    model: str,
+    entity: str,
+    rows: list[tuple[int, dt.date, list[float]]],
+    convention: str = "last_us",
+) -> None:
+    """Offline-source rows in the materializer's format: (entity id, day included, vector)."""
+    by_day: dict[dt.date, list] = {}
+    for row in rows:
+        by_day.setdefault(row[1], []).append(row)
+    for day, day_rows in by_day.items():
+        stamp = end_of_day(day, convention)
+        table = pa.table(
+            {
+                f"{entity}_id": pa.array([r[0] for r in day_rows], pa.int64()),
+                "event_timestamp": pa.array([stamp] * len(day_rows), UTC),
+                "embedding": pa.array([r[2] for r in day_rows], pa.list_(pa.float32())),
+                "last_seen": pa.array([stamp] * len(day_rows), UTC),
+                "model_version": pa.array([f"{model}-0123abcd-d{D}@{day}"] * len(day_rows)),
+            }
+        )
+        directory = workdir.offline(model, entity) / f"ds={day.isoformat()}"
+        directory.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, directory / "part-0.parquet")
+
+
+def write_log(path, events: list[tuple[int, int, dt.datetime]]) -> None:
+    """A minimal log that follows the contract: one row per (user, pin, ts)."""
+    n = len(events)
+    table = pa.table(
+        {
+            "user_id": pa.array([e[0] for e in events], pa.int64()),
+            "pin_id": pa.array([e[1] for e in events], pa.int64()),
+            "ts": pa.array([e[2] for e in events], UTC),
+            "click": pa.array([i % 2 for i in range(n)], pa.int8()),
+            "conversion": pa.array([0] * n, pa.int8()),
+            "user_age_bucket": pa.array([3] * n, pa.int8()),
+            "ctx_hour": pa.array([e[2].hour for e in events], pa.int8()),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def at(day: dt.date, hour: int, minute: int = 0, micro: int = 0) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(hour, minute, 0, micro), tzinfo=dt.UTC)
+
+
+def vec(x: float) -> list[float]:
+    return [x] * D
+
+
+@pytest.mark.parametrize("convention", ["last_us", "midnight_after"])
+def test_point_in_time_rule_is_adversarially_correct(applied_workdir, tmp_path, convention):
+    """User 1's embedding changes on day t. Events on day t must see day t-1's value (even
+    one microsecond before the new stamp), events on day t+1 see day t's; on day t+92 the
+    value has expired (the pool keeps an entity 90 days; Feast's ttl is set to match) and
+    becomes zeros with has_ = 0, while on day t+90 it is still served."""
+    t = dt.date(2024, 3, 10)
+    day = dt.timedelta(days=1)
+    write_offline(
+        applied_workdir, "cvr", "user", [(1, t - day, vec(1.0)), (1, t, vec(2.0))], convention
+    )
+    write_offline(applied_workdir, "ctr", "pin", [(7, t - day, vec(5.0))], convention)
+    events = [
+        (1, 7, at(t, 0)),  # first instant of day t
+        (1, 7, at(t, 23, 59, 999_999)),  # last instant of day t: still day t-1's value
+        (1, 7, at(t + day, 0)),  # day t+1: day t's value
+        (2, 7, at(t, 12)),  # user 2 never had an embedding
+        (1, 8, at(t + 90 * day, 12)),  # 89 days after t's stamp: still live
+        (1, 8, at(t + 91 * day, 23, 59)),  # day t+91: the pool of day t+90 still holds it
+        (1, 8, at(t + 92 * day, 0)),  # the first instant of day t+92: expired
+        (1, 7, at(t - day, 12)),  # day t-1 itself: nothing before it
+    ]
+    log = tmp_path / "log.parquet"
+    write_log(log, events)
+    cfg = TrainingSetConfig(
+        logs=log,
+        workdir=applied_workdir.root,
+        start=t - day,
+        end=t + 92 * day,
+        embeddings=("ctr_pin", "cvr_user"),
+    )
+    table = build_training_set(cfg).read().sort_by("ts")
+    got = {
+        (r["user_id"], r["pin_id"], r["ts"]): r
+        for r in table.select(
+            ["user_id", "pin_id", "ts", "cvr_user_embedding", "has_cvr_user_embedding",
+             "ctr_pin_embedding", "has_ctr_pin_embedding"]
+        ).to_pylist()
+    }  # fmt: skip
+    assert len(got) == len(events)
+
+    def user_vec(e):
+        r = got[(e[0], e[1], e[2])]
+        return r["cvr_user_embedding"][0], r["has_cvr_user_embedding"]
+
+    assert user_vec(events[0]) == (1.0, 1)
+    assert user_vec(events[1]) == (1.0, 1)
+    assert user_vec(events[2]) == (2.0, 1)
+    assert user_vec(events[3]) == (0.0, 0)
+    assert user_vec(events[4]) == (2.0, 1)
+    assert user_vec(events[5]) == (2.0, 1)
+    assert user_vec(events[6]) == (0.0, 0)
+    assert user_vec(events[7]) == (0.0, 0)
+    # the Pin side follows the same rule; Pin 8 never had a value
+    pin = {e[1:]: got[e]["has_ctr_pin_embedding"] for e in got}
+    assert pin[(7, at(t, 0))] == 1 and pin[(7, at(t - day, 12))] == 0
+    assert pin[(8, at(t + 90 * day, 12))] == 0
+    assert got[events[0]]["ctr_pin_embedding"] == vec(5.0)
+    # the log's own columns pass through unchanged
+    by_ts = sorted(events, key=lambda e: e[2])
+    assert table.column("ctx_hour").to_pylist() == [e[2].hour for e in by_ts]
+    assert table.column("click").to_pylist() == [events.index(e) % 2 for e in by_ts]
+
+
+def test_rows_keep_their_labels_and_features_after_feast_reorders(applied_workdir, tmp_path):
+    """Many users on one day: every row's embedding must be its own user's (Feast's DuckDB
+    store returns rows in its own order; the builder re-keys them)."""
+    t = dt.date(2024, 5, 2)
+    users = list(range(100, 160))
+    write_offline(
+        applied_workdir,
+        "ctr",
+        "user",
+        [(u, t - dt.timedelta(days=1), vec(float(u))) for u in users],
+    )
+    events = [(u, u % 5, at(t, u % 24)) for u in reversed(users)] + [(999, 1, at(t, 3))]
+    log = tmp_path / "logs" / "ds=2024-05-02" / "part.parquet"
+    write_log(log, events)
+    cfg = TrainingSetConfig(
+        logs=log.parent.parent, workdir=applied_workdir.root, start=t, end=t,
+        embeddings=("ctr_user",),
+    )  # fmt: skip
+    table = build_training_set(cfg).read()
+    assert table.num_rows == len(events)
+    user = table.column("user_id").to_numpy()
+    emb = np.stack(table.column("ctr_user_embedding").to_numpy(zero_copy_only=False))
+    has = table.column("has_ctr_user_embedding").to_numpy()
+    known = user != 999
+    np.testing.assert_array_equal(emb[known, 0], user[known].astype(np.float32))
+    assert has[known].all() and not has[~known].any()
+    assert (emb[~known] == 0).all()
+    assert table.schema.field("ctr_user_embedding").type == pa.list_(pa.float32(), D)
+
+
+def test_no_embeddings_needs_no_feast(workdir, tmp_path):
+    t = dt.date(2024, 1, 5)
+    log = tmp_path / "log.parquet"
+    write_log(log, [(1, 2, at(t, 1)), (3, 4, at(t, 2))])
+    ts = build_training_set(TrainingSetConfig(log, workdir.root, t, t, embeddings=()))
+    assert ts.read().num_rows == 2 and ts.embeddings == ()
+
+
+def test_missing_view_data_is_a_clear_error(workdir, tmp_path):
+    t = dt.date(2024, 1, 5)
+    log = tmp_path / "log.parquet"
+    write_log(log, [(1, 2, at(t, 1))])
+    with pytest.raises(TrainingSetError, match="cvr_pin_embedding.*derm materialize"):
+        build_training_set(TrainingSetConfig(log, workdir.root, t, t, embeddings=("cvr_pin",)))
+
+
+def test_parse_embeddings_names_the_flag():
+    assert parse_embeddings("none") == ()
+    assert parse_embeddings("cvr_pin, ctr_user") == ("ctr_user", "cvr_pin")
+    with pytest.raises(TrainingSetError, match="--embeddings.*ctr_item"):
+        parse_embeddings("ctr_item")
+
+
+def test_embedding_matrix_zero_fills_and_checks_length():
+    arr = pa.array([[1.0, 2.0], None, [3.0, 4.0]], pa.list_(pa.float32()))
+    matrix, present = embedding_matrix(arr, 2, "x")
+    np.testing.assert_array_equal(matrix, [[1, 2], [0, 0], [3, 4]])
+    np.testing.assert_array_equal(present, [True, False, True])
+    with pytest.raises(TrainingSetError, match="column 'x'.*length 2, expected 3"):
+        embedding_matrix(arr, 3, "x")
+
+
+@pytest.mark.spark
+def test_spark_offline_store_gives_the_same_rows_as_duckdb(
+    applied_workdir, tmp_path, spark, monkeypatch, repo_root
+):
+    """The same builder on Feast's Spark offline store, chosen by configuration alone."""
+    from dataclasses import replace
+
+    from derm_features.feast_repo import apply
+
+    t = dt.date(2024, 3, 10)
+    day = dt.timedelta(days=1)
+    write_offline(applied_workdir, "cvr", "user", [(1, t - day, vec(1.0)), (1, t, vec(2.0))])
+    write_offline(applied_workdir, "ctr", "pin", [(7, t - day, vec(5.0)), (8, t, vec(6.0))])
+    events = [(1, 7, at(t, 0)), (1, 8, at(t + day, 5)), (2, 7, at(t, 12)), (1, 7, at(t - day, 1))]
+    log = tmp_path / "log.parquet"
+    write_log(log, events)
+    cfg = TrainingSetConfig(log, applied_workdir.root, t - day, t + day, ("ctr_pin", "cvr_user"))
+    duck = build_training_set(cfg).read().sort_by([("ts", "ascending"), ("pin_id", "ascending")])
+
+    monkeypatch.setenv("DERM_OFFLINE_STORE", "spark")
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(repo_root / "feature_store.spark.yaml"))
+    apply(applied_workdir, quiet=True)
+    from derm_features.feast_repo import feature_store
+
+    store = feature_store(applied_workdir)
+    assert type(store.config.offline_store).__name__ == "SparkOfflineStoreConfig"
+    spark_set = build_training_set(replace(cfg, name="on-spark"), store=store).read()
+    spark_set = spark_set.sort_by([("ts", "ascending"), ("pin_id", "ascending")])
+    assert spark_set.num_rows == len(events)
+    assert spark_set.equals(duck)
+    assert duck.column("has_cvr_user_embedding").to_pylist() == [0, 1, 0, 1]

@@ -1,0 +1,210 @@
+"""The downstream ranking networks of paper section 3.2 and appendix D.
+
+Both read the batch contract of `trainers/upstream/data.py` (the log's own features, by
+tower) plus two DERM tensors from `trainers/downstream/data.py`:
+
+    derm          [B, sum(D_k)]  the chosen DERM embeddings, concatenated (zeros if missing)
+    derm_present  [B, K]         1 where embedding k was found in Feast, else 0
+
+The log's features become tokens with the upstream `FeatureTokens` (one hashed table,
+dense, pretrained and sequence encoders; the user's recent-Pins sequence goes through a
+Transformer encoder), so both models see the same inputs as the upstream towers, minus
+the DERM embeddings' own knowledge.
+
+    CTRModel  concat(tokens, DERM block) -> MMoE of low-rank DCNv2 experts -> one MLP tower
+              per task (click, conversion)
+    CVRModel  tokens + DERM tokens -> DHEN -> one MLP head per task (conversion)
+
+The DERM block (`DermInputs`) is the embeddings and their presence flags, optionally
+through the projection layer of appendix D.1 (`projection_dim`), which trades a little
+quality for a narrower input to the O(d^2) crossing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trainers.modules.crossnet import LowRankCrossNet
+from trainers.modules.dhen import DHEN
+from trainers.modules.mlp import MLP
+from trainers.modules.moe import MultiGateMixtureOfExperts
+from trainers.upstream.config import ModelConfig
+from trainers.upstream.model import TOWERS, FeatureTokens, TowerLayout
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Sizes of the downstream networks (both models read the fields they need)."""
+
+    token_dim: int = 16
+    num_buckets: int = 2**14
+    seq_len: int = 20
+    num_heads: int = 2
+    dropout: float = 0.0
+    projection_dim: int | None = None  # appendix D.1; None feeds the embeddings as they are
+    # CTR: mixture of low-rank DCNv2 experts
+    num_experts: int = 3
+    cross_layers: int = 2
+    cross_rank: int = 32
+    tower_hidden: tuple[int, ...] = (64,)
+    # CVR: DHEN layers, one (module, module) pair per layer
+    dhen_layers: tuple[tuple[str, ...], ...] = (("masknet", "transformer"),)
+    mlp_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ValueError(f"--projection-dim must be >= 1, got {self.projection_dim}")
+
+    def feature_config(self, tasks: Sequence[str]) -> ModelConfig:
+        """The upstream ModelConfig that drives the shared batch encoder and FeatureTokens.
+
+        id_features is off: a downstream model learns entities from their features and the
+        DERM embeddings, not from id tables it could memorise.
+        """
+        return ModelConfig(
+            token_dim=self.token_dim,
+            num_buckets=self.num_buckets,
+            seq_len=self.seq_len,
+            num_heads=self.num_heads,
+            seq_layers=1,
+            dropout=self.dropout,
+            id_features=False,
+            tasks=tuple(tasks),
+        )
+
+
+class DermInputs(nn.Module):
+    """The DERM block: embeddings and presence flags, optionally projected (appendix D.1).
+
+    Args:
+        dims (Sequence[int]): D_k of each embedding, in batch order (may be empty).
+        projection_dim (int | None): P; None keeps the raw width.
+
+    Call args:
+        derm (Tensor): [B, sum(dims)]
+        present (Tensor): [B, K], K = len(dims)
+
+    Returns:
+        Tensor: [B, out_features]; out_features = P + K if projected, else sum(dims) + K.
+    """
+
+    def __init__(self, dims: Sequence[int], projection_dim: int | None = None) -> None:
+        super().__init__()
+        total = sum(dims)
+        self.project = (
+            nn.Linear(total, projection_dim) if projection_dim and total else nn.Identity()
+        )
+        width = projection_dim if projection_dim and total else total
+        self.out_features = width + len(dims)
+
+    def forward(self, derm: Tensor, present: Tensor) -> Tensor:
+        return torch.cat([self.project(derm), present.to(derm.dtype)], dim=-1)
+
+
+def _feature_tokens(layouts: dict[str, TowerLayout], cfg: ModelConfig) -> tuple[FeatureTokens, int]:
+    tokens = FeatureTokens(layouts, cfg)
+    return tokens, sum(tokens.num_tokens(t) for t in TOWERS)
+
+
+def _all_tokens(features: FeatureTokens, batch: dict[str, Tensor]) -> Tensor:
+    """[B, N, d]: the tokens of every tower that has features."""
+    parts = [features(batch, t) for t in TOWERS if features.num_tokens(t)]
+    return torch.cat(parts, dim=1)
+
+
+class CTRModel(nn.Module):
+    """Multi-task CTR model: concatenation layer -> MMoE of low-rank DCNv2 -> task towers.
+
+    Args:
+        layouts (dict[str, TowerLayout]): the batch layout (`tower_layout`) of the log.
+        derm_dims (Sequence[int]): D_k of the DERM embeddings it reads, in batch order.
+        tasks (Sequence[str]): label names, one tower each (e.g. ("click", "conversion")).
+        cfg (NetworkConfig): sizes.
+
+    Call args:
+        batch (dict[str, Tensor]): tower tensors + `derm` [B, sum D] + `derm_present` [B, K].
+
+    Returns:
+        Tensor: [B, T] one logit per task.
+    """
+
+    def __init__(
+        self,
+        layouts: dict[str, TowerLayout],
+        derm_dims: Sequence[int],
+        tasks: Sequence[str],
+        cfg: NetworkConfig,
+    ) -> None:
+        super().__init__()
+        self.features, num_tokens = _feature_tokens(layouts, cfg.feature_config(tasks))
+        self.derm = DermInputs(derm_dims, cfg.projection_dim)
+        width = num_tokens * cfg.token_dim + self.derm.out_features
+        self.input_norm = nn.LayerNorm(width)
+        experts = [
+            LowRankCrossNet(width, cfg.cross_layers, cfg.cross_rank) for _ in range(cfg.num_experts)
+        ]
+        self.moe = MultiGateMixtureOfExperts(experts, width, num_tasks=len(tasks))
+        self.towers = nn.ModuleList(
+            MLP(width, [*cfg.tower_hidden, 1], dropout=cfg.dropout, activate_last=False)
+            for _ in tasks
+        )
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        tokens = _all_tokens(self.features, batch).flatten(1)
+        x = self.input_norm(
+            torch.cat([tokens, self.derm(batch["derm"], batch["derm_present"])], -1)
+        )
+        mixed = self.moe(x)  # [B, T, width]
+        return torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=-1)
+
+
+class CVRModel(nn.Module):
+    """DHEN-based CVR model: feature tokens and DERM tokens -> DHEN -> task heads.
+
+    The DERM block becomes K tokens of width d (a linear map), one per embedding, so the
+    DHEN's Transformer and MaskNet modules cross them with the other features.
+
+    Args, call args and returns: as CTRModel.
+    """
+
+    def __init__(
+        self,
+        layouts: dict[str, TowerLayout],
+        derm_dims: Sequence[int],
+        tasks: Sequence[str],
+        cfg: NetworkConfig,
+    ) -> None:
+        super().__init__()
+        self.features, num_tokens = _feature_tokens(layouts, cfg.feature_config(tasks))
+        d = cfg.token_dim
+        self.num_derm_tokens = len(derm_dims)
+        self.derm = DermInputs(derm_dims, cfg.projection_dim) if derm_dims else None
+        self.derm_tokens = (
+            nn.Linear(self.derm.out_features, self.num_derm_tokens * d) if derm_dims else None
+        )
+        n = num_tokens + self.num_derm_tokens
+        self.dhen = DHEN(
+            n, d, cfg.dhen_layers, hidden_dim=cfg.mlp_hidden, num_heads=cfg.num_heads,
+            dropout=cfg.dropout,
+        )  # fmt: skip
+        self.heads = nn.ModuleList(
+            MLP(n * d, [*cfg.tower_hidden, 1], dropout=cfg.dropout, activate_last=False)
+            for _ in tasks
+        )
+        self.token_dim = d
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        tokens = _all_tokens(self.features, batch)
+        if self.derm is not None:
+            block = self.derm(batch["derm"], batch["derm_present"])
+            extra = self.derm_tokens(block).view(-1, self.num_derm_tokens, self.token_dim)
+            tokens = torch.cat([tokens, extra], dim=1)
+        h = self.dhen(tokens).flatten(1)
+        return torch.cat([head(h) for head in self.heads], dim=-1)
+
+
+MODELS = {"ctr": CTRModel, "cvr": CVRModel}

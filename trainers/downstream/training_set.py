@@ -1,0 +1,366 @@
+"""Point-in-time-correct training sets: ad logs joined with DERM embeddings through Feast.
+
+For every day of a range, the log rows of that day are joined with the chosen embedding
+views by `FeatureStore.get_historical_features` and written as Parquet under
+``<workdir>/training_sets/<name>/ds=<day>/``, with a ``meta.json`` beside the partitions.
+
+The point-in-time cut. An event on day t looks its embeddings up at the first microsecond
+of day t, 00:00:00.000001 UTC (the ``event_timestamp`` Feast sees). Feast's as-of join
+returns the newest value stamped at or before that instant and no older than the view's
+ttl, so the event sees the pool of day t-1 (stamped at the end of day t-1: (t) 00:00 UTC
+by the materializer, or 23:59:59.999999 of t-1) or an older one, never day t's own value,
+which carries day t's impressions and labels. The extra microsecond keeps Feast's
+inclusive ttl bound in step with the pool: an entity last seen on day L is served to
+events of day L+91 (the pool of day L+90 still holds it) and to none of day L+92.
+
+Missing embeddings. A new entity (no value before its first day) or an expired one gets
+an all-zero vector and ``has_<view> = 0``; a present one gets ``has_<view> = 1``. The
+indicator lets the downstream model tell "no embedding" from "an embedding near zero".
+
+Why the Feast entity dataframe is deduplicated. All events of one day share one cut, so
+the embedding of an event depends only on (entity id, day). For each chunk of
+`days_per_fetch` days, Feast is asked once for the distinct (user, day) pairs (user views)
+and once for the distinct (Pin, day) pairs (Pin views); the results are joined back to the
+rows on (day, id). Labels and the log's own features never go through pandas: they stay
+Arrow columns and are written as read, so list columns (recent Pins, content embeddings)
+are never pandas object columns, and one day's rows are held in memory at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from derm_features.workdir import ENTITIES, Workdir, join_key, view_name
+
+# Short names of the four DERM embeddings, as the CLI spells them: <model>_<entity>.
+EMBEDDING_KEYS = ("ctr_user", "ctr_pin", "cvr_user", "cvr_pin")
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+META_FILE = "meta.json"
+
+
+class TrainingSetError(ValueError):
+    """Bad input to the training-set builder; the message names the flag, file or column."""
+
+
+def embedding_view(key: str) -> tuple[str, str, str]:
+    """``"ctr_user"`` -> ``("ctr", "user", "ctr_user_embedding")``."""
+    if key not in EMBEDDING_KEYS:
+        raise TrainingSetError(f"unknown embedding '{key}': expected one of {EMBEDDING_KEYS}")
+    model, entity = key.split("_")
+    return model, entity, view_name(model, entity)
+
+
+def parse_embeddings(text: str, flag: str = "--embeddings") -> tuple[str, ...]:
+    """``"none"`` -> (); ``"ctr_user,cvr_pin"`` -> those keys, in canonical order."""
+    text = (text or "").strip()
+    if text.lower() == "none":
+        return ()
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise TrainingSetError(f"{flag} must be 'none' or a comma list of {EMBEDDING_KEYS}")
+    unknown = [k for k in keys if k not in EMBEDDING_KEYS]
+    if unknown:
+        raise TrainingSetError(
+            f"{flag}: unknown embedding(s) {unknown}; use 'none' or a comma list of "
+            f"{', '.join(EMBEDDING_KEYS)}"
+        )
+    return tuple(k for k in EMBEDDING_KEYS if k in keys)
+
+
+def embedding_column(key: str) -> str:
+    """The training-set column of an embedding: its Feast view name."""
+    return embedding_view(key)[2]
+
+
+def presence_column(key: str) -> str:
+    """The 0/1 column saying whether the embedding was found (``has_<view>``)."""
+    return f"has_{embedding_view(key)[2]}"
+
+
+def lookup_time(day: dt.date) -> dt.datetime:
+    """The point-in-time cut of every event on `day`: its first microsecond (UTC)."""
+    return dt.datetime.combine(day, dt.time(0, 0, 0, 1), tzinfo=dt.UTC)
+
+
+def embedding_matrix(
+    values: pa.Array | pa.ChunkedArray, dim: int, column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (possibly null) list<float> column as ([n, dim] float32 with zeros, [n] bool present).
+
+    Raises TrainingSetError naming `column` if a present vector is not of length `dim`.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    present = values.is_valid().to_numpy(zero_copy_only=False)
+    out = np.zeros((len(values), dim), dtype=np.float32)
+    if present.any():
+        kept = values.filter(pa.array(present))
+        lengths = pc.list_value_length(kept).to_numpy(zero_copy_only=False)
+        if (lengths != dim).any():
+            bad = int(lengths[lengths != dim][0])
+            raise TrainingSetError(
+                f"column '{column}': an embedding has length {bad}, expected {dim} "
+                "(every vector of a view must share the view's D)"
+            )
+        flat = pc.list_flatten(kept).to_numpy(zero_copy_only=False).astype(np.float32)
+        out[present] = flat.reshape(-1, dim)
+    return out, present
+
+
+def fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """[n, D] float32 -> fixed_size_list<float32>[D], without a per-row Python object."""
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel())
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
+
+
+def view_dim(workdir: Workdir, key: str) -> int:
+    """D of an embedding view, read from the first row of its offline source."""
+    model, entity, view = embedding_view(key)
+    source = workdir.offline(model, entity)
+    files = sorted(source.rglob("*.parquet")) if source.is_dir() else []
+    for file in files:
+        if any(part.startswith((".", "_")) for part in file.relative_to(source).parts):
+            continue
+        column = pq.read_table(file, columns=["embedding"]).column("embedding")
+        valid = column.drop_null()
+        if len(valid):
+            kind = valid.type
+            if pa.types.is_fixed_size_list(kind):
+                return kind.list_size
+            return int(pc.list_value_length(valid.chunk(0)).to_numpy()[0])
+    raise TrainingSetError(
+        f"view '{view}' has no embeddings at {source}: run `derm materialize` for "
+        f"--model {model} --entity {entity} first, or drop '{key}' from --embeddings"
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSetConfig:
+    """One training set: the log days [start, end] joined with `embeddings` (keys)."""
+
+    logs: Path
+    workdir: Path
+    start: dt.date
+    end: dt.date
+    embeddings: tuple[str, ...] = EMBEDDING_KEYS
+    name: str = ""
+    # Days whose (entity, day) pairs go to Feast in one call: fewer calls (each one scans
+    # the offline sources) against the memory of the pairs' embeddings.
+    days_per_fetch: int = 7
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise TrainingSetError(f"the end day {self.end} is before the start day {self.start}")
+        for key in self.embeddings:
+            embedding_view(key)
+
+    @property
+    def set_name(self) -> str:
+        return self.name or (
+            f"{self.start.isoformat()}_{self.end.isoformat()}_{'-'.join(self.embeddings) or 'none'}"
+        )
+
+    def output_dir(self) -> Path:
+        return Workdir.resolve(self.workdir).training_set(self.set_name)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A written training set: where it is and what its meta.json says."""
+
+    path: Path
+    meta: dict = field(repr=False)
+
+    @property
+    def embeddings(self) -> tuple[str, ...]:
+        return tuple(self.meta["embeddings"])
+
+    def dim(self, key: str) -> int:
+        return int(self.meta["embeddings"][key]["dim"])
+
+    def dataset(self) -> pads.Dataset:
+        files = sorted(str(p) for p in self.path.glob("ds=*/*.parquet"))
+        return pads.dataset(files, format="parquet")
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        return self.dataset().to_table(columns=columns)
+
+
+def open_training_set(path: Path) -> TrainingSet:
+    meta_path = Path(path) / META_FILE
+    if not meta_path.is_file():
+        raise TrainingSetError(f"{path} is not a training set: {META_FILE} is missing")
+    return TrainingSet(Path(path), json.loads(meta_path.read_text()))
+
+
+def cut_micros(day: dt.date) -> int:
+    """`lookup_time(day)` as microseconds since the epoch."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (lookup_time(day) - epoch) // dt.timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Embeddings of distinct (day, id) pairs, sorted by day then id."""
+
+    cuts: np.ndarray  # [P] int64 microseconds (lookup_time of the pair's day)
+    ids: np.ndarray  # [P] int64
+    values: dict[str, tuple[np.ndarray, np.ndarray]]  # key -> ([P, D] float32, [P] bool)
+
+    def rows_of(self, day: dt.date, row_ids: np.ndarray) -> np.ndarray:
+        """Pair index of each (day, row id); every row id must be among the day's pairs."""
+        lo, hi = np.searchsorted(self.cuts, [cut_micros(day), cut_micros(day) + 1])
+        return lo + np.searchsorted(self.ids[lo:hi], row_ids)
+
+
+def fetch_embeddings(
+    store,
+    entity: str,
+    keys: tuple[str, ...],
+    dims: dict[str, int],
+    cuts: np.ndarray,
+    ids: np.ndarray,
+) -> Lookup:
+    """One get_historical_features for the distinct (cut, id) pairs, sorted by cut then id.
+
+    Feast keeps neither the order of the entity rows nor (in every store) their dtype, so
+    the result is re-keyed on (cut, id) and checked to hold exactly one row per pair.
+    """
+    import pandas as pd
+
+    key_column = join_key(entity)
+    entity_df = pd.DataFrame(
+        {key_column: ids, "event_timestamp": pd.to_datetime(cuts, unit="us", utc=True)}
+    )
+    features = [f"{embedding_view(k)[2]}:embedding" for k in keys]
+    result = store.get_historical_features(
+        entity_df=entity_df, features=features, full_feature_names=True
+    ).to_arrow()
+    found_ids = result.column(key_column).to_numpy().astype(np.int64)
+    found_cuts = pc.cast(result.column("event_timestamp"), TIMESTAMP).cast(pa.int64()).to_numpy()
+    order = np.lexsort((found_ids, found_cuts))
+    if not (np.array_equal(found_ids[order], ids) and np.array_equal(found_cuts[order], cuts)):
+        raise RuntimeError(
+            f"Feast returned {len(found_ids)} rows for {len(ids)} distinct ({entity}, day) "
+            "pairs; expected exactly one row per pair"
+        )
+    take = pa.array(order)
+    values = {}
+    for k in keys:
+        column = f"{embedding_view(k)[2]}__embedding"
+        values[k] = embedding_matrix(result.column(column).take(take), dims[k], column)
+    return Lookup(cuts, ids, values)
+
+
+def distinct_pairs(ids_by_day: dict[dt.date, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(cuts, ids) of the distinct (day, id) pairs, sorted by day then id."""
+    days = sorted(ids_by_day)
+    uniques = [np.unique(ids_by_day[d]) for d in days]
+    cuts = np.concatenate(
+        [np.full(len(u), cut_micros(d), np.int64) for d, u in zip(days, uniques, strict=True)]
+    )
+    return cuts, np.concatenate(uniques).astype(np.int64)
+
+
+def join_day(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> pa.Table:
+    """One day's log rows plus, per embedding key, its column and has_ indicator."""
+    columns = {"event_timestamp": pa.array(np.full(rows.num_rows, cut_micros(day))).cast(TIMESTAMP)}
+    for entity, lookup in lookups.items():
+        index = lookup.rows_of(day, rows.column(join_key(entity)).to_numpy().astype(np.int64))
+        for k, (matrix, present) in lookup.values.items():
+            columns[embedding_column(k)] = fixed_size_list(matrix[index])
+            columns[presence_column(k)] = pa.array(present[index].astype(np.int8))
+    for name, values in columns.items():
+        rows = rows.append_column(name, values)
+    return rows
+
+
+def fetch_chunk(log, store, keys, dims, days: list[dt.date]) -> dict[str, Lookup]:
+    """The embeddings every event of `days` needs: one Feast call per entity kind."""
+    lookups = {}
+    for entity in ENTITIES:
+        entity_keys = tuple(k for k in keys if embedding_view(k)[1] == entity)
+        if not entity_keys:
+            continue
+        column = join_key(entity)
+        ids_by_day = {
+            day: log.scanner(day, day, columns=[column]).to_table().column(column).to_numpy()
+            for day in days
+        }
+        cuts, ids = distinct_pairs({d: v for d, v in ids_by_day.items() if len(v)})
+        lookups[entity] = fetch_embeddings(store, entity, entity_keys, dims, cuts, ids)
+    return lookups
+
+
+def build_training_set(
+    cfg: TrainingSetConfig,
+    store=None,
+    progress: Callable | None = None,
+) -> TrainingSet:
+    """Builds (or rebuilds, atomically) the training set of `cfg`; returns it.
+
+    `store` is a feast.FeatureStore (default: this repository's, for cfg.workdir).
+    `progress` wraps the iterator over chunks of days (e.g. tqdm); None shows nothing.
+    """
+    from derm_features.atomic import atomic_dir, write_text_atomic
+    from derm_features.feast_repo import feature_store
+    from derm_features.logs import open_log
+
+    workdir = Workdir.resolve(cfg.workdir)
+    log = open_log(cfg.logs)
+    if cfg.embeddings and log.schema.id_type != "int64":
+        raise TrainingSetError(
+            f"{cfg.logs}: user_id/pin_id are strings, but the Feast entities user and pin "
+            "are INT64 (feature_repo/entities.py); embeddings need int64 ids"
+        )
+    dims = {k: view_dim(workdir, k) for k in cfg.embeddings}
+    if cfg.embeddings and store is None:
+        store = feature_store(workdir)
+    days = [
+        day
+        for day in (cfg.start + dt.timedelta(days=i) for i in range((cfg.end - cfg.start).days + 1))
+        if log.scanner(day, day, columns=["ts"]).count_rows()
+    ]
+    if not days:
+        raise TrainingSetError(f"{cfg.logs} holds no impressions between {cfg.start} and {cfg.end}")
+    chunks = [days[i : i + cfg.days_per_fetch] for i in range(0, len(days), cfg.days_per_fetch)]
+    rows_written = 0
+    written_days = []
+    with atomic_dir(cfg.output_dir()) as tmp:
+        for chunk in progress(chunks) if progress else chunks:
+            lookups = fetch_chunk(log, store, cfg.embeddings, dims, chunk) if cfg.embeddings else {}
+            for day in chunk:
+                rows = log.scanner(day, day).to_table()
+                joined = join_day(rows, day, lookups)
+                part = tmp / f"ds={day.isoformat()}"
+                part.mkdir()
+                pq.write_table(joined, part / "part-0.parquet")
+                rows_written += joined.num_rows
+                written_days.append(day.isoformat())
+        meta = {
+            "logs": str(Path(cfg.logs).resolve()),
+            "schema": log.schema.to_dict(),
+            "start": cfg.start.isoformat(),
+            "end": cfg.end.isoformat(),
+            "days": written_days,
+            "rows": rows_written,
+            "embeddings": {
+                k: {"view": embedding_column(k), "dim": dims[k], "has": presence_column(k)}
+                for k in cfg.embeddings
+            },
+            "point_in_time": "an event on day t sees values stamped at or before "
+            "00:00:00.000001 UTC of day t (and within the view's ttl); missing -> zeros "
+            "and has_<view> = 0",
+        }
+        write_text_atomic(json.dumps(meta, indent=2), tmp / META_FILE)
+    return open_training_set(cfg.output_dir())
