@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from derm_features.cli_options import WorkdirOption
+
 app = typer.Typer(
     name="derm",
     help=(
@@ -22,15 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-WorkdirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workdir",
-        help="Work directory for every artifact of a run (default: $DERM_WORKDIR, else ./data).",
-        show_default=False,
-    ),
-]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -84,5 +77,38 @@ def main() -> None:
     app()
 
 
-# Commands that live in the other packages, one line each, so `derm --help` lists them all.
-# Each module keeps its heavy imports inside the command body.
+# Commands that live in the other packages, registered here so `derm --help` lists them all.
+# Each module keeps its heavy imports (torch, Spark, Feast) inside the command bodies.
+from derm_features.generate_cli import generate_cmd  # noqa: E402
+from derm_features.pipeline_cli import (  # noqa: E402
+    backfill_cmd,
+    daily_cmd,
+    demo_cmd,
+    report_cmd,
+    status_cmd,
+)
+from derm_features.serving_cli import index_cmd, retrieve_cmd, serve_cmd  # noqa: E402
+from materialize.cli import materialize_cmd  # noqa: E402
+from trainers.cli import infer_cmd, train_cmd  # noqa: E402
+from trainers.downstream.cli import downstream_cmd, experiment_cmd  # noqa: E402
+
+for name, command in (
+    ("generate", generate_cmd),
+    ("train", train_cmd),
+    ("infer", infer_cmd),
+    ("materialize", materialize_cmd),
+    ("daily", daily_cmd),
+    ("backfill", backfill_cmd),
+    ("status", status_cmd),
+    ("index", index_cmd),
+    ("retrieve", retrieve_cmd),
+    ("serve", serve_cmd),
+    ("downstream", downstream_cmd),
+    ("experiment", experiment_cmd),
+    ("report", report_cmd),
+    ("demo", demo_cmd),
+):
+    app.command(name)(command)
+
+if __name__ == "__main__":
+    main()

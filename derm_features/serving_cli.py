@@ -6,21 +6,14 @@ Feast, FastAPI) happen inside the command bodies so `derm --help` stays instant.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from derm_features.cli_options import WorkdirOption
+
 ModelOption = Annotated[
     str, typer.Option("--model", help="Upstream model whose embeddings to use: ctr or cvr.")
-]
-WorkdirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workdir",
-        help="Work directory of the run (default: $DERM_WORKDIR, else ./data).",
-        show_default=False,
-    ),
 ]
 
 

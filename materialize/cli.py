@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from derm_features.cli_options import WorkdirOption
 
 
 def materialize_cmd(
     model: Annotated[str, typer.Option("--model", help="Upstream model: ctr or cvr.")],
     entity: Annotated[str, typer.Option("--entity", help="Entity: user or pin.")],
     date: Annotated[str, typer.Option("--date", help="The day to materialize, YYYY-MM-DD.")],
-    workdir: Annotated[
-        Path | None,
-        typer.Option(
-            "--workdir",
-            help="Work directory (default: $DERM_WORKDIR, else ./data).",
-            show_default=False,
-        ),
-    ] = None,
+    workdir: WorkdirOption = None,
     heuristic: Annotated[
         str,
         typer.Option(

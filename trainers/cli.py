@@ -6,27 +6,16 @@ torch and Lightning are imported inside the command bodies so `derm --help` stay
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from derm_features.cli_options import LogsOption, WorkdirOption
 
 ModelOption = Annotated[
     str,
     typer.Option(
         "--model", help="Upstream model: 'ctr' (trains on clicks) or 'cvr' (conversions)."
-    ),
-]
-LogsOption = Annotated[
-    Path, typer.Option("--logs", help="The ad log: a Parquet file or directory (hive ds= allowed).")
-]
-WorkdirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workdir",
-        help="Work directory for checkpoints, daily outputs and metrics "
-        "(default: $DERM_WORKDIR, else ./data).",
-        show_default=False,
     ),
 ]
 

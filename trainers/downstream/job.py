@@ -96,6 +96,7 @@ def run_downstream(
     import torch
 
     from derm_features.logs import LogSchema
+    from trainers import quiet_lightning
     from trainers.downstream.data import TASKS, DownstreamDataModule, positive_rate
     from trainers.downstream.models import MODELS
     from trainers.downstream.system import DownstreamSystem
@@ -127,6 +128,7 @@ def run_downstream(
     model = MODELS[cfg.task](tower_layout(schema, feature_cfg), dims, spec.tasks, cfg.network)
     system = DownstreamSystem(model, spec.tasks, spec.primary, lr=cfg.lr)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    quiet_lightning()
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator="cpu",

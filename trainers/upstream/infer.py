@@ -92,6 +92,7 @@ def infer(cfg) -> dict:
     """Runs one `derm infer` (cfg: InferConfig); returns a summary dict."""
     import lightning as L
 
+    from trainers import quiet_lightning
     from trainers.upstream.checkpoint import (
         CheckpointError,
         check_fits,
@@ -131,6 +132,7 @@ def infer(cfg) -> dict:
         with atomic_dir(targets["user"]) as user_dir, atomic_dir(targets["pin"]) as pin_dir:
             tmp = {"user": user_dir / "part-0.parquet", "pin": pin_dir / "part-0.parquet"}
             writer = _prediction_writer(tmp, dim, version)
+            quiet_lightning()
             trainer = L.Trainer(
                 accelerator="auto",
                 devices=1,  # one writer per output file; inference is cheap next to training

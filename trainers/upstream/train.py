@@ -45,7 +45,10 @@ def make_trainer(cfg: TrainConfig, workdir: Workdir, run_name: str):
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from trainers import quiet_lightning
+
     logger = CSVLogger(save_dir=workdir.metrics / "upstream", name=cfg.model, version=run_name)
+    quiet_lightning()
     return L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,

@@ -1,0 +1,108 @@
+"""`derm.yaml`: one file for model sizes, D, heuristic, TTL, engine and the Redis address.
+
+Read from ``--config PATH``, else ``./derm.yaml`` when it exists. Precedence, highest first:
+command-line flags, environment (`REDIS_URL`, `DERM_WORKDIR`), this file, built-in defaults.
+Every key is checked: a typo is an error naming the file, the section and the key.
+
+    workdir: ./data
+    redis_url: redis://127.0.0.1:6379
+    model:        # trainers.upstream.config.ModelConfig fields
+      embedding_dim: 64
+      token_dim: 32
+    train:        # upstream TrainConfig fields
+      batch_size: 1024
+      epochs: 1
+      threads: 2
+    materialize:
+      heuristic: ma
+      w: 0.8
+      ttl_days: 90
+      engine: local
+    pipeline:
+      window_days: 7
+      seed: 0
+      models: [ctr, cvr]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+DEFAULT_FILE = "derm.yaml"
+TRAIN_KEYS = {
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "epochs",
+    "threads",
+    "shuffle_buffer",
+    "num_workers",
+    "accelerator",
+    "devices",
+}
+MATERIALIZE_KEYS = {"heuristic", "w", "ttl_days", "renormalize", "engine", "online"}
+PIPELINE_KEYS = {"window_days", "seed", "models", "index"}
+TOP_KEYS = {"workdir", "redis_url", "model", "train", "materialize", "pipeline"}
+
+
+class ConfigError(ValueError):
+    """derm.yaml breaks a rule; the message names the file and key."""
+
+
+def _model_keys() -> set[str]:
+    from trainers.upstream.config import ModelConfig
+
+    return {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    """The validated contents of the config file ({} when there is none)."""
+    import yaml
+
+    explicit = path is not None
+    path = Path(path or DEFAULT_FILE)
+    if not path.is_file():
+        if explicit:
+            raise ConfigError(f"--config {path}: no such file")
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    _check_keys(path, "top level", data, TOP_KEYS)
+    sections = {
+        "model": _model_keys(),
+        "train": TRAIN_KEYS,
+        "materialize": MATERIALIZE_KEYS,
+        "pipeline": PIPELINE_KEYS,
+    }
+    for section, allowed in sections.items():
+        value = data.get(section) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: section '{section}' must be a mapping")
+        _check_keys(path, f"section '{section}'", value, allowed)
+        data[section] = value
+    models = data["pipeline"].get("models")
+    if models is not None and (not isinstance(models, list) or not models):
+        raise ConfigError(f"{path}: pipeline.models must be a non-empty list such as [ctr, cvr]")
+    return data
+
+
+def _check_keys(path: Path, where: str, value: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key '{unknown[0]}' in {where} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def apply_environment(config: dict) -> None:
+    """Sets REDIS_URL / DERM_WORKDIR from the file where the environment does not set them."""
+    if config.get("redis_url") and not os.environ.get("REDIS_URL"):
+        os.environ["REDIS_URL"] = str(config["redis_url"])
+    if config.get("workdir") and not os.environ.get("DERM_WORKDIR"):
+        os.environ["DERM_WORKDIR"] = str(config["workdir"])
