@@ -150,10 +150,21 @@ def _index(cfg: PipelineConfig, model: str, day: dt.date) -> dict:
     return {"pins": index.manifest.count, "model_version": index.manifest.model_version}
 
 
+def _has_snapshot_before(workdir: Workdir, model: str, day: dt.date) -> bool:
+    from trainers.upstream.checkpoint import snapshot_days
+
+    return any(d < day for d in snapshot_days(workdir, model))
+
+
 def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt.date | None):
     """All steps of one model for one day; `window_start` set means the from-scratch fit."""
     wd = cfg.workdir
     when = {"start": window_start, "end": day} if window_start else {"date": day}
+    if window_start is None and not _has_snapshot_before(wd, model, day):
+        # e.g. the window fit was skipped for lack of positives; not a marker: a later
+        # window fit makes this day runnable
+        reason = f"no {model} snapshot before {day} to warm-start from (window fit skipped?)"
+        return {"train": {"skipped": True, "reason": reason}}
     trained, _ = run_step(wd, model, "train", day, lambda: _train(cfg, model, **when))
     if trained.get("skipped"):
         return {"train": trained}

@@ -41,6 +41,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from derm_features.workdir import ENTITIES, Workdir, join_key, view_name
+from trainers.upstream.hashing import hash_ids_to_int64
 
 # Short names of the four DERM embeddings, as the CLI spells them: <model>_<entity>.
 EMBEDDING_KEYS = ("ctr_user", "ctr_pin", "cvr_user", "cvr_pin")
@@ -276,7 +277,7 @@ def join_day(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> pa.Tab
     """One day's log rows plus, per embedding key, its column and has_ indicator."""
     columns = {"event_timestamp": pa.array(np.full(rows.num_rows, cut_micros(day))).cast(TIMESTAMP)}
     for entity, lookup in lookups.items():
-        index = lookup.rows_of(day, rows.column(join_key(entity)).to_numpy().astype(np.int64))
+        index = lookup.rows_of(day, hash_ids_to_int64(rows.column(join_key(entity))))
         for k, (matrix, present) in lookup.values.items():
             columns[embedding_column(k)] = fixed_size_list(matrix[index])
             columns[presence_column(k)] = pa.array(present[index].astype(np.int8))
@@ -294,7 +295,7 @@ def fetch_chunk(log, store, keys, dims, days: list[dt.date]) -> dict[str, Lookup
             continue
         column = join_key(entity)
         ids_by_day = {
-            day: log.scanner(day, day, columns=[column]).to_table().column(column).to_numpy()
+            day: hash_ids_to_int64(log.scanner(day, day, columns=[column]).to_table()[column])
             for day in days
         }
         cuts, ids = distinct_pairs({d: v for d, v in ids_by_day.items() if len(v)})
@@ -318,11 +319,6 @@ def build_training_set(
 
     workdir = Workdir.resolve(cfg.workdir)
     log = open_log(cfg.logs)
-    if cfg.embeddings and log.schema.id_type != "int64":
-        raise TrainingSetError(
-            f"{cfg.logs}: user_id/pin_id are strings, but the Feast entities user and pin "
-            "are INT64 (feature_repo/entities.py); embeddings need int64 ids"
-        )
     dims = {k: view_dim(workdir, k) for k in cfg.embeddings}
     if cfg.embeddings and store is None:
         store = feature_store(workdir)
