@@ -156,8 +156,11 @@ def _has_snapshot_before(workdir: Workdir, model: str, day: dt.date) -> bool:
     return any(d < day for d in snapshot_days(workdir, model))
 
 
-def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt.date | None):
-    """All steps of one model for one day; `window_start` set means the from-scratch fit."""
+def upstream_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt.date | None):
+    """Train and infer one model's day; `window_start` set means the from-scratch fit.
+
+    Returns the steps' summaries; only {"train": ...} when training was skipped.
+    """
     wd = cfg.workdir
     when = {"start": window_start, "end": day} if window_start else {"date": day}
     if window_start is None and not _has_snapshot_before(wd, model, day):
@@ -168,8 +171,16 @@ def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: d
     trained, _ = run_step(wd, model, "train", day, lambda: _train(cfg, model, **when))
     if trained.get("skipped"):
         return {"train": trained}
-    out = {"train": trained}
-    out["infer"], _ = run_step(wd, model, "infer", day, lambda: _infer(cfg, model, day))
+    inferred, _ = run_step(wd, model, "infer", day, lambda: _infer(cfg, model, day))
+    return {"train": trained, "infer": inferred}
+
+
+def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt.date | None):
+    """All steps of one model for one day: `upstream_day`, then materialize and index."""
+    wd = cfg.workdir
+    out = upstream_day(cfg, model, day, window_start)
+    if "infer" not in out:
+        return out
     for entity in ENTITIES:
         step = f"materialize_{entity}"
         out[step], _ = run_step(

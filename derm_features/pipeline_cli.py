@@ -48,10 +48,18 @@ ThreadsOption = Annotated[
 ]
 
 
-def _pipeline_config(config, logs, workdir, **flags):
+# The command flags that override PipelineConfig (and derm.yaml); None means "not given".
+PIPELINE_FLAGS = ("models", "heuristic", "w", "engine", "online", "index", "threads", "window_days")
+
+
+def _pipeline_config(given: dict):
+    """PipelineConfig from derm.yaml, the environment and a command's flags (`given`)."""
     from derm_features.config import apply_environment, load_config
     from derm_features.pipeline import PipelineConfig, with_overrides
     from derm_features.workdir import Workdir
+
+    config, logs, workdir = given["config"], given["logs"], given["workdir"]
+    flags = {k: given[k] for k in PIPELINE_FLAGS if k in given}
 
     file_cfg = load_config(config)
     apply_environment(file_cfg)
@@ -105,24 +113,12 @@ def daily_cmd(
     skipped when its marker for the day exists, so a re-run after a crash resumes where it
     stopped.
     """
+    given = dict(locals())  # the flags, before anything else is bound
     from derm_features.cli import parse_day_option
     from derm_features.pipeline import daily
 
     day = parse_day_option(date, "--date")
-    cfg = _run(
-        lambda: _pipeline_config(
-            config,
-            logs,
-            workdir,
-            models=models,
-            heuristic=heuristic,
-            w=w,
-            engine=engine,
-            online=online,
-            index=index,
-            threads=threads,
-        )
-    )
+    cfg = _run(lambda: _pipeline_config(given))
     result = _run(lambda: daily(cfg, day))
     typer.echo(json.dumps(_summary(result), default=str))
 
@@ -150,25 +146,12 @@ def backfill_cmd(
     The window is the first --window-days days from --start; every day after it up to --end
     runs the daily steps. Resumable like `derm daily`.
     """
+    given = dict(locals())  # the flags, before anything else is bound
     from derm_features.cli import parse_day_option
     from derm_features.pipeline import backfill
 
     first, last = parse_day_option(start, "--start"), parse_day_option(end, "--end")
-    cfg = _run(
-        lambda: _pipeline_config(
-            config,
-            logs,
-            workdir,
-            models=models,
-            heuristic=heuristic,
-            w=w,
-            engine=engine,
-            online=online,
-            index=index,
-            threads=threads,
-            window_days=window_days,
-        )
-    )
+    cfg = _run(lambda: _pipeline_config(given))
     result = _run(lambda: backfill(cfg, first, last))
     typer.echo(json.dumps({day: _summary(r) for day, r in result.items()}, default=str))
 

@@ -169,32 +169,26 @@ def upstream_model_config():
 
 
 def upstream(cfg: ExperimentConfig, workdir: Workdir, logs: Path) -> None:
-    """Both upstream models: window fit, then per day an incremental fit and its inference."""
-    from trainers.upstream.config import InferConfig, TrainConfig
-    from trainers.upstream.infer import infer
-    from trainers.upstream.train import train
+    """Both upstream models through the daily job's train and infer steps: the window fit,
+    then per day an incremental fit and its inference (resumable by the same markers)."""
+    from derm_features.pipeline import PipelineConfig, upstream_day
 
+    pipeline = PipelineConfig(
+        logs=logs,
+        workdir=workdir,
+        window_days=cfg.window_days,
+        train={"epochs": cfg.upstream_epochs, "threads": 1},
+        model=upstream_model_config().to_dict(),
+        progress=False,
+    )
     window_end = cfg.day(cfg.window_days - 1)
     for model in MODELS:
-        common = dict(
-            model=model, logs=logs, workdir=workdir.root, epochs=cfg.upstream_epochs,
-            threads=1, progress=False,
-        )  # fmt: skip
-        if not workdir.checkpoint(model, window_end).is_file():
-            _say(cfg, f"upstream {model}: window fit {cfg.start}..{window_end}")
-            train(TrainConfig(**common, start=cfg.start, end=window_end,
-                              model_cfg=upstream_model_config()))  # fmt: skip
         for i in range(cfg.window_days - 1, cfg.days):
             day = cfg.day(i)
-            if not workdir.checkpoint(model, day).is_file():
-                _say(cfg, f"upstream {model}: incremental fit {day}")
-                result = train(TrainConfig(**common, date=day))
-                if result.get("skipped"):  # a day without positives: no snapshot, no outputs
-                    _say(cfg, f"upstream {model} {day}: {result['reason']}")
-                    continue
-            if not workdir.daily(model, "user", day).is_dir():
-                infer(InferConfig(model=model, logs=logs, date=day, workdir=workdir.root,
-                                  progress=False))  # fmt: skip
+            _say(cfg, f"upstream {model} {day}: {'window fit' if day == window_end else 'day'}")
+            trained = upstream_day(pipeline, model, day, cfg.start if day == window_end else None)
+            if trained["train"].get("skipped"):  # no positives: no snapshot, no outputs
+                _say(cfg, f"upstream {model} {day}: {trained['train']['reason']}")
 
 
 def materialize(
