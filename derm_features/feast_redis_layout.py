@@ -343,6 +343,22 @@ def redis_client(store: FeatureStore):
     return online_store._get_client(store.config.online_store)
 
 
+def dedicated_redis_client(store: FeatureStore):
+    """A new redis-py client configured exactly like `store`'s (address, TLS, password,
+    cluster or sentinel: Feast's own `_get_client` builds it), with its own connections.
+
+    Why not share the store's: a TCP connection carries its congestion-control state. With
+    BBR (this machine's default, common on Linux servers) a connection that Feast's SDK
+    also uses is modelled on Feast's slow reply consumption, and the server then sends our
+    1 MB replies slowly: measured here, 1-2 % of 1 user + 500 Pin reads took ~120 ms
+    instead of ~4 ms on the shared connection, none on one of its own, and none on the
+    shared one with the machine switched to cubic (BENCHMARKS.md, online read).
+    """
+    online_store = store._get_provider().online_store
+    redis_client(store)  # the same checks
+    return type(online_store)()._get_client(store.config.online_store)
+
+
 @contextlib.contextmanager
 def unavailable_as_clear_error(store: FeatureStore, action: str) -> Iterator[None]:
     """Turn redis-py connection failures into `OnlineStoreUnavailable` naming the address.

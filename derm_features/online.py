@@ -22,8 +22,8 @@ from feast import FeatureStore
 from derm_features.feast_redis_layout import (
     ViewLayout,
     decode_float_lists,
+    dedicated_redis_client,
     entity_keys,
-    redis_client,
     run_pipelined,
     unavailable_as_clear_error,
     view_layout,
@@ -35,15 +35,17 @@ EMBEDDING_FEATURE = "embedding"
 class EmbeddingReader:
     """Reads DERM embeddings of users and Pins from the online store of a `FeatureStore`.
 
-    Layouts are resolved from the registry once per view and kept; the Redis client is
-    the store's own (its connection pool, TLS and password).
+    Layouts are resolved from the registry once per view and kept. The Redis client is
+    configured like the store's (address, TLS, password) but has connections of its own,
+    not shared with Feast's SDK calls (`dedicated_redis_client` says why).
     """
 
-    def __init__(self, store: FeatureStore, dims: dict[str, int] | None = None):
+    def __init__(self, store: FeatureStore, dims: dict[str, int] | None = None, client=None):
         """`dims`: view -> D. Without it, D is learned from the first value read and kept,
-        so a request in which no entity of a never-read view is found gets shape (n, 0)."""
+        so a request in which no entity of a never-read view is found gets shape (n, 0).
+        `client`: a redis-py client to read with (default: `dedicated_redis_client`)."""
         self._store = store
-        self._client = redis_client(store)
+        self.client = client if client is not None else dedicated_redis_client(store)
         self._dims = dict(dims or {})
         self._layouts: dict[str, ViewLayout] = {}
 
@@ -85,7 +87,7 @@ class EmbeddingReader:
             n_commands += len(keys)
 
         with unavailable_as_clear_error(self._store, "online embedding read"):
-            replies = run_pipelined(self._client, *batches) if n_commands else []
+            replies = run_pipelined(self.client, *batches) if n_commands else []
 
         result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for key_views, inverse, first, count in plan:

@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from derm_features.ann import AnnIndexError, PinIndex, load_index
 from derm_features.feast_redis_layout import (
     OnlineStoreUnavailable,
-    redis_client,
+    dedicated_redis_client,
     unavailable_as_clear_error,
 )
 from derm_features.workdir import MODELS, Workdir, view_name
@@ -197,7 +197,7 @@ async def _send_json(send, status: int, message: str, field_name: str, close=Fal
 
 
 def open_services(config: ServeConfig) -> Services:
-    """The Feast store, a reader on its Redis client (fail-fast policy) and the indexes."""
+    """The Feast store, a reader on a Redis client of its own (fail-fast policy), the indexes."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
@@ -210,7 +210,7 @@ def open_services(config: ServeConfig) -> Services:
             f"no Feast registry in {config.workdir.root}: run `derm apply --workdir ...` first"
         )
     store = feature_store(config.workdir)
-    client = redis_client(store)
+    client = dedicated_redis_client(store)
     client.set_retry(Retry(NoBackoff(), 0))
     kwargs = client.connection_pool.connection_kwargs
     for name in ("socket_timeout", "socket_connect_timeout"):
@@ -227,7 +227,7 @@ def open_services(config: ServeConfig) -> Services:
         for model, index in indexes.items()
         for entity in ("user", "pin")
     }
-    reader = EmbeddingReader(store, dims=dims)
+    reader = EmbeddingReader(store, dims=dims, client=client)
     for view in known_views():
         reader.layout(view)  # resolve from the registry once, not on the first request
     return Services(store, reader, redacted(), indexes)
@@ -303,7 +303,7 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
         reachable, error = True, None
         try:
             with unavailable_as_clear_error(s.store, "health check"):
-                redis_client(s.store).ping()
+                s.reader.client.ping()
         except OnlineStoreUnavailable as exc:
             reachable, error = False, str(exc)
         ok = reachable and bool(s.indexes)

@@ -13,7 +13,7 @@ import pytest
 import redis
 from test_online_push import embedding_rows
 
-from derm_features.feast_redis_layout import OnlineStoreUnavailable
+from derm_features.feast_redis_layout import OnlineStoreUnavailable, redis_client
 from derm_features.feast_repo import feature_store
 from derm_features.online import EmbeddingReader
 from materialize.online import push_rows, remove_entities
@@ -95,7 +95,21 @@ def test_reader_recovers_when_its_pooled_connection_was_dropped(applied_workdir,
     reader.read([1], [], ["ctr_user_embedding"])
     # The pool's one idle connection is the one `client_id` runs on; kill it server-side,
     # as a Redis restart would (only this connection: other clients share the server).
-    connection_id = reader._client.client_id()
+    connection_id = reader.client.client_id()
     assert redis.Redis.from_url(redis_url).client_kill_filter(_id=connection_id) == 1
     values, found = reader.read([1], [], ["ctr_user_embedding"])["ctr_user_embedding"]
     assert found.tolist() == [True] and values.shape == (1, 4)
+
+
+def test_reader_has_connections_of_its_own_configured_like_the_store(applied_workdir):
+    # Sharing Feast's connections lets Feast's slow reply consumption set the server's
+    # TCP pacing for our reads (BENCHMARKS.md, online read): the pool must be separate.
+    store = feature_store(applied_workdir)
+    feast_client = redis_client(store)
+    reader = EmbeddingReader(store)
+    assert reader.client.connection_pool is not feast_client.connection_pool
+    ours = reader.client.connection_pool.connection_kwargs
+    theirs = feast_client.connection_pool.connection_kwargs
+    for name in ("host", "port", "db", "username", "password", "ssl"):
+        assert ours.get(name) == theirs.get(name), name
+    assert reader.client.client_id() != feast_client.client_id()
