@@ -56,7 +56,8 @@ def _merge_bucket(params: KernelParams, dim: int):
     def merge(group_key, pool: pa.Table, daily: pa.Table) -> pa.Table:
         pool = pool.drop_columns(["bucket"])
         daily = daily.drop_columns(["bucket"])
-        annotated = merge_day(pool, daily, params, dim)
+        # One thread: Spark already runs a task per core.
+        annotated = merge_day(pool, daily, params, dim, threads=1)
         annotated = annotated.set_column(
             annotated.schema.get_field_index("embedding"),
             "embedding",

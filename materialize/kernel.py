@@ -33,6 +33,8 @@ Rules, in order:
 from __future__ import annotations
 
 import datetime as dt
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,7 +230,121 @@ def _list_vectors(matrix: np.ndarray, valid: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, values, mask=pa.array(~valid))
 
 
-def merge_day(pool: pa.Table, daily: pa.Table, params: KernelParams, dim: int) -> pa.Table:
+# Rows per block of `_merge_vectors`: a block of each operand (256-d: 1 MiB) stays in cache
+# while it is combined, normalised and measured, so each vector crosses memory once.
+_BLOCK_ROWS = 1024
+
+
+def default_threads() -> int:
+    """Threads for the kernel's vector pass: the usable cores, at most 8 (the pass is
+    memory-bound; more threads stop paying)."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+@dataclass(frozen=True)
+class _Vectors:
+    embedding: np.ndarray  # [n_seen + len(rest), D]: the day's merged rows, then the rest
+    norm: np.ndarray  # [n_seen]: L2 norm of each merged row as written
+    cosine: np.ndarray  # [n_updated]: cosine of each updated row with its pool(t-1) value
+    prev_daily: np.ndarray | None  # `ap` only: [n_out, D] the daily embeddings to keep
+
+
+def _merge_vectors(
+    daily_emb: np.ndarray,
+    rows: np.ndarray,
+    pool_emb: np.ndarray,
+    at: np.ndarray,
+    rest: np.ndarray,
+    pool_prev: np.ndarray | None,
+    pool_prev_valid: np.ndarray | None,
+    params: KernelParams,
+    threads: int | None,
+) -> _Vectors:
+    """The day's vectors in one pass over memory.
+
+    daily_emb [n_daily, D], rows [n_seen]: the day's row of each entity seen today,
+    updated ones first; pool_emb [n_pool, D], at [n_updated]: the pool row of each updated
+    entity; rest: pool rows carried (or expired), copied after the day's rows.
+    Each thread takes a contiguous share of the day's rows and of the rest and works
+    through it in `_BLOCK_ROWS` blocks; NumPy releases the GIL in every call used here.
+    """
+    dim = pool_emb.shape[1]
+    n_seen, n_updated = len(rows), len(at)
+    n_out = n_seen + len(rest)
+    embedding = np.empty((n_out, dim), dtype=np.float32)
+    norm = np.empty(n_seen, dtype=np.float32)
+    cosine = np.empty(n_updated, dtype=np.float32)
+    ap = params.heuristic == "ap"
+    prev_daily = np.empty((n_out, dim), dtype=np.float32) if ap else None
+
+    def merge_seen(begin: int, end: int) -> None:
+        previous = np.empty((_BLOCK_ROWS, dim), dtype=np.float32)
+        scratch = np.empty((_BLOCK_ROWS, dim), dtype=np.float32)
+        for i in range(begin, end, _BLOCK_ROWS):
+            j = min(i + _BLOCK_ROWS, end)
+            out = embedding[i:j]
+            np.take(daily_emb, rows[i:j], axis=0, out=out, mode="clip")
+            if ap:
+                prev_daily[i:j] = out  # today's daily embeddings, before merging
+            u = max(0, min(j, n_updated) - i)  # the block's updated rows come first
+            if u:
+                prev = previous[:u]
+                np.take(pool_emb, at[i : i + u], axis=0, out=prev, mode="clip")
+                merged = out[:u]
+                if params.heuristic == "ma":
+                    merged *= 1.0 - params.w
+                    merged += np.multiply(prev, params.w, out=scratch[:u])
+                elif ap:
+                    # A pool written without `ap` holds no previous daily: take today's.
+                    both = np.flatnonzero(pool_prev_valid[at[i : i + u]])
+                    merged[both] = 0.5 * (pool_prev[at[i : i + u][both]] + merged[both])
+            if params.renormalize:
+                _unit(out)
+            norm[i:j] = _norms(out)
+            if u:
+                cosine[i : i + u] = _row_cosine(prev, out[:u], norm[i : i + u])
+
+    def copy_rest(begin: int, end: int) -> None:
+        for i in range(begin, end, _BLOCK_ROWS):
+            j = min(i + _BLOCK_ROWS, end)
+            np.take(
+                pool_emb, rest[i:j], axis=0, out=embedding[n_seen + i : n_seen + j], mode="clip"
+            )
+            if ap:
+                np.take(
+                    pool_prev,
+                    rest[i:j],
+                    axis=0,
+                    out=prev_daily[n_seen + i : n_seen + j],
+                    mode="clip",
+                )
+
+    threads = threads or default_threads()
+    tasks = [
+        (fn, *share)
+        for fn, n in ((merge_seen, n_seen), (copy_rest, len(rest)))
+        for share in _shares(n, threads)
+    ]
+    if threads == 1 or len(tasks) <= 1:
+        for fn, begin, end in tasks:
+            fn(begin, end)
+    else:
+        with ThreadPoolExecutor(threads) as executor:
+            for future in [executor.submit(*task) for task in tasks]:
+                future.result()
+    return _Vectors(embedding, norm, cosine, prev_daily)
+
+
+def _shares(n: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous [begin, end) ranges covering range(n), block-aligned, none empty."""
+    blocks = -(-n // _BLOCK_ROWS)
+    edges = [min(n, round(blocks * k / parts) * _BLOCK_ROWS) for k in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
+def merge_day(
+    pool: pa.Table, daily: pa.Table, params: KernelParams, dim: int, threads: int | None = None
+) -> pa.Table:
     """Day t's annotated table from pool(t-1) and the raw daily rows of day t.
 
     pool:  `<id>`, `embedding`, `last_seen`, `prev_daily`, `model_version` (pool(t-1) rows)
@@ -237,9 +353,10 @@ def merge_day(pool: pa.Table, daily: pa.Table, params: KernelParams, dim: int) -
     id), then carried and expired ones (each in pool order). The output is a function of
     the inputs only.
 
-    Cost: every vector is written once, straight into its block of one output matrix:
-    carried rows (most of a pool on a typical day) are a row copy, and the day's rows are
-    combined in place. `cosine` and `norm` are set for the day's rows only (null otherwise).
+    Cost: every vector is written once, straight into its block of one output matrix
+    (`_merge_vectors`: cache-sized row blocks on `threads` threads, default
+    `default_threads()`; the Spark engine passes 1, its tasks already fill the cores).
+    `cosine` and `norm` are set for the day's rows only (null otherwise).
     """
     key = params.id_column
     id_type = pool.schema.field(key).type if pool.num_rows else daily.schema.field(key).type
@@ -260,46 +377,39 @@ def merge_day(pool: pa.Table, daily: pa.Table, params: KernelParams, dim: int) -
     untouched = np.ones(n_pool, dtype=bool)
     untouched[at] = False
     last_seen = pc.cast(pool["last_seen"], TIMESTAMP).to_numpy().view(np.int64)
-    is_expired = untouched & ((stamp - last_seen) // _MICROS_PER_DAY > params.ttl_days)
+    # More than ttl_days whole days old: (stamp - last_seen) // day > ttl_days.
+    is_expired = untouched & (stamp - last_seen >= (params.ttl_days + 1) * _MICROS_PER_DAY)
     carried = np.flatnonzero(untouched & ~is_expired)
     expired = np.flatnonzero(is_expired)
     rest = np.concatenate([carried, expired])  # pool rows after the day's rows
     n_out = n_seen + len(rest)
 
-    # The output vectors: today's daily embeddings, merged in place, then the pool's rest.
-    embedding = np.empty((n_out, dim), dtype=np.float32)
-    merged = embedding[:n_seen]
-    # mode="clip": np.take buffers `out` in its default mode; indices are in range anyway.
-    np.take(embedding_matrix(daily["embedding"], dim), rows, axis=0, out=merged, mode="clip")
+    daily_emb = embedding_matrix(daily["embedding"], dim)
     pool_emb = embedding_matrix(pool["embedding"], dim)
-    np.take(pool_emb, rest, axis=0, out=embedding[n_seen:], mode="clip")
-    previous = np.take(pool_emb, at, axis=0)
     if params.heuristic == "ap":
-        prev_daily = np.empty((n_out, dim), dtype=np.float32)
-        prev_daily[:n_seen] = merged  # today's daily embeddings, before merging
         pool_prev, pool_prev_valid = _matrix_and_valid(pool["prev_daily"], dim)
-        np.take(pool_prev, rest, axis=0, out=prev_daily[n_seen:], mode="clip")
         prev_valid = np.concatenate([np.ones(n_seen, dtype=bool), pool_prev_valid[rest]])
-        # A pool written without `ap` holds no previous daily: such entities take today's.
-        both = np.flatnonzero(pool_prev_valid[at])
-        merged[both] = 0.5 * (pool_prev[at[both]] + merged[both])
-        prev_daily_column = _list_vectors(prev_daily, prev_valid)
+    else:
+        pool_prev = pool_prev_valid = prev_valid = None
+    vecs = _merge_vectors(
+        daily_emb, rows, pool_emb, at, rest, pool_prev, pool_prev_valid, params, threads
+    )
+    norm, cosine_updated = vecs.norm, vecs.cosine
+    if params.heuristic == "ap":
+        prev_daily_column = _list_vectors(vecs.prev_daily, prev_valid)
     else:  # prev_daily only serves `ap`: null, the pool schema unchanged
         prev_daily_column = pa.nulls(n_out, PREV_DAILY_TYPE)
-    if params.heuristic == "ma":
-        merged[:n_updated] *= 1.0 - params.w
-        merged[:n_updated] += params.w * previous
-    if params.renormalize:
-        _unit(merged)
-    norm = _norms(merged)
+    embedding = vecs.embedding
 
     status = np.full(n_out, CARRIED, dtype=np.int8)
     status[:n_updated] = UPDATED
     status[n_updated:n_seen] = NEW
     status[n_seen + len(carried) :] = EXPIRED
     cosine = np.zeros(n_out, dtype=np.float32)
-    cosine[:n_updated] = _row_cosine(previous, merged[:n_updated], norm[:n_updated])
+    cosine[:n_updated] = cosine_updated
     out_norm = np.zeros(n_out, dtype=np.float32)
+    carried_or_expired = np.zeros(n_out, dtype=bool)
+    carried_or_expired[n_seen:] = True
     out_norm[:n_seen] = norm
     out_last_seen = np.concatenate([np.full(n_seen, stamp), last_seen[rest]])
     rest_rows = pa.array(rest)
@@ -319,7 +429,7 @@ def merge_day(pool: pa.Table, daily: pa.Table, params: KernelParams, dim: int) -
             ),
             pa.array(status),
             pa.array(cosine, mask=status != UPDATED),
-            pa.array(out_norm, mask=np.arange(n_out) >= n_seen),
+            pa.array(out_norm, mask=carried_or_expired),
         ],
         schema=annotated_schema(key, id_type, dim),
     )

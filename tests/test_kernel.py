@@ -212,3 +212,28 @@ def test_ap_on_a_pool_without_prev_daily_takes_the_daily_embedding():
     out = run(pool, daily_table([1], e2, later), later, heuristic="ap")
     np.testing.assert_allclose(emb_of(out, 1), e2[0], rtol=1e-6)
     np.testing.assert_array_equal(emb_of(out, 1, "prev_daily"), e2[0])
+
+
+@pytest.mark.parametrize("heuristic", ["ma", "acc", "ap"])
+def test_blocked_threaded_pass_equals_one_block_on_one_thread(monkeypatch, heuristic):
+    """`_merge_vectors` splits rows into blocks and threads: the result must not depend on
+    either (many small blocks on 3 threads vs one block on one thread)."""
+    import materialize.kernel as kernel
+
+    rng = np.random.default_rng(11)
+    ids0 = rng.permutation(700)
+    pool = split_annotated(
+        run(empty_pool(KEY, pa.int64(), DIM), daily_table(ids0, unit_rows(rng, 700), DAY)), KEY
+    ).pool
+    later = DAY + dt.timedelta(days=1)
+    ids1 = np.concatenate([rng.choice(700, 400, replace=False), np.arange(1000, 1100)])
+    ids1 = np.concatenate([ids1, ids1[:50]])  # repeats: dedup before the vector pass
+    daily = daily_table(ids1, unit_rows(rng, len(ids1)), later)
+    monkeypatch.setattr(kernel, "_BLOCK_ROWS", 4096)
+    whole = merge_day(pool, daily, params(later, heuristic=heuristic), DIM, threads=1)
+    monkeypatch.setattr(kernel, "_BLOCK_ROWS", 16)
+    blocked = merge_day(pool, daily, params(later, heuristic=heuristic), DIM, threads=3)
+    assert blocked.equals(whole)
+    status = whole["status"].to_numpy()
+    assert (status == UPDATED).sum() == 400 and (status == NEW).sum() == 100
+    assert (status == CARRIED).sum() == 300
