@@ -21,6 +21,7 @@ from materialize.kernel import (
     merge_day,
     sorted_by,
     split_annotated,
+    take_rows,
     vectors,
 )
 from materialize.storage import bucket_of, read_pool_bucket, write_layout, write_pool_bucket
@@ -72,7 +73,8 @@ def run_local(
         annotated = merge_day(pool_k, daily_k, params, dim)
         result = split_annotated(annotated, key)
         write_pool_bucket(out_dir, k, result.pool)
-        changed.append(result.changed)
+        # A copy of the day's rows, so the bucket's vectors are freed once written.
+        changed.append(take_rows(result.changed, np.arange(result.changed.num_rows)))
         stats.append(annotated.select(list(STATS_COLUMNS)))
         progress(1)
     write_layout(out_dir, buckets)

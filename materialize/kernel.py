@@ -112,7 +112,11 @@ def embedding_matrix(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray
     n * dim block is rejected here rather than silently misread.
     """
     if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if column.num_chunks != 1:
+            # One NumPy copy: Arrow's combine_chunks of sliced list arrays is ~20x slower.
+            parts = [embedding_matrix(chunk, dim) for chunk in column.chunks]
+            return np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
+        column = column.chunk(0)
     n = len(column)
     if n == 0:
         return np.empty((0, dim), dtype=np.float32)

@@ -55,5 +55,6 @@ def write_daily(
     directory = workdir.daily(model, entity, day)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.parquet"
-    pq.write_table(table, path)
+    # As the infer step writes them: one row group per predict batch (4096 rows).
+    pq.write_table(table, path, row_group_size=4096)
     return path
