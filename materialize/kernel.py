@@ -34,14 +34,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 HEURISTICS = ("acc", "ma", "ap")
+T = TypeVar("T")
 
 # Status codes of the annotated table.
 CARRIED, UPDATED, NEW, EXPIRED = 0, 1, 2, 3
@@ -263,8 +266,10 @@ def _merge_vectors(
     pool_prev_valid: np.ndarray | None,
     params: KernelParams,
     threads: int | None,
-) -> _Vectors:
-    """The day's vectors in one pass over memory.
+    meanwhile: Callable[[], T],
+) -> tuple[_Vectors, T]:
+    """The day's vectors in one pass over memory, and `meanwhile()`'s result, computed on
+    the calling thread while the worker threads run.
 
     daily_emb [n_daily, D], rows [n_seen]: the day's row of each entity seen today,
     updated ones first; pool_emb [n_pool, D], at [n_updated]: the pool row of each updated
@@ -302,9 +307,13 @@ def _merge_vectors(
                     # A pool written without `ap` holds no previous daily: take today's.
                     both = np.flatnonzero(pool_prev_valid[at[i : i + u]])
                     merged[both] = 0.5 * (pool_prev[at[i : i + u][both]] + merged[both])
+            lengths = _norms(out)
             if params.renormalize:
-                _unit(out)
-            norm[i:j] = _norms(out)
+                nonzero = lengths > 0
+                out /= np.where(nonzero, lengths, 1.0)[:, None]
+                norm[i:j] = nonzero  # unit by construction (an all-zero row stays zero)
+            else:
+                norm[i:j] = lengths
             if u:
                 cosine[i : i + u] = _row_cosine(prev, out[:u], norm[i : i + u])
 
@@ -332,11 +341,13 @@ def _merge_vectors(
     if threads == 1 or len(tasks) <= 1:
         for fn, begin, end in tasks:
             fn(begin, end)
-    else:
-        with ThreadPoolExecutor(threads) as executor:
-            for future in [executor.submit(*task) for task in tasks]:
-                future.result()
-    return _Vectors(embedding, norm, cosine, prev_daily)
+        return _Vectors(embedding, norm, cosine, prev_daily), meanwhile()
+    with ThreadPoolExecutor(threads) as executor:
+        futures = [executor.submit(*task) for task in tasks]
+        other = meanwhile()  # the scalar columns, while the workers move vectors
+        for future in futures:
+            future.result()
+    return _Vectors(embedding, norm, cosine, prev_daily), other
 
 
 def _shares(n: int, parts: int) -> list[tuple[int, int]]:
@@ -392,51 +403,56 @@ def merge_day(
     pool_emb = embedding_matrix(pool["embedding"], dim)
     if params.heuristic == "ap":
         pool_prev, pool_prev_valid = _matrix_and_valid(pool["prev_daily"], dim)
-        prev_valid = np.concatenate([np.ones(n_seen, dtype=bool), pool_prev_valid[rest]])
     else:
-        pool_prev = pool_prev_valid = prev_valid = None
-    vecs = _merge_vectors(
-        daily_emb, rows, pool_emb, at, rest, pool_prev, pool_prev_valid, params, threads
-    )
-    norm, cosine_updated = vecs.norm, vecs.cosine
-    if params.heuristic == "ap":
-        prev_daily_column = _list_vectors(vecs.prev_daily, prev_valid)
-    else:  # prev_daily only serves `ap`: null, the pool schema unchanged
-        prev_daily_column = pa.nulls(n_out, PREV_DAILY_TYPE)
-    embedding = vecs.embedding
+        pool_prev = pool_prev_valid = None
 
-    status = np.full(n_out, CARRIED, dtype=np.int8)
-    status[:n_updated] = UPDATED
-    status[n_updated:n_seen] = NEW
-    status[n_seen + len(carried) :] = EXPIRED
-    cosine = np.zeros(n_out, dtype=np.float32)
-    cosine[:n_updated] = cosine_updated
-    out_norm = np.zeros(n_out, dtype=np.float32)
-    carried_or_expired = np.zeros(n_out, dtype=bool)
-    carried_or_expired[n_seen:] = True
-    out_norm[:n_seen] = norm
-    out_last_seen = np.concatenate([np.full(n_seen, stamp), last_seen[rest]])
-    rest_rows = pa.array(rest)
-    return pa.Table.from_arrays(
-        [
-            pa.concat_arrays(
+    def other_columns() -> dict[str, pa.Array]:
+        """Everything but the vectors (run while the vector pass runs)."""
+        rest_rows = pa.array(rest)
+        status = np.full(n_out, CARRIED, dtype=np.int8)
+        status[:n_updated] = UPDATED
+        status[n_updated:n_seen] = NEW
+        status[n_seen + len(carried) :] = EXPIRED
+        versions = [daily["model_version"].combine_chunks().take(take)]
+        versions.append(pool["model_version"].combine_chunks().take(rest_rows))
+        return {
+            key: pa.concat_arrays(
                 [daily[key].combine_chunks().take(take), pool_ids.take(rest_rows)]
             ).cast(id_type),
-            vectors(embedding),
-            pa.array(out_last_seen, TIMESTAMP),
-            prev_daily_column,
-            pa.concat_arrays(
-                [
-                    pc.cast(daily["model_version"].combine_chunks().take(take), pa.string()),
-                    pc.cast(pool["model_version"].combine_chunks().take(rest_rows), pa.string()),
-                ]
+            "last_seen": pa.array(
+                np.concatenate([np.full(n_seen, stamp), last_seen[rest]]), TIMESTAMP
             ),
-            pa.array(status),
-            pa.array(cosine, mask=status != UPDATED),
-            pa.array(out_norm, mask=carried_or_expired),
-        ],
-        schema=annotated_schema(key, id_type, dim),
+            "model_version": pa.concat_arrays([pc.cast(v, pa.string()) for v in versions]),
+            "status": pa.array(status),
+        }
+
+    vecs, columns = _merge_vectors(
+        daily_emb,
+        rows,
+        pool_emb,
+        at,
+        rest,
+        pool_prev,
+        pool_prev_valid,
+        params,
+        threads,
+        meanwhile=other_columns,
     )
+    if params.heuristic == "ap":
+        prev_valid = np.concatenate([np.ones(n_seen, dtype=bool), pool_prev_valid[rest]])
+        columns["prev_daily"] = _list_vectors(vecs.prev_daily, prev_valid)
+    else:  # prev_daily only serves `ap`: null, the pool schema unchanged
+        columns["prev_daily"] = pa.nulls(n_out, PREV_DAILY_TYPE)
+    columns["embedding"] = vectors(vecs.embedding)
+    # cosine: updated rows only; norm: the day's rows only (null elsewhere).
+    cosine = np.zeros(n_out, dtype=np.float32)
+    cosine[:n_updated] = vecs.cosine
+    columns["cosine"] = pa.array(cosine, mask=np.arange(n_out) >= n_updated)
+    norm = np.zeros(n_out, dtype=np.float32)
+    norm[:n_seen] = vecs.norm
+    columns["norm"] = pa.array(norm, mask=np.arange(n_out) >= n_seen)
+    schema = annotated_schema(key, id_type, dim)
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
 @dataclass(frozen=True)
