@@ -11,6 +11,8 @@ the `materialize` package.)
    These stand in for the upstream model's outputs ("truth + noise", not a trained model),
    and go through the real `materialize.job.materialize_day` (moving-average pools).
 3. The Pin index of day D (the day before the last) from that pool (`derm_features.ann`).
+   Then again with embeddings of the trained upstream model: the real daily job
+   (`derm backfill`, ctr, the demo's model shape) on the same log (skip: --no-trained).
 4. For every user who clicks on day D+1 and is in the user pool of day D: recall@k of
    the Pins they click on day D+1, for the index (HNSW), exact search (NumPy), the most
    clicked Pins up to day D (popularity) and k random Pins of the pool.
@@ -33,7 +35,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from derm_features.ann import IndexConfig, PinIndex, build_index, exact_search, l2_normalise
+from derm_features.ann import (
+    IndexConfig,
+    PinIndex,
+    build_index,
+    exact_search,
+    l2_normalise,
+    load_index,
+)
 from derm_features.generate import GenerateConfig, generate_logs, interest_at
 from derm_features.provenance import ModelVersion
 from derm_features.workdir import Workdir, ds
@@ -57,6 +66,7 @@ class BenchConfig:
     synthetic_pins: int
     synthetic_dim: int
     queries: int
+    trained: bool
 
 
 def matrix(table: pa.Table, column: str) -> np.ndarray:
@@ -156,6 +166,84 @@ def compare_latency(name: str, pins: np.ndarray, queries: np.ndarray, k: int) ->
     )
 
 
+def clicked_next_day(logs: Path, user_pool: pa.Table, next_day: dt.date) -> dict[int, set]:
+    """user -> the Pins they click on `next_day`, for users in `user_pool`."""
+    in_pool = set(user_pool["user_id"].to_pylist())
+    log = pq.read_table(logs / ds(next_day), columns=["user_id", "pin_id", "click"])
+    clicks = log.filter(pc.equal(log["click"], 1))
+    by_user: dict[int, set] = {}
+    for u, p in zip(clicks["user_id"].to_pylist(), clicks["pin_id"].to_pylist(), strict=True):
+        if u in in_pool:
+            by_user.setdefault(u, set()).add(p)
+    return by_user
+
+
+def evaluate(
+    cfg: BenchConfig, wd: Workdir, logs: Path, days: list[dt.date], label: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Recall@k of next-day clicks for the index of the day before the last, against the
+    popularity and random baselines; returns the user queries and the index's Pin vectors
+    (for the latency part)."""
+    day, next_day = days[-2], days[-1]
+    index = load_index(wd, "ctr", day)
+    user_pool = read_pool(wd.pool("ctr", "user", day), ["user_id", "embedding"])
+    user_vectors = embedding_matrix(user_pool["embedding"], index.dim)
+    user_row = {u: i for i, u in enumerate(user_pool["user_id"].to_pylist())}
+    by_user = clicked_next_day(logs, user_pool, next_day)
+    users = sorted(by_user)
+    clicked = [by_user[u] for u in users]
+    queries = user_vectors[[user_row[u] for u in users]]
+    in_pool = set(index.pin_ids.tolist())
+    ceiling = np.mean([len(c & in_pool) / len(c) for c in clicked])
+
+    history = pa.concat_tables(
+        pq.read_table(logs / ds(d), columns=["pin_id", "click"]) for d in days[:-1]
+    )
+    counts = history.group_by("pin_id").aggregate([("click", "sum")])
+    order = np.argsort(-counts["click_sum"].to_numpy(), kind="stable")[: cfg.k]
+    popular = counts["pin_id"].to_numpy()[order]
+    rng = np.random.default_rng(cfg.seed + 2)
+    random_lists = [rng.choice(index.pin_ids, cfg.k, replace=False) for _ in users]
+
+    ann_ids, _ = index.retrieve(queries, cfg.k)
+    pool_pins = l2_normalise(index.index.reconstruct_n(0, index.index.ntotal))
+    exact_rows, _ = exact_search(pool_pins, l2_normalise(queries), cfg.k)
+    results = {
+        f"DERM index ({index.manifest.kind})": recall(list(ann_ids), clicked),
+        "exact search": recall(list(index.pin_ids[exact_rows]), clicked),
+        "popularity": recall([popular] * len(users), clicked),
+        "random": recall(random_lists, clicked),
+    }
+    print(
+        f"{label}: recall@{cfg.k} of the Pins clicked on {next_day} ({len(users)} users who "
+        f"click, {sum(map(len, clicked))} clicked Pins; {ceiling:.3f} of them are in the pool "
+        f"of {index.manifest.count} Pins, D={index.dim}):"
+    )
+    for name, value in results.items():
+        ratio = value / results["popularity"] if results["popularity"] else float("nan")
+        print(f"  {name:<20} {value:.3f}   ({ratio:.2f}x popularity)", flush=True)
+    return queries, pool_pins
+
+
+def train_upstream(cfg: BenchConfig, wd: Workdir, logs: Path, days: list[dt.date]) -> None:
+    """The real daily job on the same log: the ctr model (the demo's light shape) fitted
+    on the first days, then trained, inferred, materialized and indexed day by day."""
+    from derm_features.demo import DEMO_MODEL
+    from derm_features.pipeline import PipelineConfig, backfill
+
+    pipeline = PipelineConfig(
+        logs=logs,
+        workdir=wd,
+        models=("ctr",),
+        window_days=min(7, len(days) - 2),
+        seed=cfg.seed,
+        model=DEMO_MODEL,
+        online=False,
+        progress=False,
+    )
+    backfill(pipeline, days[0], days[-2])
+
+
 def main(cfg: BenchConfig) -> None:
     faiss.omp_set_num_threads(1)  # one query at a time: no thread start-up in the timings
     wd = Workdir(cfg.out)
@@ -173,57 +261,28 @@ def main(cfg: BenchConfig) -> None:
         )
     )
     days = write_daily_outputs(cfg, wd, cfg.out / "truth")
-    day, next_day = days[-2], days[-1]
-    index = build_index(IndexConfig(wd, "ctr", day, kind="hnsw"))
+    build_index(IndexConfig(wd, "ctr", days[-2], kind="hnsw"))
     print(
         f"setup {time.perf_counter() - started:.0f} s: {cfg.users} users, {cfg.pins} Pins, "
-        f"{cfg.days} days; embeddings = truth + noise (noise {cfg.noise}), D={index.dim}; "
-        f"index of {day}: {index.manifest.count} Pins ({index.manifest.kind})"
+        f"{cfg.days} days x {cfg.impressions} impressions"
     )
-
-    user_pool = read_pool(wd.pool("ctr", "user", day), ["user_id", "embedding"])
-    user_vectors = embedding_matrix(user_pool["embedding"], index.dim)
-    user_row = {u: i for i, u in enumerate(user_pool["user_id"].to_pylist())}
-    log = pq.read_table(wd.logs / ds(next_day), columns=["user_id", "pin_id", "click"])
-    clicks = log.filter(pc.equal(log["click"], 1))
-    by_user: dict[int, set] = {}
-    for u, p in zip(clicks["user_id"].to_pylist(), clicks["pin_id"].to_pylist(), strict=True):
-        if u in user_row:
-            by_user.setdefault(u, set()).add(p)
-    users = sorted(by_user)
-    clicked = [by_user[u] for u in users]
-    queries = user_vectors[[user_row[u] for u in users]]
-    in_pool = set(index.pin_ids.tolist())
-    ceiling = np.mean([len(c & in_pool) / len(c) for c in clicked])
-
-    history = pa.concat_tables(
-        pq.read_table(wd.logs / ds(d), columns=["pin_id", "click"]) for d in days[:-1]
+    queries, pool_pins = evaluate(
+        cfg, wd, wd.logs, days, f"truth + noise embeddings (noise {cfg.noise}, not a trained model)"
     )
-    counts = history.group_by("pin_id").aggregate([("click", "sum")])
-    order = np.argsort(-counts["click_sum"].to_numpy(), kind="stable")[: cfg.k]
-    popular = counts["pin_id"].to_numpy()[order]
-    rng = np.random.default_rng(cfg.seed + 2)
-    random_lists = [rng.choice(index.pin_ids, cfg.k, replace=False) for _ in users]
-
-    ann_ids, _ = index.retrieve(queries, cfg.k)
-    pool_pins = l2_normalise(index.index.reconstruct_n(0, index.index.ntotal))
-    exact_rows, _ = exact_search(pool_pins, l2_normalise(queries), cfg.k)
-    results = {
-        "DERM index (HNSW)": recall(list(ann_ids), clicked),
-        "exact search": recall(list(index.pin_ids[exact_rows]), clicked),
-        "popularity": recall([popular] * len(users), clicked),
-        "random": recall(random_lists, clicked),
-    }
-    print(
-        f"recall@{cfg.k} of the Pins clicked on {next_day} ({len(users)} users who click, "
-        f"{sum(map(len, clicked))} clicked Pins; {ceiling:.3f} of them are in the pool):"
-    )
-    for name, value in results.items():
-        ratio = value / results["popularity"] if results["popularity"] else float("nan")
-        print(f"  {name:<20} {value:.3f}   ({ratio:.2f}x popularity)")
+    if cfg.trained:
+        started = time.perf_counter()
+        trained = Workdir(cfg.out / "trained")
+        train_upstream(cfg, trained, wd.logs, days)
+        print(
+            f"trained the upstream ctr model through the daily job in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+        evaluate(
+            cfg, trained, wd.logs, days, "trained upstream embeddings (`derm backfill`, demo shape)"
+        )
 
     some = queries[np.random.default_rng(3).choice(len(queries), cfg.queries)]
-    compare_latency("pool of " + day.isoformat(), pool_pins, some, cfg.k)
+    compare_latency("pool of " + days[-2].isoformat(), pool_pins, some, cfg.k)
     rng = np.random.default_rng(cfg.seed + 4)
     centres = rng.standard_normal((256, cfg.synthetic_dim)).astype(np.float32)
     assignment = rng.integers(0, 256, cfg.synthetic_pins)
@@ -249,6 +308,12 @@ def parse() -> BenchConfig:
     p.add_argument("--synthetic-pins", type=int, default=100_000)
     p.add_argument("--synthetic-dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=500, help="single queries timed per method")
+    p.add_argument(
+        "--no-trained",
+        dest="trained",
+        action="store_false",
+        help="skip the trained-embeddings run (the real daily job on the same log, ~2 min)",
+    )
     a = p.parse_args()
     out = a.out or Path(tempfile.mkdtemp(prefix="derm-retrieval-"))
     return BenchConfig(
@@ -263,6 +328,7 @@ def parse() -> BenchConfig:
         a.synthetic_pins,
         a.synthetic_dim,
         a.queries,
+        a.trained,
     )
 
 
