@@ -11,7 +11,7 @@
 2. The Spark engine vs the local engine end to end on the same input, through the job
    (Spark session started before the clock runs; each engine run twice, the first warms up).
 
-    .venv/bin/python benchmarks/materialize.py [--entities 1000000] [--dim 256]
+    .venv/bin/python -m benchmarks.materialize [--entities 1000000] [--dim 256]
         [--updated 0.3] [--repeat 3] [--spark-entities 200000] [--no-spark]
 """
 

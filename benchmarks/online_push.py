@@ -7,7 +7,7 @@ Feast takes; the conversion is not timed). A raw pipelined HSET of pre-serialize
 read back through `FeatureStore.get_online_features` and compared with the input, and
 the raw hashes of both writers are compared byte for byte.
 
-    .venv/bin/python benchmarks/online_push.py --rows 50000 --dim 256
+    .venv/bin/python -m benchmarks.online_push --rows 50000 --dim 256
 
 Uses Redis DB 14 (flushed at start and end) and a fresh work directory under /tmp.
 """
@@ -16,21 +16,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import shutil
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import redis
 
-# Run as a script, this folder comes first on sys.path, and benchmarks/materialize.py would
-# shadow the `materialize` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from benchmarks.online_store import add_redis_url_flag, scratch_store
 
 VIEW = "ctr_pin_embedding"
 DAY = dt.datetime(2024, 3, 5, tzinfo=dt.UTC)
@@ -42,9 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=256, help="embedding dimension D")
     parser.add_argument("--repeats", type=int, default=3, help="runs per writer (median)")
     parser.add_argument("--sample", type=int, default=2_000, help="rows read back to check")
-    parser.add_argument(
-        "--redis-url", default="redis://127.0.0.1:6379/14", help="Redis DB to use (flushed)"
-    )
+    add_redis_url_flag(parser)
     return parser.parse_args()
 
 
@@ -90,21 +80,10 @@ def timed(run) -> float:
 
 def main() -> None:
     args = parse_args()
-    os.environ["REDIS_URL"] = args.redis_url
-    workdir_root = Path(tempfile.mkdtemp(prefix="derm-bench-online-push-"))
-    os.environ["DERM_WORKDIR"] = str(workdir_root)
-
     from derm_features.feast_redis_layout import entity_keys, view_layout
-    from derm_features.feast_repo import apply, feature_store
-    from derm_features.workdir import Workdir
     from materialize.online import hset_columns, push_rows
 
-    client = redis.Redis.from_url(args.redis_url)
-    client.flushdb()
-    try:
-        workdir = Workdir(workdir_root)
-        apply(workdir, quiet=True)
-        store = feature_store(workdir)
+    with scratch_store(args.redis_url, "online-push") as (store, client):
         rows = make_rows(args.rows, args.dim)
         frame = rows.to_pandas()
         sample = np.random.default_rng(1).choice(args.rows, min(args.sample, args.rows), False)
@@ -138,9 +117,6 @@ def main() -> None:
                 results[name].append(timed(run))
                 checks[name] = read_back_matches(store, rows, sample)
                 hashes[name] = [client.hgetall(k) for k in sample_keys]
-    finally:
-        client.flushdb()
-        shutil.rmtree(workdir_root, ignore_errors=True)
 
     print(
         f"online push: {args.rows} rows x {args.dim}-d float32 into {VIEW}, "

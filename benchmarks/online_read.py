@@ -13,7 +13,7 @@ Peers, each returning the same float32 values (checked on every request's first 
 Requests are interleaved across peers, in a rotating order, so load on the machine hits
 all alike; the report is p50/p99 per peer and the ratios.
 
-    .venv/bin/python benchmarks/online_read.py --requests 300
+    .venv/bin/python -m benchmarks.online_read --requests 300
 
 Uses Redis DB 14 (flushed at start and end) and a fresh work directory under /tmp.
 """
@@ -22,22 +22,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import shutil
 import struct
-import sys
-import tempfile
 import time
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import redis
 
-# Run as a script, this folder comes first on sys.path, and benchmarks/materialize.py would
-# shadow the `materialize` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from benchmarks.online_store import add_redis_url_flag, scratch_store
 
 USER_VIEWS = ["ctr_user_embedding", "cvr_user_embedding"]
 PIN_VIEWS = ["ctr_pin_embedding", "cvr_pin_embedding"]
@@ -54,9 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=300, help="requests per K and peer")
     parser.add_argument("--warmup", type=int, default=10, help="untimed requests per K first")
     parser.add_argument("--missing", type=float, default=0.05, help="share of unknown Pin ids")
-    parser.add_argument(
-        "--redis-url", default="redis://127.0.0.1:6379/14", help="Redis DB to use (flushed)"
-    )
+    add_redis_url_flag(parser)
     return parser.parse_args()
 
 
@@ -161,23 +152,12 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
 
 def main() -> None:
     args = parse_args()
-    os.environ["REDIS_URL"] = args.redis_url
-    workdir_root = Path(tempfile.mkdtemp(prefix="derm-bench-online-read-"))
-    os.environ["DERM_WORKDIR"] = str(workdir_root)
-
     from derm_features.feast_redis_layout import pack_commands, view_layout
-    from derm_features.feast_repo import apply, feature_store
     from derm_features.online import EmbeddingReader
-    from derm_features.workdir import Workdir
     from materialize.online import push_rows
 
-    client = redis.Redis.from_url(args.redis_url)
-    client.flushdb()
     rng = np.random.default_rng(0)
-    try:
-        workdir = Workdir(workdir_root)
-        apply(workdir, quiet=True)
-        store = feature_store(workdir)
+    with scratch_store(args.redis_url, "online-read") as (store, client):
         user_ids = np.arange(args.users) * 31 + 7
         pin_ids = np.arange(args.pins) * 17 + 3
         for seed, view in enumerate(ALL_VIEWS):
@@ -247,9 +227,6 @@ def main() -> None:
                 f"    derm / packed  p50 {d50 / stats['packed'][0]:5.2f}x  "
                 f"p99 {d99 / stats['packed'][1]:5.2f}x"
             )
-    finally:
-        client.flushdb()
-        shutil.rmtree(workdir_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

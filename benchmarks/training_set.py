@@ -15,7 +15,7 @@ Contenders, in one process:
 
 Prints rows/s of each and the ratios. Example:
 
-    .venv/bin/python benchmarks/training_set.py --rows 1000000 --file-rows 20000
+    .venv/bin/python -m benchmarks.training_set --rows 1000000 --file-rows 20000
 """
 
 from __future__ import annotations

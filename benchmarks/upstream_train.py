@@ -9,8 +9,8 @@ Lightning Trainer for the same number of steps; only the input differs:
 ratio = pipeline samples/s / in-memory samples/s: near 1.0 means input is not the bottleneck.
 Also prints the pipeline alone (decode only, no training).
 
-    .venv/bin/python benchmarks/upstream_train.py                 # generates a 2-day demo log
-    .venv/bin/python benchmarks/upstream_train.py --logs data/logs --steps 60 --threads 1
+    .venv/bin/python -m benchmarks.upstream_train                 # generates a 2-day demo log
+    .venv/bin/python -m benchmarks.upstream_train --logs data/logs --steps 60 --threads 1
 """
 
 from __future__ import annotations

@@ -310,7 +310,7 @@ def _merge_vectors(
             lengths = _norms(out)
             if params.renormalize:
                 nonzero = lengths > 0
-                out /= np.where(nonzero, lengths, 1.0)[:, None]
+                out /= np.where(nonzero, lengths, np.float32(1.0))[:, None]
                 norm[i:j] = nonzero  # unit by construction (an all-zero row stays zero)
             else:
                 norm[i:j] = lengths
