@@ -105,18 +105,28 @@ def _train(cfg: PipelineConfig, model: str, **when) -> dict:
     )
 
 
-def _infer(cfg: PipelineConfig, model: str, day: dt.date) -> dict:
+def _infer(cfg: PipelineConfig, model: str, day: dt.date, back_from: dt.date | None) -> dict:
+    """Inference of `day`; after a window fit (`back_from` set), back inference of every
+    day of the window, so that the first pool can cover all the window's entities."""
     from trainers.upstream.config import InferConfig
     from trainers.upstream.infer import infer
 
     return infer(
         InferConfig(
-            model=model, logs=cfg.logs, date=day, workdir=cfg.workdir.root, progress=cfg.progress
+            model=model,
+            logs=cfg.logs,
+            date=day,
+            workdir=cfg.workdir.root,
+            progress=cfg.progress,
+            back_inference=back_from is not None and back_from < day,
+            start=back_from if back_from is not None and back_from < day else None,
         )
     )
 
 
-def _materialize(cfg: PipelineConfig, model: str, entity: str, day: dt.date) -> dict:
+def _materialize(
+    cfg: PipelineConfig, model: str, entity: str, day: dt.date, fold_from: dt.date | None
+) -> dict:
     from materialize.job import MaterializeConfig, materialize_day
 
     # A day after a model was skipped (no snapshot) builds on the newest pool there is.
@@ -133,6 +143,7 @@ def _materialize(cfg: PipelineConfig, model: str, entity: str, day: dt.date) -> 
             engine=cfg.engine,
             online=cfg.online,
             allow_gap=True,
+            fold_from=fold_from,
         )
     )
     online = report.online
@@ -171,7 +182,7 @@ def upstream_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt
     trained, _ = run_step(wd, model, "train", day, lambda: _train(cfg, model, **when))
     if trained.get("skipped"):
         return {"train": trained}
-    inferred, _ = run_step(wd, model, "infer", day, lambda: _infer(cfg, model, day))
+    inferred, _ = run_step(wd, model, "infer", day, lambda: _infer(cfg, model, day, window_start))
     return {"train": trained, "infer": inferred}
 
 
@@ -184,7 +195,7 @@ def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: d
     for entity in ENTITIES:
         step = f"materialize_{entity}"
         out[step], _ = run_step(
-            wd, model, step, day, lambda e=entity: _materialize(cfg, model, e, day)
+            wd, model, step, day, lambda e=entity: _materialize(cfg, model, e, day, window_start)
         )
     if cfg.index:
         out["index"], _ = run_step(wd, model, "index", day, lambda: _index(cfg, model, day))

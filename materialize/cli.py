@@ -59,6 +59,16 @@ def materialize_cmd(
             help="Scale aggregated embeddings back to unit L2 norm.",
         ),
     ] = True,
+    fold_from: Annotated[
+        str | None,
+        typer.Option(
+            "--fold-from",
+            help="Also read the daily outputs from this day (YYYY-MM-DD) up to DATE as DATE's "
+            "input, each entity keeping its latest: after a window fit's back inference "
+            "(`derm infer --back-inference`), so the first pool covers the whole window; "
+            "its offline rows are stamped at the end of DATE only.",
+        ),
+    ] = None,
 ) -> None:
     """Merge day DATE's tower outputs into the pool (dedup, ma|acc|ap, carry-over, TTL),
     write the changed rows to the Feast offline source and push them to Redis.
@@ -95,6 +105,7 @@ def materialize_cmd(
             online=online,
             allow_gap=allow_gap,
             reset_on_new_model=reset_on_new_model,
+            fold_from=parse_day_option(fold_from, "--fold-from") if fold_from else None,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None

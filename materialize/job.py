@@ -60,6 +60,11 @@ class MaterializeConfig:
     allow_gap: bool = False
     reset_on_new_model: bool = False
     buckets: int | None = None  # None: from pool(t-1), else sized from the day's input
+    # Also take the daily outputs of fold_from .. day-1 as day t's input (each entity keeps
+    # its latest): after a window fit's back inference, the first pool then covers every
+    # entity of the window, while its offline rows are stamped at the end of day t only,
+    # so no event inside the window sees an embedding trained on its own future.
+    fold_from: dt.date | None = None
 
     def __post_init__(self) -> None:
         check_model_entity(self.model, self.entity)
@@ -67,6 +72,14 @@ class MaterializeConfig:
             raise ValueError(f"engine must be one of {ENGINES}, got '{self.engine}'")
         if self.heuristic not in HEURISTICS:
             raise ValueError(f"heuristic must be one of {HEURISTICS}, got '{self.heuristic}'")
+        if self.fold_from is not None and self.fold_from > self.day:
+            raise ValueError(f"fold_from {self.fold_from} is after the day {self.day}")
+
+    def daily_dirs(self) -> list[Path]:
+        """The daily output directories read as day t's input, oldest first."""
+        first = self.fold_from or self.day
+        days = [first + dt.timedelta(days=i) for i in range((self.day - first).days + 1)]
+        return [self.workdir.daily(self.model, self.entity, d) for d in days]
 
     @property
     def id_column(self) -> str:
@@ -142,7 +155,7 @@ def materialize_offline(
     """Steps 1-4: builds pool(t), the offline day file and the health row of day t."""
     wd, key = config.workdir, config.id_column
     previous = plan_day(config)
-    daily = read_daily(wd.daily(config.model, config.entity, config.day), key, config.model)
+    daily = read_daily(config.daily_dirs(), key, config.model)
     previous_dir = wd.pool(config.model, config.entity, previous) if previous else None
 
     reset = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,14 +141,23 @@ def _check_daily_file(path: Path, table: pa.Table, id_column: str, model: str) -
     return problems
 
 
-def read_daily(directory: Path, id_column: str, model: str) -> DailyInput:
-    """Reads and validates every Parquet file of one day; raises `MaterializeError` naming
-    each bad file, the broken rule and its number of bad rows."""
-    if not directory.is_dir():
-        raise MaterializeError(f"no daily tower outputs for this day: {directory} does not exist")
-    files = daily_files(directory)
-    if not files:
-        raise MaterializeError(f"no daily tower outputs for this day: no *.parquet in {directory}")
+def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -> DailyInput:
+    """Reads and validates every Parquet file of one day (or of several days' directories,
+    read as one input); raises `MaterializeError` naming each bad file, the broken rule and
+    its number of bad rows."""
+    files = []
+    for directory in [directories] if isinstance(directories, Path) else directories:
+        if not directory.is_dir():
+            raise MaterializeError(
+                f"no daily tower outputs for this day: {directory} does not exist"
+            )
+        found = daily_files(directory)
+        if not found:
+            raise MaterializeError(
+                f"no daily tower outputs for this day: no *.parquet in {directory}"
+            )
+        files.extend(found)
+    where = directories if isinstance(directories, Path) else directories[-1]
     tables, errors = [], []
     for path in files:
         try:
@@ -162,7 +172,7 @@ def read_daily(directory: Path, id_column: str, model: str) -> DailyInput:
     if errors:
         raise MaterializeError("bad daily tower outputs:\n  " + "\n  ".join(errors))
     versions = sorted({v for t in tables for v in pc.unique(t["model_version"]).to_pylist()})
-    _check_compatible(versions, f"daily outputs in {directory}")
+    _check_compatible(versions, f"daily outputs in {where}")
     dims = {ModelVersion.parse(v).dim for v in versions}
     table = pa.concat_tables(
         [

@@ -76,6 +76,25 @@ def test_two_days_pool_offline_metrics_and_idempotent_rerun(workdir):
     assert table.num_rows == 2  # one row per day even after the re-run
 
 
+def test_fold_from_reads_earlier_days_as_one_input_stamped_at_the_day(workdir):
+    e0 = add_day(workdir, day(0), [1, 2], seed=1)
+    e1 = add_day(workdir, day(1), [2, 3], seed=2)
+    report = materialize_day(config(workdir, day(1), fold_from=day(0)))
+    pool = read_pool(workdir.pool(MODEL, ENTITY, day(1)))
+    ids = pool[KEY].to_pylist()
+    assert sorted(ids) == [1, 2, 3]
+    vectors = embedding_matrix(pool["embedding"], DIM)
+    np.testing.assert_allclose(vectors[ids.index(1)], e0[0], rtol=1e-6)
+    np.testing.assert_allclose(vectors[ids.index(2)], e1[0], rtol=1e-6)  # the latest wins
+    assert not workdir.pool(MODEL, ENTITY, day(0)).exists()
+    assert not offline_day_path(workdir.offline(MODEL, ENTITY), day(0)).exists()
+    offline = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(1)))
+    assert offline[KEY].to_pylist() == [1, 2, 3]
+    assert report.metrics["new"] == 3
+    with pytest.raises(ValueError, match="fold_from"):
+        config(workdir, day(0), fold_from=day(1))
+
+
 def test_order_rules_gap_and_older_day(workdir):
     for n in (0, 1, 3):
         add_day(workdir, day(n), [1, 2], seed=n)

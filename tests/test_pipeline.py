@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from derm_features.config import ConfigError, load_config
 from derm_features.pipeline import PipelineConfig, backfill, marker, status
-from derm_features.workdir import Workdir
+from derm_features.workdir import Workdir, ds
+from materialize.storage import offline_timestamp, read_pool
 
 START = dt.date(2026, 1, 1)
 SMALL_MODEL = {"embedding_dim": 16, "token_dim": 8, "num_buckets": 4096}
@@ -59,6 +61,19 @@ def test_daily_killed_during_materialization_resumes(small_log, applied_workdir,
     window_day = (START + dt.timedelta(days=2)).isoformat()
     assert _status_of(wd, "user").steps["materialized"] == [window_day]
     assert _status_of(wd, "pin").live > 0
+    # The window fit back-infers each window day and folds them into the first pool: every
+    # user of the window has an embedding, stamped at the end of the window's last day only.
+    window = [START + dt.timedelta(days=i) for i in range(3)]
+    seen = set().union(
+        *(
+            pq.read_table(small_log / ds(d), columns=["user_id"])["user_id"].to_pylist()
+            for d in window
+        )
+    )
+    pool = read_pool(wd.pool("ctr", "user", window[-1]), ["user_id"])
+    assert set(pool["user_id"].to_pylist()) == seen
+    offline = pq.read_table(wd.offline("ctr", "user"))
+    assert set(offline["event_timestamp"].to_pylist()) == {offline_timestamp(window[-1])}
 
     # `derm daily` for the next day in a real process, killed as soon as the user pool is done
     day = START + dt.timedelta(days=3)

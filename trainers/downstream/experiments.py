@@ -200,19 +200,23 @@ def materialize(
 ) -> None:
     """Materializes `views` for every inferred day (offline only), skipping done days.
 
-    A day the upstream model skipped (no positives) has no outputs; the next day builds on
-    the pool before it (allow_gap), carrying every entity over, as a missed day would."""
+    As in the daily job, the window's back-inferred days are folded into the window's last
+    day (`fold_from`). A day the upstream model skipped (no positives) has no outputs; the
+    next day builds on the pool before it (allow_gap), carrying every entity over, as a
+    missed day would."""
     from derm_features.workdir import days_in_dir
     from materialize.job import MaterializeConfig, materialize_day
 
+    window_end = cfg.day(cfg.window_days - 1)
     for model, entity in views:
         done = set(days_in_dir(workdir.pool_dir(model, entity)))
         for day in days_in_dir(workdir.daily_dir(model, entity)):
-            if day not in done:
+            if day not in done and day >= window_end:
                 materialize_day(
                     MaterializeConfig(
                         workdir=workdir, model=model, entity=entity, day=day,
                         heuristic=heuristic, w=w, online=False, allow_gap=True,
+                        fold_from=cfg.start if day == window_end else None,
                     )
                 )  # fmt: skip
         _say(cfg, f"materialized {model}_{entity} ({heuristic}, w={w})")
