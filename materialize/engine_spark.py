@@ -1,39 +1,43 @@
-"""The Spark engine: the same kernel, run per hash bucket with `cogroup(...).applyInArrow`.
+"""The Spark engine: the same kernel, one task per hash bucket through `applyInArrow`.
 
-pool(t-1) and daily(t) are grouped by the entity's bucket (`storage.bucket_of`, the same
-function as the local engine, so both write the same buckets) and each bucket pair goes
-through `kernel.merge_day`. Spark writes pool(t) partitioned by bucket; the changed rows
-and per-entity stats come back to the driver for the offline file and the metrics.
-pyspark 4.3 refuses fixed-size lists across the Arrow boundary, so embeddings travel as
-list<float> here.
+Spark reads day t's raw rows, tags each with its entity's bucket (`storage.bucket_of`, the
+same function as the local engine) and groups them by bucket; each group's task reads
+pool(t-1)'s bucket file itself, runs `kernel.merge_day` and writes pool(t)'s bucket file
+plus the bucket's changed rows and stats (Arrow I/O, temp file then rename, so a retried
+or speculative task cannot leave a torn file). Only a row per bucket goes back through
+Spark; the driver reads the changed rows and stats from the files.
+
+Why the pool does not travel through Spark: 256 floats a row cross the JVM/Python
+boundary element by element (pyspark 4.3 also refuses fixed-size lists there), and that
+conversion, both ways, plus the shuffle of pool(t-1) were most of the engine's time
+(measured in BENCHMARKS.md). The pool is already bucketed on disk, so the task that owns a
+bucket can read it directly. The work directory must therefore be on storage every
+executor sees (a local path in local mode, a shared mount on a cluster), as it already
+must for the rest of the daily job.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from derm_features.atomic import write_parquet_atomic
 from materialize.engine_local import STATS_COLUMNS, EngineOutput
-from materialize.kernel import EXPIRED, NEW, UPDATED, KernelParams, merge_day
-from materialize.storage import bucket_of, write_layout
+from materialize.kernel import KernelParams, empty_pool, merge_day, sorted_by, split_annotated
+from materialize.storage import (
+    VECTOR_PARQUET,
+    bucket_of,
+    read_pool_bucket,
+    write_layout,
+    write_pool_bucket,
+)
 
-_VECTOR = pa.list_(pa.float32())
-
-
-def _annotated_ddl(key: str) -> str:
-    return (
-        f"{key} bigint, embedding array<float>, last_seen timestamp, prev_daily array<float>, "
-        "model_version string, status tinyint, cosine float, norm float, bucket int"
-    )
-
-
-def _pool_ddl(key: str) -> str:
-    return (
-        f"{key} bigint, embedding array<float>, last_seen timestamp, "
-        "prev_daily array<float>, model_version string, bucket int"
-    )
+SIDE_DIR = "_engine"  # changed rows and stats per bucket, inside pool(t)'s temp dir
+_DONE_DDL = "bucket int, rows long"
 
 
 def _with_bucket(key: str, buckets: int):
@@ -49,28 +53,29 @@ def _with_bucket(key: str, buckets: int):
     return add
 
 
-def _merge_bucket(params: KernelParams, dim: int):
-    """The cogroup function: one bucket of pool(t-1) and daily(t) through the kernel."""
+def _merge_bucket(
+    previous_pool: Path | None, out_dir: Path, params: KernelParams, dim: int, id_type
+):
+    """The task of one bucket: its daily rows (plus one marker row with a null id, so that
+    buckets without daily rows run too) -> pool(t)'s bucket file, changed rows, stats."""
     key = params.id_column
 
-    def merge(group_key, pool: pa.Table, daily: pa.Table) -> pa.Table:
-        pool = pool.drop_columns(["bucket"])
-        daily = daily.drop_columns(["bucket"])
+    def merge(table: pa.Table) -> pa.Table:
+        bucket = table["bucket"][0].as_py()
+        daily = table.filter(pc.is_valid(table[key])).drop_columns(["bucket"])
+        if previous_pool is not None:
+            pool = read_pool_bucket(previous_pool, bucket)
+        else:
+            pool = empty_pool(key, id_type, dim)
         # One thread: Spark already runs a task per core.
         annotated = merge_day(pool, daily, params, dim, threads=1)
-        annotated = annotated.set_column(
-            annotated.schema.get_field_index("embedding"),
-            "embedding",
-            pc.cast(annotated["embedding"], _VECTOR),
-        ).set_column(
-            annotated.schema.get_field_index("prev_daily"),
-            "prev_daily",
-            pc.cast(annotated["prev_daily"], _VECTOR),
-        )
-        bucket = pa.array([group_key[0].as_py()] * annotated.num_rows, pa.int32())
-        return annotated.append_column("bucket", bucket).select(
-            [key, *annotated.column_names[1:], "bucket"]
-        )
+        result = split_annotated(annotated, key)
+        write_pool_bucket(out_dir, bucket, result.pool)
+        side = out_dir / SIDE_DIR
+        name = f"bucket={bucket}.parquet"
+        write_parquet_atomic(result.changed, side / "changed" / name, **VECTOR_PARQUET)
+        write_parquet_atomic(annotated.select(list(STATS_COLUMNS)), side / "stats" / name)
+        return pa.table({"bucket": pa.array([bucket], pa.int32()), "rows": [annotated.num_rows]})
 
     return merge
 
@@ -84,61 +89,34 @@ def run_spark(
     buckets: int,
     out_dir: Path,
 ) -> EngineOutput:
-    """Merges day t on Spark and writes pool(t) under `out_dir` (bucket=k/ partitions)."""
-    from pyspark import StorageLevel
+    """Merges day t on Spark and writes pool(t) under `out_dir` (bucket=k/ directories)."""
     from pyspark.sql import functions as F
 
     key = params.id_column
-    # Spark's default INT96 timestamps read back as naive nanoseconds elsewhere.
-    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    columns = f"{key} bigint, ts timestamp, embedding array<float>, model_version string"
     daily = spark.read.parquet(*[str(p) for p in daily_files]).select(
         F.col(key).cast("bigint").alias(key),
         F.col("ts").cast("timestamp").alias("ts"),
         F.col("embedding").cast("array<float>").alias("embedding"),
         F.col("model_version").cast("string").alias("model_version"),
     )
-    daily = daily.mapInArrow(
-        _with_bucket(key, buckets),
-        f"{key} bigint, ts timestamp, embedding array<float>, model_version string, bucket int",
+    daily = daily.mapInArrow(_with_bucket(key, buckets), f"{columns}, bucket int")
+    markers = spark.range(buckets).select(
+        F.lit(None).cast("bigint").alias(key),
+        F.lit(None).cast("timestamp").alias("ts"),
+        F.lit(None).cast("array<float>").alias("embedding"),
+        F.lit(None).cast("string").alias("model_version"),
+        F.col("id").cast("int").alias("bucket"),
     )
-    if previous_pool is not None:
-        pool = spark.read.parquet(str(previous_pool)).select(
-            *[F.col(c) for c in _pool_columns(key)]
-        )
-        pool = pool.withColumn("embedding", F.col("embedding").cast("array<float>"))
-        pool = pool.withColumn("prev_daily", F.col("prev_daily").cast("array<float>"))
-        pool = pool.withColumn("bucket", F.col("bucket").cast("int"))
-    else:
-        pool = spark.createDataFrame([], _pool_ddl(key))
-
-    annotated = (
-        pool.groupBy("bucket")
-        .cogroup(daily.groupBy("bucket"))
-        .applyInArrow(_merge_bucket(params, dim), _annotated_ddl(key))
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    try:
-        (
-            annotated.filter(F.col("status") != EXPIRED)
-            .select(*_pool_columns(key))
-            .write.mode("overwrite")
-            .partitionBy("bucket")
-            .parquet(str(out_dir))
-        )
-        write_layout(out_dir, buckets)
-        changed = (
-            annotated.filter(F.col("status").isin(NEW, UPDATED))
-            .select(key, "embedding", "last_seen", "model_version")
-            .toArrow()
-        )
-        stats = annotated.select(*STATS_COLUMNS).toArrow()
-    finally:
-        annotated.unpersist()
-    return EngineOutput(
-        changed=changed.take(pc.sort_indices(changed, [(key, "ascending")])),
-        stats=stats,
-    )
-
-
-def _pool_columns(key: str) -> list[str]:
-    return [key, "embedding", "last_seen", "prev_daily", "model_version", "bucket"]
+    side = out_dir / SIDE_DIR
+    shutil.rmtree(side, ignore_errors=True)
+    merge = _merge_bucket(previous_pool, out_dir, params, dim, pa.int64())
+    done = daily.unionByName(markers).groupBy("bucket").applyInArrow(merge, _DONE_DDL).toArrow()
+    missing = set(range(buckets)) - set(done["bucket"].to_pylist())
+    if missing:  # a bucket without its task would silently drop entities
+        raise RuntimeError(f"Spark ran no task for bucket(s) {sorted(missing)}")
+    write_layout(out_dir, buckets)
+    changed = pq.read_table(side / "changed")
+    stats = pq.read_table(side / "stats")
+    shutil.rmtree(side)
+    return EngineOutput(changed=sorted_by(changed, key), stats=stats)

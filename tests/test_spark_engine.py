@@ -119,3 +119,20 @@ def test_spark_and_local_engines_agree_exactly(spark, tmp_path):
     assert off_l.equals(off_s)
     assert off_l.num_rows == 100
     assert m_l == m_s
+
+    # Day 2: one daily row, so a bucket has no daily rows at all (carried only) on Spark too.
+    day2 = day1 + dt.timedelta(days=1)
+    pools = {}
+    for engine in ("local", "spark"):
+        wd = Workdir(tmp_path / engine)
+        one = daily_table([300], unit_rows(np.random.default_rng(8), 1), day2, version=VERSION,
+                          id_column=KEY)  # fmt: skip
+        write_daily(wd, MODEL, ENTITY, day2, one)
+        config = MaterializeConfig(
+            workdir=wd, model=MODEL, entity=ENTITY, day=day2, engine=engine,
+            heuristic=heuristic, online=False,
+        )  # fmt: skip
+        metrics = materialize_offline(config, spark=spark).metrics
+        assert (metrics["updated"], metrics["carried"]) == (1, 229)
+        pools[engine] = _sorted(read_pool(wd.pool(MODEL, ENTITY, day2)))
+    assert pools["local"].equals(pools["spark"])
