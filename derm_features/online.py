@@ -24,6 +24,7 @@ from derm_features.feast_redis_layout import (
     decode_float_lists,
     dedicated_redis_client,
     entity_keys,
+    fail_fast,
     run_pipelined,
     unavailable_as_clear_error,
     view_layout,
@@ -37,15 +38,17 @@ class EmbeddingReader:
 
     Layouts are resolved from the registry once per view and kept. The Redis client is
     configured like the store's (address, TLS, password) but has connections of its own,
-    not shared with Feast's SDK calls (`dedicated_redis_client` says why).
+    not shared with Feast's SDK calls (`dedicated_redis_client` says why), and fails fast
+    when Redis is down (`fail_fast`: no retries, 2 s socket timeouts unless configured).
     """
 
     def __init__(self, store: FeatureStore, dims: dict[str, int] | None = None, client=None):
         """`dims`: view -> D. Without it, D is learned from the first value read and kept,
         so a request in which no entity of a never-read view is found gets shape (n, 0).
-        `client`: a redis-py client to read with (default: `dedicated_redis_client`)."""
+        `client`: a redis-py client to read with (default: a fail-fast
+        `dedicated_redis_client`)."""
         self._store = store
-        self.client = client if client is not None else dedicated_redis_client(store)
+        self.client = client if client is not None else fail_fast(dedicated_redis_client(store))
         self._dims = dict(dims or {})
         self._layouts: dict[str, ViewLayout] = {}
 

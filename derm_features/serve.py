@@ -41,7 +41,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from derm_features.ann import AnnIndexError, PinIndex, load_index
 from derm_features.feast_redis_layout import (
     OnlineStoreUnavailable,
-    dedicated_redis_client,
     unavailable_as_clear_error,
 )
 from derm_features.workdir import MODELS, Workdir, view_name
@@ -53,11 +52,6 @@ MAX_K = 1_000
 MAX_DIM = 4_096  # longest query vector accepted
 MAX_BODY_BYTES = 1 << 20  # 10k int64 ids in JSON take ~200 KB; a D=4096 vector ~80 KB
 DRAIN_LIMIT_BYTES = 64 << 20  # past this, an oversized body is cut off, not read to the end
-# Serving fails fast: a ranking request cannot wait through redis-py's default
-# connect retries (seconds of backoff). `run_pipelined` still retries a stale pooled
-# connection once, which is what a Redis restart leaves behind.
-REDIS_SOCKET_TIMEOUT_S = 2.0
-
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -202,10 +196,7 @@ async def _send_json(send, status: int, message: str, field_name: str, close=Fal
 
 
 def open_services(config: ServeConfig) -> Services:
-    """The Feast store, a reader on a Redis client of its own (fail-fast policy), the indexes."""
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
+    """The Feast store, a reader (its own fail-fast Redis client) and the indexes."""
     from derm_features.feast_repo import feature_store
     from derm_features.online import EmbeddingReader
     from derm_features.redis_url import redacted
@@ -215,12 +206,6 @@ def open_services(config: ServeConfig) -> Services:
             f"no Feast registry in {config.workdir.root}: run `derm apply --workdir ...` first"
         )
     store = feature_store(config.workdir)
-    client = dedicated_redis_client(store)
-    client.set_retry(Retry(NoBackoff(), 0))
-    kwargs = client.connection_pool.connection_kwargs
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        if kwargs.get(name) is None:  # keep what an operator configured
-            kwargs[name] = REDIS_SOCKET_TIMEOUT_S
     indexes = {}
     for model in config.models:
         try:
@@ -232,7 +217,7 @@ def open_services(config: ServeConfig) -> Services:
         for model, index in indexes.items()
         for entity in ("user", "pin")
     }
-    reader = EmbeddingReader(store, dims=dims, client=client)
+    reader = EmbeddingReader(store, dims=dims)  # its own fail-fast Redis client
     for view in known_views():
         reader.layout(view)  # resolve from the registry once, not on the first request
     return Services(store, reader, redacted(), indexes)

@@ -82,6 +82,10 @@ def test_reader_learns_the_dimension_and_refuses_a_different_one(applied_workdir
 def test_reader_unreachable_redis_is_a_clear_error(applied_workdir, monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://:secret@127.0.0.1:6390/0")
     reader = EmbeddingReader(feature_store(applied_workdir))
+    # fail fast: no retries with backoff, bounded socket waits
+    assert reader.client.get_retry().get_retries() == 0
+    kwargs = reader.client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 2.0
     with pytest.raises(OnlineStoreUnavailable) as error:
         reader.read([1], [2, 3], ALL_VIEWS)
     assert "redis://:***@127.0.0.1:6390/0" in str(error.value)
