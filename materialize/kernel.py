@@ -180,14 +180,6 @@ def dedup_last_of_day(daily: pa.Table, id_column: str, dim: int) -> pa.Table:
     return daily.take(pa.array(last_of_day_rows(daily, id_column, dim)))
 
 
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    """Scales rows to unit L2 norm in place (an all-zero row stays zero)."""
-    norms = _norms(matrix)
-    norms[norms == 0] = 1.0
-    matrix /= norms[:, None]
-    return matrix
-
-
 def _norms(matrix: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", matrix, matrix)).astype(np.float32)
 
@@ -276,6 +268,7 @@ def _merge_vectors(
     entity; rest: pool rows carried (or expired), copied after the day's rows.
     Each thread takes a contiguous share of the day's rows and of the rest and works
     through it in `_BLOCK_ROWS` blocks; NumPy releases the GIL in every call used here.
+    `np.take(..., mode="clip")`: the default mode buffers `out`; indices are in range.
     """
     dim = pool_emb.shape[1]
     n_seen, n_updated = len(rows), len(at)
