@@ -111,6 +111,7 @@ def _infer(cfg: PipelineConfig, model: str, day: dt.date, back_from: dt.date | N
     from trainers.upstream.config import InferConfig
     from trainers.upstream.infer import infer
 
+    back = back_from is not None and back_from < day  # a one-day window has nothing before
     return infer(
         InferConfig(
             model=model,
@@ -118,8 +119,8 @@ def _infer(cfg: PipelineConfig, model: str, day: dt.date, back_from: dt.date | N
             date=day,
             workdir=cfg.workdir.root,
             progress=cfg.progress,
-            back_inference=back_from is not None and back_from < day,
-            start=back_from if back_from is not None and back_from < day else None,
+            back_inference=back,
+            start=back_from if back else None,
         )
     )
 
