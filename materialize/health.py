@@ -4,8 +4,9 @@
 replaces its row. Counts follow the kernel's statuses; the day-to-day cosine is taken
 between pool(t-1) and pool(t) over the entities updated on day t (carried entities are
 identical by construction and would only pull the mean towards 1). Norm statistics are
-over the values written that day (new and updated): a carried value's norm is the one it
-had on the day it changed.
+over the values written that day (new and updated), taken before re-normalisation (the
+stored values are unit then): a tower output has norm ~1, an average of disagreeing
+vectors less, so a falling norm_min flags entities whose embedding swings day to day.
 """
 
 from __future__ import annotations

@@ -243,7 +243,7 @@ def default_threads() -> int:
 @dataclass(frozen=True)
 class _Vectors:
     embedding: np.ndarray  # [n_seen + len(rest), D]: the day's merged rows, then the rest
-    norm: np.ndarray  # [n_seen]: L2 norm of each merged row as written
+    norm: np.ndarray  # [n_seen]: L2 norm of each merged row before re-normalisation
     cosine: np.ndarray  # [n_updated]: cosine of each updated row with its pool(t-1) value
     prev_daily: np.ndarray | None  # `ap` only: [n_out, D] the daily embeddings to keep
 
@@ -301,14 +301,13 @@ def _merge_vectors(
                     both = np.flatnonzero(pool_prev_valid[at[i : i + u]])
                     merged[both] = 0.5 * (pool_prev[at[i : i + u][both]] + merged[both])
             lengths = _norms(out)
+            norm[i:j] = lengths  # before re-normalising: how much the average shrank
             if params.renormalize:
                 nonzero = lengths > 0
                 out /= np.where(nonzero, lengths, np.float32(1.0))[:, None]
-                norm[i:j] = nonzero  # unit by construction (an all-zero row stays zero)
-            else:
-                norm[i:j] = lengths
+                lengths = nonzero.astype(np.float32)  # unit now (a zero row stays zero)
             if u:
-                cosine[i : i + u] = _row_cosine(prev, out[:u], norm[i : i + u])
+                cosine[i : i + u] = _row_cosine(prev, out[:u], lengths[:u])
 
     def copy_rest(begin: int, end: int) -> None:
         for i in range(begin, end, _BLOCK_ROWS):
@@ -364,7 +363,10 @@ def merge_day(
     Cost: every vector is written once, straight into its block of one output matrix
     (`_merge_vectors`: cache-sized row blocks on `threads` threads, default
     `default_threads()`; the Spark engine passes 1, its tasks already fill the cores).
-    `cosine` and `norm` are set for the day's rows only (null otherwise).
+    `cosine` and `norm` are set for the day's rows only (null otherwise); `norm` is the
+    merged value's length before re-normalisation (with it on, what is stored is unit by
+    construction): near 1 for a tower output, lower the more `ma`/`ap` averaged vectors
+    that disagree.
     """
     key = params.id_column
     id_type = pool.schema.field(key).type if pool.num_rows else daily.schema.field(key).type

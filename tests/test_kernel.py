@@ -106,6 +106,16 @@ def test_renormalize_gives_unit_norm_and_same_direction():
     assert cos == pytest.approx(1.0, abs=1e-6)
 
 
+def test_norm_is_the_merged_length_before_renormalising():
+    e1, e2, raw = _two_days("ma", renormalize=False)
+    _, _, unit = _two_days("ma", renormalize=True)
+    expected = float(np.linalg.norm(emb_of(raw, 1)))  # |w * e1 + (1 - w) * e2|, below 1
+    for out in (raw, unit):
+        norms = dict(zip(out[KEY].to_pylist(), out["norm"].to_pylist(), strict=True))
+        assert norms[1] == pytest.approx(expected, rel=1e-5)
+    assert expected < 0.999
+
+
 def test_ttl_keeps_exactly_ttl_days_and_drops_one_more():
     rng = np.random.default_rng(4)
     pool = split_annotated(
