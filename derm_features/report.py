@@ -1,7 +1,7 @@
 """`derm report`: one static HTML page (no server) about a work directory.
 
 Sections: upstream training curves (Lightning's CSV logs), embedding health over days
-(coverage, day-to-day cosine, live/expired counts) and the downstream lift tables that
+(coverage, day-to-day cosine, merged norm, live/expired counts) and the downstream lift tables that
 `derm demo` and `derm experiment` left behind. Figures are PNGs embedded in the page, so
 the file can be mailed or archived on its own.
 """
@@ -67,7 +67,7 @@ def training_curves(workdir: Workdir) -> list[str]:
 
 
 def health_over_days(workdir: Workdir) -> list[str]:
-    """Coverage, day-to-day cosine and live/expired counts per model and entity."""
+    """Coverage, day-to-day cosine, merged norm and live/expired counts per model and entity."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,6 +83,7 @@ def health_over_days(workdir: Workdir) -> list[str]:
         ("coverage", "coverage of the day's active entities"),
         ("cosine_mean", "day-to-day cosine (mean)"),
         ("cosine_p5", "day-to-day cosine (5th percentile)"),
+        ("norm_min", "merged norm before re-normalising (min)"),
         ("live", "live entities"),
         ("expired", "expired entities"),
     ]
