@@ -143,8 +143,10 @@ def backfill_cmd(
 ) -> None:
     """Fit the window from scratch, then run `derm daily` for every later day.
 
-    The window is the first --window-days days from --start; every day after it up to --end
-    runs the daily steps. Resumable like `derm daily`.
+    The window is the first --window-days days from --start. The fitted model infers every
+    window day, and the first pool (the window's last day) takes each entity's latest
+    embedding of the window; its offline rows are stamped at the window's end. Every day
+    after it up to --end runs the daily steps. Resumable like `derm daily`.
     """
     given = dict(locals())  # the flags, before anything else is bound
     from derm_features.cli import parse_day_option
