@@ -56,7 +56,6 @@ from materialize.storage import (  # noqa: E402
 
 DAY = dt.date(2024, 6, 2)
 W = 0.8
-VERSION_T = "ctr-0a1b2c3d-d256@2024-06-02"  # model version of the day's rows
 
 
 def unit(rng, n, dim):
@@ -85,8 +84,13 @@ def make_inputs(entities: int, dim: int, updated: float, seed: int = 0):
             "model_version": pa.array([version] * entities),
         }
     )
-    daily = daily_table(seen, daily_emb, DAY, version=VERSION_T.replace("d256", f"d{dim}"))
+    daily = daily_table(seen, daily_emb, DAY, version=day_version(dim))
     return pool, daily, pool_emb, seen, daily_emb
+
+
+def day_version(dim: int) -> str:
+    """The model version stamped on the day's rows (D = `dim`)."""
+    return f"ctr-0a1b2c3d-d{dim}@{DAY}"
 
 
 def repeated_daily(seen: np.ndarray, daily_emb: np.ndarray, copies: int) -> pa.Table:
@@ -98,7 +102,7 @@ def repeated_daily(seen: np.ndarray, daily_emb: np.ndarray, copies: int) -> pa.T
     emb = np.concatenate([noise, daily_emb])  # the last copy is the day's real value
     seconds = np.repeat(np.arange(copies), n) * 3600
     order = rng.permutation(len(ids))
-    version = VERSION_T.replace("d256", f"d{daily_emb.shape[1]}")
+    version = day_version(daily_emb.shape[1])
     return daily_table(ids[order], emb[order], DAY, seconds[order], version=version)
 
 

@@ -145,8 +145,9 @@ def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -
     """Reads and validates every Parquet file of one day (or of several days' directories,
     read as one input); raises `MaterializeError` naming each bad file, the broken rule and
     its number of bad rows."""
+    directories = [directories] if isinstance(directories, Path) else list(directories)
     files = []
-    for directory in [directories] if isinstance(directories, Path) else directories:
+    for directory in directories:
         if not directory.is_dir():
             raise MaterializeError(
                 f"no daily tower outputs for this day: {directory} does not exist"
@@ -157,7 +158,6 @@ def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -
                 f"no daily tower outputs for this day: no *.parquet in {directory}"
             )
         files.extend(found)
-    where = directories if isinstance(directories, Path) else directories[-1]
     tables, errors = [], []
     for path in files:
         try:
@@ -172,7 +172,7 @@ def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -
     if errors:
         raise MaterializeError("bad daily tower outputs:\n  " + "\n  ".join(errors))
     versions = sorted({v for t in tables for v in pc.unique(t["model_version"]).to_pylist()})
-    _check_compatible(versions, f"daily outputs in {where}")
+    _check_compatible(versions, f"daily outputs in {directories[-1]}")
     dims = {ModelVersion.parse(v).dim for v in versions}
     table = pa.concat_tables(
         [

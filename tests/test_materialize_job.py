@@ -263,42 +263,20 @@ def workdir_has_day(wd, d) -> bool:
     )
 
 
+def _materialize_cli(workdir, date: str) -> subprocess.CompletedProcess:
+    """`derm materialize` of MODEL/ENTITY for `date`, offline only, in a real process."""
+    return subprocess.run(
+        [DERM, "materialize", "--workdir", str(workdir.root), "--model", MODEL,
+         "--entity", ENTITY, "--date", date, "--no-online"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+
+
 def test_cli_materializes_and_prints_health(workdir):
     add_day(workdir, day(0), [1, 2, 3], seed=0)
-    result = subprocess.run(
-        [
-            DERM,
-            "materialize",
-            "--workdir",
-            str(workdir.root),
-            "--model",
-            MODEL,
-            "--entity",
-            ENTITY,
-            "--date",
-            str(day(0)),
-            "--no-online",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = _materialize_cli(workdir, str(day(0)))
     assert result.returncode == 0, result.stderr
     assert "live 3" in result.stdout and "new 3" in result.stdout
-    bad = subprocess.run(
-        [
-            DERM,
-            "materialize",
-            "--workdir",
-            str(workdir.root),
-            "--model",
-            MODEL,
-            "--entity",
-            ENTITY,
-            "--date",
-            "2024-02-01",
-            "--no-online",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = _materialize_cli(workdir, "2024-02-01")
     assert bad.returncode == 2 and "older than the newest pool" in bad.stderr
