@@ -49,23 +49,6 @@ def _say(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-def lift_markdown(results: dict[str, dict[str, dict]]) -> str:
-    """results[task]["none" | "derm"] = eval metrics -> a Markdown lift table."""
-    lines = [
-        "| task | ROC-AUC without | ROC-AUC with DERM | ROC-AUC lift | PR-AUC without "
-        "| PR-AUC with DERM | PR-AUC lift |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for task, runs in results.items():
-        base, derm = runs["none"], runs["derm"]
-        row = [task]
-        for metric in ("roc_auc", "pr_auc"):
-            lift = 100.0 * (derm[metric] - base[metric]) / base[metric]
-            row += [f"{base[metric]:.4f}", f"{derm[metric]:.4f}", f"{lift:+.2f} %"]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
 def run_demo(cfg: DemoConfig) -> dict:
     from derm_features.atomic import write_text_atomic
     from derm_features.feast_repo import apply
@@ -73,7 +56,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from derm_features.logs import open_log
     from derm_features.pipeline import PipelineConfig, backfill
     from derm_features.report import write_report
-    from trainers.downstream.job import DownstreamConfig, run_downstream, task_defaults
+    from trainers.downstream.evaluation import markdown
+    from trainers.downstream.job import DownstreamConfig, compare_downstream, task_defaults
     from trainers.downstream.training_set import TrainingSetConfig, build_training_set
 
     wd = cfg.workdir
@@ -124,31 +108,31 @@ def run_demo(cfg: DemoConfig) -> dict:
         build_training_set(TrainingSetConfig(wd.logs, wd.root, a, b, ALL_EMBEDDINGS))
         for a, b in ((train_start, train_end), (eval_start, end))
     ]
-    results: dict[str, dict[str, dict]] = {}
+    results: dict[str, dict] = {}
+    tables = []
     for task in ("ctr", "cvr"):
         epochs, batch_size = task_defaults(task)
-        for label, keys in (("none", ()), ("derm", ALL_EMBEDDINGS)):
-            _say(f"downstream {task} {'with' if keys else 'without'} DERM embeddings")
-            metrics = run_downstream(
-                DownstreamConfig(
-                    task=task,
-                    logs=wd.logs,
-                    workdir=wd.root,
-                    train_start=train_start,
-                    train_end=train_end,
-                    eval_start=eval_start,
-                    eval_end=end,
-                    embeddings=keys,
-                    seed=cfg.seed,
-                    epochs=epochs,
-                    batch_size=batch_size,
-                ),
-                train_set=sets[0],
-                eval_set=sets[1],
-            )
-            results.setdefault(task, {})[label] = metrics
-    table = lift_markdown(results)
-    write_text_atomic(table + "\n", wd.root / "demo" / "lift.md")
-    write_text_atomic(json.dumps(results, indent=1, default=str), wd.root / "demo" / "lift.json")
+        _say(f"downstream {task}: baselines, the model without and with DERM embeddings")
+        results[task] = compare_downstream(
+            DownstreamConfig(
+                task=task,
+                logs=wd.logs,
+                workdir=wd.root,
+                train_start=train_start,
+                train_end=train_end,
+                eval_start=eval_start,
+                eval_end=end,
+                embeddings=ALL_EMBEDDINGS,
+                seed=cfg.seed,
+                epochs=epochs,
+                batch_size=batch_size,
+            ),
+            train_set=sets[0],
+            eval_set=sets[1],
+        )
+        tables.append(markdown(results[task], f"{task.upper()} task, eval {eval_start}..{end}"))
+    table = "\n".join(tables)
+    write_text_atomic(table, wd.root / "demo" / "lift.md")
+    write_text_atomic(json.dumps(results, indent=1, default=float), wd.root / "demo" / "lift.json")
     report = write_report(wd)
     return {"table": table, "results": results, "report": report}

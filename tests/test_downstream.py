@@ -139,6 +139,20 @@ def test_derm_downstream_prints_the_metrics_json_line_last(applied_workdir, tmp_
     assert set(last) >= {"roc_auc", "pr_auc", "logloss"}
     assert 0.0 <= last["roc_auc"] <= 1.0 and last["logloss"] > 0
     assert last["embeddings"] == "ctr_user" and last["eval_rows"] == 1500
+    # early stopping on the last training day; the baselines and both models on the same rows
+    assert last["best_epoch"] == 1 and last["val_rows"] == 1500
+    models = last["comparison"]
+    assert set(models) == {
+        "prior", "pin rate", "logistic regression", "logistic regression + DERM",
+        "derm model", "derm model + DERM",
+    }  # fmt: skip
+    assert models["prior"]["roc_auc"] == 0.5
+    assert models["derm model + DERM"]["roc_auc"] == last["roc_auc"]
+    lo, hi = models["derm model + DERM"]["roc_auc_lift_ci"]
+    assert lo <= models["derm model + DERM"]["roc_auc_lift_pct"] <= hi
+    assert "| pin rate |" in result.stdout
+    written = applied_workdir.metrics / "downstream" / "ctr_ctr_user_s3.md"
+    assert "| derm model + DERM |" in written.read_text()
     # the same seed gives the same metrics
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0, second.output

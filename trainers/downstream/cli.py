@@ -46,22 +46,59 @@ def downstream_cmd(
         typer.Option(help="Seed of initialisation and shuffling; a seed gives the same metrics."),
     ] = 0,
     epochs: Annotated[
-        int | None, typer.Option(help="Training epochs (default: 2 for ctr, 8 for cvr).")
+        int | None,
+        typer.Option(
+            help="At most this many epochs (default: 20 for ctr, 40 for cvr); early stopping "
+            "on the validation day's log loss picks the epoch."
+        ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Rows per batch (default: 1024 for ctr, 256 for cvr).")
     ] = None,
+    patience: Annotated[
+        int, typer.Option(help="Epochs without a better validation log loss before stopping.")
+    ] = 2,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Also train the model without DERM and score the prior, the per-Pin rate and "
+            "logistic regressions on the same eval rows, with bootstrap intervals and the paired "
+            "lift. --no-baselines trains only the --embeddings model."
+        ),
+    ] = True,
+    id_features: Annotated[
+        bool, typer.Option(help="user_id and pin_id as hashed categorical features.")
+    ] = True,
+    count_features: Annotated[
+        bool,
+        typer.Option(help="Point-in-time impression/click/conversion counts per user and Pin."),
+    ] = True,
 ) -> None:
     """Train a downstream CTR or CVR model on point-in-time-correct Feast training sets.
 
     Builds the training sets of the train and eval days: log rows joined with the chosen
     DERM embeddings as of the start of each event's day (a missing one is zeros plus a
-    has_<view> = 0 flag). Trains with Lightning and prints, last, one JSON line with the
-    eval days' roc_auc, pr_auc and logloss.
+    has_<view> = 0 flag). The last training day validates (early stopping, best epoch
+    restored); the eval days are scored once at the end.
+
+    With --baselines (the default) it prints a table of the prior, the per-Pin rate,
+    logistic regressions and the model without and with DERM on the same eval rows, with
+    95 % bootstrap intervals and the paired lift, and writes it under
+    WORKDIR/metrics/downstream/. The last stdout line is one JSON object: the --embeddings
+    model's eval roc_auc, pr_auc and logloss, and the comparison under "comparison".
     """
+    from derm_features.atomic import write_text_atomic
     from derm_features.logs import LogContractError
     from derm_features.workdir import Workdir
-    from trainers.downstream.job import DownstreamConfig, run_downstream, task_defaults
+    from trainers.downstream.evaluation import markdown
+    from trainers.downstream.job import (
+        NO_DERM,
+        WITH_DERM,
+        DownstreamConfig,
+        compare_downstream,
+        run_downstream,
+        task_defaults,
+    )
     from trainers.downstream.models import NetworkConfig
     from trainers.downstream.training_set import TrainingSetError, parse_embeddings
 
@@ -79,12 +116,29 @@ def downstream_cmd(
             seed=seed,
             epochs=epochs or default_epochs,
             batch_size=batch_size or default_batch,
-            network=NetworkConfig(projection_dim=projection_dim),
+            patience=patience,
+            network=NetworkConfig(
+                projection_dim=projection_dim,
+                id_features=id_features,
+                count_features=count_features,
+            ),
         )
-        metrics = run_downstream(cfg)
+        if not baselines:
+            typer.echo(json.dumps(run_downstream(cfg), sort_keys=True))
+            return
+        comparison = compare_downstream(cfg)
     except (TrainingSetError, LogContractError, ValueError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(json.dumps(metrics, sort_keys=True))
+    name = f"{task}_{'+'.join(cfg.embeddings) or 'none'}_s{seed}"
+    table = markdown(comparison, f"{task}: {name}")
+    out = Workdir.resolve(workdir).metrics / "downstream"
+    write_text_atomic(table, out / f"{name}.md")
+    write_text_atomic(json.dumps(comparison, indent=1, default=float), out / f"{name}.json")
+    if comparison["warning"]:
+        typer.echo(f"warning: {comparison['warning']}", err=True)
+    typer.echo(table)
+    metrics = comparison["runs"][WITH_DERM if cfg.embeddings else NO_DERM]
+    typer.echo(json.dumps({**metrics, "comparison": comparison["models"]}, sort_keys=True))
 
 
 def experiment_cmd(

@@ -6,6 +6,8 @@ as the upstream towers), plus the chosen DERM embeddings and their presence flag
 
     derm          [N, sum(D_k)] float32, in the order of `embeddings`
     derm_present  [N, K]        float32 0/1
+    counts        [N, C]        float32 point-in-time counts (`counts.py`; C = 0 when off)
+    ts            [N]           int64 event time, microseconds since the epoch (UTC)
 
 The encoded tensors live in memory (about 4 * (sum D + features) bytes a row: ~1.5 KB
 with four 64-d embeddings), which suits the experiment scale; batches are drawn by a
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from derm_features.logs import LogSchema
+from trainers.downstream.counts import CountHistory
 from trainers.downstream.training_set import (
     TrainingSet,
     embedding_column,
@@ -59,9 +61,13 @@ def encode_training_set(
     encoder: BatchEncoder,
     embeddings: Sequence[str],
     clicked_only: bool,
+    counts: CountHistory | None = None,
     chunk_rows: int = 65_536,
 ) -> dict[str, Tensor]:
-    """All rows of `training_set` as one batch dict (see module docstring)."""
+    """All rows of `training_set` as one batch dict (see module docstring).
+
+    `counts` (built over the log up to the set's last day) adds the count features.
+    """
     missing = [k for k in embeddings if k not in training_set.embeddings]
     if missing:
         raise ValueError(
@@ -72,7 +78,7 @@ def encode_training_set(
     columns = encoder.columns() + [
         c for k in embeddings for c in (embedding_column(k), presence_column(k))
     ]
-    columns = list(dict.fromkeys(columns + ["click"]))
+    columns = list(dict.fromkeys(columns + ["click", "ts"]))
     parts: list[dict[str, Tensor]] = []
     for batch in training_set.dataset().to_batches(columns=columns, batch_size=chunk_rows):
         rows = pa.Table.from_batches([batch])
@@ -80,7 +86,7 @@ def encode_training_set(
             rows = rows.filter(pc.equal(rows.column("click"), 1))
         if rows.num_rows == 0:
             continue
-        encoded = encoder.encode(rows)
+        encoded = encoder.encode(rows, with_ts=True)
         derm = [embedding_matrix(rows.column(embedding_column(k)), d, embedding_column(k))[0]
                 for k, d in zip(embeddings, dims, strict=True)]  # fmt: skip
         present = [
@@ -92,6 +98,9 @@ def encode_training_set(
         )
         encoded["derm_present"] = torch.from_numpy(
             np.stack(present, axis=1) if present else np.zeros((n, 0), np.float32)
+        )
+        encoded["counts"] = torch.from_numpy(
+            counts.features(rows) if counts is not None else np.zeros((n, 0), np.float32)
         )
         parts.append(encoded)
     if not parts:
@@ -122,34 +131,52 @@ def positive_rate(tensors: dict[str, Tensor], task_index: int) -> float:
     return float(labels[mask].mean()) if mask.any() else 0.0
 
 
+def time_split(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(train, validation) by time: the last day of a multi-day set validates, else the last
+    20 % of a single day's events by `ts`. Validation never precedes what trains."""
+    ts = tensors["ts"]
+    day = torch.div(ts, 86_400_000_000, rounding_mode="floor")
+    last = int(day.max())
+    if int(day.min()) < last:
+        val = day == last
+    else:
+        val = ts >= torch.quantile(ts.double(), 0.8).to(ts.dtype)
+    if val.all() or not val.any():  # every event at one instant: nothing to split by time
+        raise ValueError(
+            "the training days hold too few distinct event times for a validation split"
+        )
+    return ({k: v[~val] for k, v in tensors.items()}, {k: v[val] for k, v in tensors.items()})
+
+
+def select_embeddings(
+    tensors: dict[str, Tensor], dims: dict[str, int], keys: Sequence[str]
+) -> dict[str, Tensor]:
+    """`tensors` (encoded with every key of `dims`, in its order) narrowed to `keys`."""
+    order = list(dims)
+    offsets = np.cumsum([0, *dims.values()])
+    cols = [c for k in keys for c in range(offsets[order.index(k)], offsets[order.index(k) + 1])]
+    flags = [order.index(k) for k in keys]
+    return {
+        **tensors,
+        "derm": tensors["derm"][:, cols],
+        "derm_present": tensors["derm_present"][:, flags],
+    }
+
+
 class DownstreamDataModule(L.LightningDataModule):
-    """Train and eval loaders over two encoded training sets.
+    """Train and validation loaders over encoded tensors (`encode_training_set`).
 
     Args:
-        train_set, eval_set (TrainingSet): built by `build_training_set`.
-        schema (LogSchema): the log's features (the training sets' meta holds it).
-        encoder (BatchEncoder): the shared log-feature encoder.
-        embeddings (Sequence[str]): DERM embedding keys the model reads, in order.
-        spec (TaskSpec): the task's rows and labels.
+        train, val (dict[str, Tensor]): encoded rows (e.g. the two parts of `time_split`).
         batch_size (int), seed (int): batches and their seeded shuffle.
     """
 
     def __init__(
-        self,
-        train_set: TrainingSet,
-        eval_set: TrainingSet,
-        schema: LogSchema,
-        encoder: BatchEncoder,
-        embeddings: Sequence[str],
-        spec: TaskSpec,
-        batch_size: int,
-        seed: int,
+        self, train: dict[str, Tensor], val: dict[str, Tensor], batch_size: int, seed: int
     ) -> None:
         super().__init__()
-        self.schema = schema
         self.batch_size, self.seed = batch_size, seed
-        self.train = encode_training_set(train_set, encoder, embeddings, spec.clicked_only)
-        self.eval = encode_training_set(eval_set, encoder, embeddings, spec.clicked_only)
+        self.train, self.val = train, val
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
@@ -159,6 +186,12 @@ class DownstreamDataModule(L.LightningDataModule):
         return DataLoader(data, sampler=sampler, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        data = TensorBatches(self.eval)
-        sampler = BatchSampler(SequentialSampler(data), self.batch_size * 4, False)
-        return DataLoader(data, sampler=sampler, batch_size=None)
+        return sequential_batches(self.val, self.batch_size * 4)
+
+
+def sequential_batches(tensors: dict[str, Tensor], batch_size: int) -> DataLoader:
+    """The rows of `tensors` in order, `batch_size` at a time."""
+    data = TensorBatches(tensors)
+    return DataLoader(
+        data, sampler=BatchSampler(SequentialSampler(data), batch_size, False), batch_size=None
+    )

@@ -1,9 +1,18 @@
-"""One downstream run (`derm downstream`): training sets from Feast -> Lightning -> eval metrics."""
+"""One downstream run (`derm downstream`): training sets from Feast -> Lightning -> eval metrics.
+
+    train days ──time_split──► train part ──fit──► best epoch by val log loss (early stop)
+                        └────► validation part (the last train day) ──┘
+    eval days  ──────────────────────────────────────────► predictions -> metrics, intervals
+
+`run_downstream` trains one model (cfg.embeddings); `compare_downstream` scores, on the same
+eval rows, the baselines (`baselines.py`), the model without DERM and with cfg.embeddings,
+with bootstrap intervals and the paired lift (`evaluation.compare`).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trainers.downstream.models import NetworkConfig
@@ -15,9 +24,10 @@ from trainers.downstream.training_set import (
     embedding_view,
 )
 
-# (epochs, batch size) per task: CVR trains on clicks only, a few thousand rows, so it
-# needs smaller batches and more passes to take as many optimiser steps.
-TASK_DEFAULTS = {"ctr": (2, 1024), "cvr": (8, 256)}
+# (max epochs, batch size) per task; early stopping picks the epoch. CVR trains on clicks
+# only, a few thousand rows, so it needs smaller batches and more passes.
+TASK_DEFAULTS = {"ctr": (20, 1024), "cvr": (40, 256)}
+NO_DERM, WITH_DERM = "derm model", "derm model + DERM"
 
 
 def task_defaults(task: str) -> tuple[int, int]:
@@ -39,9 +49,12 @@ class DownstreamConfig:
     eval_end: dt.date
     embeddings: tuple[str, ...] = ()
     seed: int = 0
-    epochs: int = 2
+    epochs: int = 20  # at most; early stopping on the validation day's log loss
     batch_size: int = 1024
     lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 2  # epochs without a better validation log loss before stopping
+    resamples: int = 1000  # bootstrap replicates of the intervals
     # torch intra-op threads. 1 by default: on a shared or oversubscribed CPU, OpenMP
     # threads spin-wait and a step gets many times slower (measured here: 13x at 2 threads).
     threads: int = 1
@@ -67,7 +80,12 @@ class DownstreamConfig:
             )
         for key in self.embeddings:
             embedding_view(key)
-        for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
+        for name, value in (
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--patience", self.patience),
+            ("--resamples", self.resamples),
+        ):
             if value < 1:
                 raise TrainingSetError(f"{name} must be >= 1, got {value}")
 
@@ -81,52 +99,77 @@ class DownstreamConfig:
         )
 
 
-def run_downstream(
-    cfg: DownstreamConfig,
-    train_set: TrainingSet | None = None,
-    eval_set: TrainingSet | None = None,
-    progress: bool = True,
-) -> dict[str, float]:
-    """Trains the cfg.task model and returns its eval metrics (roc_auc, pr_auc, logloss, ...).
+@dataclass
+class Encoded:
+    """The train, validation and eval rows of one task as tensors, every embedding included.
 
-    The training sets are built from Feast unless given (the experiment runner builds them
-    once with every embedding and passes them to each run, which reads only its subset).
+    dims: D of each encoded embedding, in column order (`data.select_embeddings` narrows).
     """
-    import lightning as L
-    import torch
 
-    from derm_features.logs import LogSchema
-    from trainers import quiet_lightning
-    from trainers.downstream.data import TASKS, DownstreamDataModule, positive_rate
-    from trainers.downstream.models import MODELS
-    from trainers.downstream.system import DownstreamSystem
+    train: dict
+    val: dict
+    eval: dict
+    dims: dict[str, int]
+    schema: object
+    feature_cfg: object
+
+
+def encode(cfg: DownstreamConfig, train_set: TrainingSet, eval_set: TrainingSet) -> Encoded:
+    """Encodes both sets once (features, counts, every embedding of cfg.embeddings) and
+    splits the training days by time into train and validation (`data.time_split`)."""
+    from derm_features.logs import LogSchema, open_log
+    from trainers.downstream.counts import CountHistory
+    from trainers.downstream.data import TASKS, encode_training_set, time_split
     from trainers.upstream.data import BatchEncoder
-    from trainers.upstream.model import tower_layout
-
-    if train_set is None or eval_set is None:
-        wrap = None
-        if progress:
-            from tqdm import tqdm
-
-            def wrap(days):
-                return tqdm(days, desc="training set (days)", unit="day")
-
-        train_cfg, eval_cfg = cfg.training_sets()
-        train_set = build_training_set(train_cfg, progress=wrap)
-        eval_set = build_training_set(eval_cfg, progress=wrap)
 
     spec = TASKS[cfg.task]
     schema = LogSchema.from_dict(train_set.meta["schema"])
     feature_cfg = cfg.network.feature_config(spec.tasks)
     encoder = BatchEncoder(schema, feature_cfg)
+    counts = None
+    if cfg.network.count_features:
+        counts = CountHistory(open_log(cfg.logs), cfg.eval_end + dt.timedelta(days=1))
+    keys = cfg.embeddings
+    train = encode_training_set(train_set, encoder, keys, spec.clicked_only, counts)
+    evaluation = encode_training_set(eval_set, encoder, keys, spec.clicked_only, counts)
+    train, val = time_split(train)
+    dims = {k: train_set.dim(k) for k in keys}
+    return Encoded(train, val, evaluation, dims, schema, feature_cfg)
+
+
+def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bool = True):
+    """Trains the cfg.task model on `keys`; returns (system, info) with the best epoch's
+    weights loaded. info: best_epoch (1-based), epochs_run, val_logloss."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from trainers import quiet_lightning
+    from trainers.downstream.data import TASKS, DownstreamDataModule, select_embeddings
+    from trainers.downstream.models import MODELS
+    from trainers.downstream.system import BestWeights, DownstreamSystem
+    from trainers.upstream.model import tower_layout
+
+    spec = TASKS[cfg.task]
     torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = DownstreamDataModule(
-        train_set, eval_set, schema, encoder, cfg.embeddings, spec, cfg.batch_size, cfg.seed
+    train = select_embeddings(enc.train, enc.dims, keys)
+    val = select_embeddings(enc.val, enc.dims, keys)
+    model = MODELS[cfg.task](
+        tower_layout(enc.schema, enc.feature_cfg),
+        [enc.dims[k] for k in keys],
+        spec.tasks,
+        cfg.network,
+        num_counts=train["counts"].shape[1],
     )
-    dims = [train_set.dim(k) for k in cfg.embeddings]
-    model = MODELS[cfg.task](tower_layout(schema, feature_cfg), dims, spec.tasks, cfg.network)
-    system = DownstreamSystem(model, spec.tasks, spec.primary, lr=cfg.lr)
+    labels, mask = train["labels"], train["label_mask"]
+    priors = [float(labels[mask[:, j], j].mean()) if mask[:, j].any() else 0.5
+              for j in range(len(spec.tasks))]  # fmt: skip
+    model.init_output_bias(priors)
+    system = DownstreamSystem(
+        model, spec.tasks, spec.primary, lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    best = BestWeights("val_logloss")
     torch.use_deterministic_algorithms(True, warn_only=True)
     quiet_lightning()
     trainer = L.Trainer(
@@ -140,16 +183,119 @@ def run_downstream(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         reload_dataloaders_every_n_epochs=1,
-        check_val_every_n_epoch=cfg.epochs,  # metrics of the final model only
+        callbacks=[EarlyStopping("val_logloss", patience=cfg.patience, mode="min"), best],
     )
-    trainer.fit(system, datamodule=data)
-    i = spec.tasks.index(spec.primary)
-    return {
-        **system.eval_metrics,
+    trainer.fit(system, datamodule=DownstreamDataModule(train, val, cfg.batch_size, cfg.seed))
+    info = {
+        "best_epoch": best.best_epoch + 1,
+        "epochs_run": best.epochs_run,
+        "val_logloss": best.best,
+        "train_rows": len(train["labels"]),
+        "val_rows": len(val["labels"]),
+    }
+    return system, info
+
+
+def predict(cfg: DownstreamConfig, system, enc: Encoded, keys: tuple[str, ...]):
+    """(labels, probabilities) [n] of the primary task on the labelled eval rows."""
+    from trainers.downstream.data import select_embeddings, sequential_batches
+
+    rows = select_embeddings(enc.eval, enc.dims, keys)
+    labels, probs = system.predict(sequential_batches(rows, cfg.batch_size * 4))
+    return labels.double().numpy(), probs.double().numpy()
+
+
+def _sets(cfg: DownstreamConfig, train_set, eval_set, progress: bool):
+    if train_set is not None and eval_set is not None:
+        return train_set, eval_set
+    wrap = None
+    if progress:
+        from tqdm import tqdm
+
+        def wrap(days):
+            return tqdm(days, desc="training set (days)", unit="day")
+
+    train_cfg, eval_cfg = cfg.training_sets()
+    return build_training_set(train_cfg, progress=wrap), build_training_set(eval_cfg, progress=wrap)
+
+
+def run_downstream(
+    cfg: DownstreamConfig,
+    train_set: TrainingSet | None = None,
+    eval_set: TrainingSet | None = None,
+    progress: bool = True,
+    encoded: Encoded | None = None,
+    return_predictions: bool = False,
+):
+    """Trains the cfg.task model on cfg.embeddings and returns its eval metrics.
+
+    Returns: dict with roc_auc, pr_auc, logloss (eval days), best_epoch, epochs_run,
+    val_logloss, train/val/eval rows, eval_positives, eval_positive_rate, task, embeddings,
+    seed; with `return_predictions`, (metrics, labels [n], probabilities [n]).
+    The training sets are built from Feast unless given (or `encoded` is given).
+    """
+    from trainers.downstream.evaluation import point_metrics
+
+    if encoded is None:
+        encoded = encode(cfg, *_sets(cfg, train_set, eval_set, progress))
+    system, info = fit(cfg, encoded, cfg.embeddings, progress)
+    labels, probs = predict(cfg, system, encoded, cfg.embeddings)
+    metrics = {
+        **point_metrics(labels, probs),
+        **info,
         "task": cfg.task,
         "embeddings": ",".join(cfg.embeddings) or "none",
         "seed": cfg.seed,
-        "train_rows": len(data.train["labels"]),
-        "eval_rows": len(data.eval["labels"]),
-        "eval_positive_rate": positive_rate(data.eval, i),
+        "eval_rows": len(labels),
+        "eval_positives": int(labels.sum()),
+        "eval_positive_rate": float(labels.mean()) if len(labels) else 0.0,
     }
+    return (metrics, labels, probs) if return_predictions else metrics
+
+
+def compare_downstream(
+    cfg: DownstreamConfig,
+    train_set: TrainingSet | None = None,
+    eval_set: TrainingSet | None = None,
+    progress: bool = True,
+) -> dict:
+    """Baselines, the model without DERM and with cfg.embeddings, on the same eval rows.
+
+    Returns `evaluation.compare`'s dict (models: prior, pin rate, logistic regression
+    [+ DERM], derm model [+ DERM]; lifts paired against the derm model without DERM) plus
+    "runs": each trained model's `run_downstream` metrics.
+    """
+    from trainers.downstream import baselines
+    from trainers.downstream.data import TASKS, select_embeddings
+    from trainers.downstream.evaluation import compare
+
+    spec = TASKS[cfg.task]
+    i = spec.tasks.index(spec.primary)
+    enc = encode(cfg, *_sets(cfg, train_set, eval_set, progress))
+    runs, predictions = {}, {}
+    variants = [(NO_DERM, ())] + ([(WITH_DERM, cfg.embeddings)] if cfg.embeddings else [])
+    for name, keys in variants:
+        run = replace(cfg, embeddings=keys)
+        runs[name], labels, predictions[name] = run_downstream(
+            run, encoded=enc, progress=progress, return_predictions=True
+        )
+    mask = enc.train["label_mask"][:, i]
+    train_labels = enc.train["labels"][:, i][mask].double().numpy()
+    eval_mask = enc.eval["label_mask"][:, i]
+    out = {"prior": baselines.prior(train_labels, len(labels))}
+    if cfg.network.count_features:
+        out["pin rate"] = baselines.pin_rate(enc.eval["counts"][eval_mask], spec.primary)
+    for _, keys in variants:
+        lr_name = "logistic regression" + (" + DERM" if keys else "")
+        (out[lr_name],) = baselines.logistic_regression(
+            select_embeddings(enc.train, enc.dims, keys),
+            [select_embeddings(enc.eval, enc.dims, keys)],
+            i,
+            enc.feature_cfg.num_buckets,
+            seed=cfg.seed,
+        )
+    out.update(predictions)
+    result = compare(labels, out, reference=NO_DERM, resamples=cfg.resamples, seed=cfg.seed)
+    result["runs"] = runs
+    result["task"] = cfg.task
+    return result

@@ -1,10 +1,15 @@
 """The downstream ranking networks of paper section 3.2 and appendix D.
 
 Both read the batch contract of `trainers/upstream/data.py` (the log's own features, by
-tower) plus two DERM tensors from `trainers/downstream/data.py`:
+tower) plus three tensors from `trainers/downstream/data.py`:
 
     derm          [B, sum(D_k)]  the chosen DERM embeddings, concatenated (zeros if missing)
     derm_present  [B, K]         1 where embedding k was found in Feast, else 0
+    counts        [B, C]         point-in-time count features (`counts.FEATURES`; C = 0 off)
+
+With `id_features` the user and Pin ids are hashed categorical features too. Ids and counts
+are what production rankers have (the paper's downstream models do), so the no-DERM model
+is a baseline a team would ship and DERM's lift is measured against it.
 
 The log's features become tokens with the upstream `FeatureTokens` (one hashed table,
 dense, pretrained and sequence encoders; the user's recent-Pins sequence goes through a
@@ -22,6 +27,7 @@ quality for a narrower input to the O(d^2) crossing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,7 +50,9 @@ class NetworkConfig:
     num_buckets: int = 2**14
     seq_len: int = 20
     num_heads: int = 2
-    dropout: float = 0.0
+    dropout: float = 0.1
+    id_features: bool = True  # user_id and pin_id as hashed categoricals
+    count_features: bool = True  # the point-in-time counts of counts.py
     projection_dim: int | None = None  # appendix D.1; None feeds the embeddings as they are
     # CTR: mixture of low-rank DCNv2 experts
     num_experts: int = 3
@@ -62,8 +70,7 @@ class NetworkConfig:
     def feature_config(self, tasks: Sequence[str]) -> ModelConfig:
         """The upstream ModelConfig that drives the shared batch encoder and FeatureTokens.
 
-        id_features is off: a downstream model learns entities from their features and the
-        DERM embeddings, not from id tables it could memorise.
+        id_features follows this config: ids as hashed categoricals, like production rankers.
         """
         return ModelConfig(
             token_dim=self.token_dim,
@@ -72,7 +79,7 @@ class NetworkConfig:
             num_heads=self.num_heads,
             seq_layers=1,
             dropout=self.dropout,
-            id_features=False,
+            id_features=self.id_features,
             tasks=tuple(tasks),
         )
 
@@ -105,6 +112,18 @@ class DermInputs(nn.Module):
         return torch.cat([self.project(derm), present.to(derm.dtype)], dim=-1)
 
 
+def init_output_bias(heads: nn.ModuleList, priors: Sequence[float]) -> None:
+    """Starts each head's output bias at logit(prior), its task's training positive rate.
+
+    A head that starts at logit 0 predicts 0.5 for a 1 % event and spends its first steps
+    (and, on a small set, its calibration) learning the base rate.
+    """
+    for head, prior in zip(heads, priors, strict=True):
+        last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
+        p = min(max(float(prior), 1e-6), 1 - 1e-6)
+        nn.init.constant_(last.bias, math.log(p / (1 - p)))
+
+
 def _feature_tokens(layouts: dict[str, TowerLayout], cfg: ModelConfig) -> tuple[FeatureTokens, int]:
     tokens = FeatureTokens(layouts, cfg)
     return tokens, sum(tokens.num_tokens(t) for t in TOWERS)
@@ -124,9 +143,11 @@ class CTRModel(nn.Module):
         derm_dims (Sequence[int]): D_k of the DERM embeddings it reads, in batch order.
         tasks (Sequence[str]): label names, one tower each (e.g. ("click", "conversion")).
         cfg (NetworkConfig): sizes.
+        num_counts (int): C, the width of `counts` (0: none).
 
     Call args:
-        batch (dict[str, Tensor]): tower tensors + `derm` [B, sum D] + `derm_present` [B, K].
+        batch (dict[str, Tensor]): tower tensors + `derm` [B, sum D] + `derm_present` [B, K]
+            + `counts` [B, C].
 
     Returns:
         Tensor: [B, T] one logit per task.
@@ -138,11 +159,13 @@ class CTRModel(nn.Module):
         derm_dims: Sequence[int],
         tasks: Sequence[str],
         cfg: NetworkConfig,
+        num_counts: int = 0,
     ) -> None:
         super().__init__()
         self.features, num_tokens = _feature_tokens(layouts, cfg.feature_config(tasks))
         self.derm = DermInputs(derm_dims, cfg.projection_dim)
-        width = num_tokens * cfg.token_dim + self.derm.out_features
+        self.num_counts = num_counts
+        width = num_tokens * cfg.token_dim + self.derm.out_features + num_counts
         self.input_norm = nn.LayerNorm(width)
         experts = [
             LowRankCrossNet(width, cfg.cross_layers, cfg.cross_rank) for _ in range(cfg.num_experts)
@@ -155,18 +178,23 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         tokens = _all_tokens(self.features, batch).flatten(1)
-        x = self.input_norm(
-            torch.cat([tokens, self.derm(batch["derm"], batch["derm_present"])], -1)
-        )
+        parts = [tokens, self.derm(batch["derm"], batch["derm_present"])]
+        if self.num_counts:
+            parts.append(batch["counts"])
+        x = self.input_norm(torch.cat(parts, -1))
         mixed = self.moe(x)  # [B, T, width]
         return torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=-1)
+
+    def init_output_bias(self, priors: Sequence[float]) -> None:
+        init_output_bias(self.towers, priors)
 
 
 class CVRModel(nn.Module):
     """DHEN-based CVR model: feature tokens and DERM tokens -> DHEN -> task heads.
 
-    The DERM block becomes K tokens of width d (a linear map), one per embedding, so the
-    DHEN's Transformer and MaskNet modules cross them with the other features.
+    The DERM block becomes K tokens of width d (a linear map), one per embedding, and the
+    count features one more token, so the DHEN's Transformer and MaskNet modules cross them
+    with the other features.
 
     Args, call args and returns: as CTRModel.
     """
@@ -177,10 +205,14 @@ class CVRModel(nn.Module):
         derm_dims: Sequence[int],
         tasks: Sequence[str],
         cfg: NetworkConfig,
+        num_counts: int = 0,
     ) -> None:
         super().__init__()
         self.features, num_tokens = _feature_tokens(layouts, cfg.feature_config(tasks))
         d = cfg.token_dim
+        self.counts = nn.Sequential(nn.LayerNorm(num_counts), nn.Linear(num_counts, d)) if (
+            num_counts) else None  # fmt: skip
+        num_tokens += 1 if num_counts else 0
         self.num_derm_tokens = len(derm_dims)
         self.derm = DermInputs(derm_dims, cfg.projection_dim) if derm_dims else None
         self.derm_tokens = (
@@ -203,8 +235,13 @@ class CVRModel(nn.Module):
             block = self.derm(batch["derm"], batch["derm_present"])
             extra = self.derm_tokens(block).view(-1, self.num_derm_tokens, self.token_dim)
             tokens = torch.cat([tokens, extra], dim=1)
+        if self.counts is not None:
+            tokens = torch.cat([tokens, self.counts(batch["counts"]).unsqueeze(1)], dim=1)
         h = self.dhen(tokens).flatten(1)
         return torch.cat([head(h) for head in self.heads], dim=-1)
+
+    def init_output_bias(self, priors: Sequence[float]) -> None:
+        init_output_bias(self.heads, priors)
 
 
 MODELS = {"ctr": CTRModel, "cvr": CVRModel}

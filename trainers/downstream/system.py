@@ -1,12 +1,16 @@
-"""The thin LightningModule of the downstream models: losses, optimiser, eval metrics.
+"""The thin LightningModule of the downstream models: losses, optimiser, validation.
 
 Loss: the mean over tasks of each task's binary cross-entropy on the rows whose label is
-known (`label_mask`). Eval: ROC-AUC, PR-AUC (average precision) and log loss of the
-primary task's predictions over the whole eval set (exact, not per-batch averages).
+known (`label_mask`). Validation (a time split of the training days, `data.time_split`):
+ROC-AUC, PR-AUC and log loss of the primary task over the whole split, logged as
+`val_logloss` etc.; early stopping watches `val_logloss` and `BestWeights` restores the
+epoch that had the lowest. The eval days are scored afterwards (`predict`), never seen here.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Sequence
 
 import lightning as L
@@ -84,7 +88,45 @@ class DownstreamSystem(L.LightningModule):
         self.roc_auc.reset()
         self.pr_auc.reset()
         self.eval_metrics = metrics
-        self.log_dict(metrics, prog_bar=True)
+        self.log_dict({f"val_{k}": v for k, v in metrics.items()}, prog_bar=True)
+
+    @torch.no_grad()
+    def predict(self, loader) -> tuple[Tensor, Tensor]:
+        """(labels, probabilities) of the primary task on the labelled rows of `loader`."""
+        self.model.eval()
+        i = self.primary_index
+        labels, probs = [], []
+        for batch in loader:
+            mask = batch["label_mask"][:, i]
+            labels.append(batch["labels"][:, i][mask])
+            probs.append(torch.sigmoid(self.model(batch)[:, i][mask]))
+        return torch.cat(labels), torch.cat(probs)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class BestWeights(L.Callback):
+    """Keeps, in memory, the weights of the epoch with the lowest `monitor` and loads them
+    when fitting ends (early stopping's patience epochs are thereby undone).
+
+    Attributes after fit: best (float), best_epoch (int, 0-based), epochs_run (int).
+    """
+
+    def __init__(self, monitor: str = "val_logloss") -> None:
+        self.monitor = monitor
+        self.best = math.inf
+        self.best_epoch = -1
+        self.epochs_run = 0
+        self._state: dict | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        self.epochs_run = trainer.current_epoch + 1
+        if value is not None and float(value) < self.best:
+            self.best, self.best_epoch = float(value), trainer.current_epoch
+            self._state = copy.deepcopy(pl_module.state_dict())
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._state is not None:
+            pl_module.load_state_dict(self._state)
