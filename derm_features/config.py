@@ -11,7 +11,10 @@ Every key is checked: a typo is an error naming the file, the section and the ke
       token_dim: 32
     train:        # upstream TrainConfig fields
       batch_size: 1024
-      epochs: 1
+      epochs: 1         # at least this many passes ...
+      min_steps: 100    # ... and more, up to max_epochs, until a fit takes this many steps
+      max_epochs: 10
+      replay_days: 0    # an incremental day also trains on this many days before it
       threads: 2
     materialize:
       heuristic: ma
@@ -36,6 +39,9 @@ TRAIN_KEYS = {
     "lr",
     "weight_decay",
     "epochs",
+    "min_steps",
+    "max_epochs",
+    "replay_days",
     "threads",
     "shuffle_buffer",
     "num_workers",

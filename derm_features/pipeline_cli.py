@@ -50,6 +50,29 @@ ThreadsOption = Annotated[
 
 # The command flags that override PipelineConfig (and derm.yaml); None means "not given".
 PIPELINE_FLAGS = ("models", "heuristic", "w", "engine", "online", "index", "threads", "window_days")
+# Flags that override derm.yaml's train: section (upstream TrainConfig fields).
+TRAIN_FLAGS = ("threads", "min_steps", "max_epochs", "replay_days")
+MinStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--min-steps",
+        help="Upstream fits take at least this many optimiser steps (more passes over a small "
+        "day, up to --max-epochs; default 100).",
+        show_default=False,
+    ),
+]
+MaxEpochsOption = Annotated[
+    int | None,
+    typer.Option("--max-epochs", help="Cap on those passes (default 10).", show_default=False),
+]
+ReplayDaysOption = Annotated[
+    int | None,
+    typer.Option(
+        "--replay-days",
+        help="Each incremental day also trains on this many days before it (default 0).",
+        show_default=False,
+    ),
+]
 
 
 def _pipeline_config(given: dict):
@@ -60,6 +83,7 @@ def _pipeline_config(given: dict):
 
     config, logs, workdir = given["config"], given["logs"], given["workdir"]
     flags = {k: given[k] for k in PIPELINE_FLAGS if k in given}
+    train_flags = {k: given.get(k) for k in TRAIN_FLAGS if given.get(k) is not None}
 
     file_cfg = load_config(config)
     apply_environment(file_cfg)
@@ -72,12 +96,12 @@ def _pipeline_config(given: dict):
         **file_cfg.get("materialize", {}),
     )
     models = flags.pop("models", None)
-    threads = flags.pop("threads", None)
+    flags.pop("threads", None)
     cfg = with_overrides(
         base, models=tuple(m.strip() for m in models.split(",")) if models else None, **flags
     )
-    if threads is not None:
-        cfg = with_overrides(cfg, train={**cfg.train, "threads": threads})
+    if train_flags:
+        cfg = with_overrides(cfg, train={**cfg.train, **train_flags})
     return cfg
 
 
@@ -105,6 +129,9 @@ def daily_cmd(
     online: OnlineOption = True,
     index: IndexOption = True,
     threads: ThreadsOption = None,
+    min_steps: MinStepsOption = None,
+    max_epochs: MaxEpochsOption = None,
+    replay_days: ReplayDaysOption = None,
 ) -> None:
     """Run one day for every upstream model: train, infer, materialize, push, index.
 
@@ -140,6 +167,9 @@ def backfill_cmd(
     online: OnlineOption = True,
     index: IndexOption = True,
     threads: ThreadsOption = None,
+    min_steps: MinStepsOption = None,
+    max_epochs: MaxEpochsOption = None,
+    replay_days: ReplayDaysOption = None,
 ) -> None:
     """Fit the window from scratch, then run `derm daily` for every later day.
 

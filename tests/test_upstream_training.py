@@ -73,6 +73,7 @@ def train_cfg(logs: Path, workdir: Path, **kw) -> TrainConfig:
         batch_size=512,
         lr=3e-3,
         epochs=2,
+        min_steps=0,  # these tests pin epochs; the step policy has tests of its own
         threads=1,
         progress=False,
         model_cfg=SMALL,
@@ -229,6 +230,43 @@ def test_training_is_deterministic(generated, tmp_path):
     cfg = train_cfg(generated / "logs", tmp_path, start=day(0), end=day(0), epochs=1)
     a, b = train(cfg), train(cfg)
     assert a["roc_auc"] == b["roc_auc"] and a["ssl_recall_at_k"] == b["ssl_recall_at_k"]
+
+
+def test_step_policy_adds_passes_over_small_days_up_to_the_cap(tmp_path):
+    cfg = TrainConfig(model="ctr", logs=tmp_path, date=day(3), batch_size=256, min_steps=100)
+    assert cfg.steps_policy(500) == (10, 20)  # 2 steps a pass; capped at max_epochs 10
+    assert cfg.steps_policy(10_000) == (3, 120)  # 40 steps a pass -> ceil(100 / 40) passes
+    assert cfg.steps_policy(1_000_000) == (1, 3907)  # one pass is plenty
+    assert dataclasses.replace(cfg, min_steps=0, epochs=2).steps_policy(500) == (2, 4)
+    assert TrainConfig(model="ctr", logs=tmp_path, date=day(3), replay_days=2).train_range == (
+        day(1),
+        day(3),
+    )
+    with pytest.raises(ValueError, match="--max-epochs 2 is below --epochs 3"):
+        TrainConfig(model="ctr", logs=tmp_path, date=day(3), epochs=3, max_epochs=2)
+    with pytest.raises(ValueError, match="--min-steps and --replay-days must be >= 0"):
+        TrainConfig(model="ctr", logs=tmp_path, date=day(3), replay_days=-1)
+
+
+def test_a_fit_with_too_few_steps_warns_and_reports_its_steps(window_run, generated, tmp_path):
+    import shutil
+
+    from trainers.upstream.train import train
+
+    base, _ = window_run
+    workdir = Workdir(tmp_path / "wd")
+    workdir.checkpoints_dir("ctr").mkdir(parents=True)
+    shutil.copy(base.checkpoint("ctr", WINDOW_END), workdir.checkpoint("ctr", WINDOW_END))
+    few = train_cfg(generated / "logs", workdir.root, date=day(3), model_cfg=None,
+                    batch_size=8192, epochs=1)  # fmt: skip
+    with pytest.warns(UserWarning, match="only 3 optimiser steps"):
+        m = train(few)
+    assert (m["epochs"], m["steps"]) == (1, 3)
+    # replaying the day before: two days' rows, and the summary says which days
+    replay = dataclasses.replace(few, replay_days=1, batch_size=512, min_steps=100)
+    m = train(replay)
+    assert m["train_start"] == str(day(2)) and m["train_end"] == str(day(3))
+    assert m["steps"] >= 100 and m["epochs"] == 2
 
 
 def test_incremental_days_warm_start_and_do_not_collapse(window_run, generated, tmp_path):

@@ -50,7 +50,20 @@ def train_cmd(
             "optimiser), train on DATE, save <DATE>.ckpt."
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training days.")] = 1,
+    epochs: Annotated[
+        int, typer.Option(help="At least this many passes over the training days.")
+    ] = 1,
+    min_steps: Annotated[
+        int,
+        typer.Option(
+            help="More passes (up to --max-epochs) until the fit takes this many optimiser "
+            "steps: a small day is otherwise one or two steps."
+        ),
+    ] = 100,
+    max_epochs: Annotated[int, typer.Option(help="The cap on passes that --min-steps adds.")] = 10,
+    replay_days: Annotated[
+        int, typer.Option(help="Incremental day: also train on this many days before --date.")
+    ] = 0,
     batch_size: Annotated[
         int, typer.Option(help="Rows per batch (also SSL in-batch negatives).")
     ] = 1024,
@@ -101,6 +114,9 @@ def train_cmd(
             batch_size=batch_size,
             lr=lr,
             epochs=epochs,
+            min_steps=min_steps,
+            max_epochs=max_epochs,
+            replay_days=replay_days,
             seed=seed,
             shuffle_buffer=shuffle_buffer,
             num_workers=num_workers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -107,7 +108,13 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    # The step policy (see `steps_policy`): at least `epochs` passes, more (up to
+    # `max_epochs`) until the fit takes `min_steps` optimiser steps; an incremental day
+    # also replays the `replay_days` days before it.
     epochs: int = 1
+    min_steps: int = 100
+    max_epochs: int = 10
+    replay_days: int = 0
     seed: int = 0
     shuffle_buffer: int = 65_536  # rows shuffled together; bounds memory
     num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
@@ -135,10 +142,18 @@ class TrainConfig:
         for flag, value in (
             ("--batch-size", self.batch_size),
             ("--epochs", self.epochs),
+            ("--max-epochs", self.max_epochs),
             ("--recall-k", self.recall_k),
         ):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        if self.min_steps < 0 or self.replay_days < 0:
+            raise ValueError(
+                f"--min-steps and --replay-days must be >= 0, got {self.min_steps}, "
+                f"{self.replay_days}"
+            )
+        if self.max_epochs < self.epochs:
+            raise ValueError(f"--max-epochs {self.max_epochs} is below --epochs {self.epochs}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if self.threads is not None and self.threads < 1:
@@ -152,7 +167,21 @@ class TrainConfig:
 
     @property
     def train_range(self) -> tuple[dt.date, dt.date]:
-        return (self.date, self.date) if self.incremental else (self.start, self.end)
+        """The days trained on: start..end, or date minus `replay_days` ..date."""
+        if self.incremental:
+            return self.date - dt.timedelta(days=self.replay_days), self.date
+        return self.start, self.end
+
+    def steps_policy(self, rows: int) -> tuple[int, int]:
+        """(epochs, optimiser steps) of a fit over `rows` rows.
+
+        epochs = clamp(ceil(min_steps / ceil(rows / batch_size)), epochs, max_epochs): a day
+        of 500 rows at batch 1024 is one step an epoch, so one epoch would barely move the
+        model; a day of 1M rows already takes ~1,000 steps in its one pass.
+        """
+        per_epoch = max(1, math.ceil(rows / self.batch_size))
+        epochs = min(self.max_epochs, max(self.epochs, math.ceil(self.min_steps / per_epoch)))
+        return epochs, epochs * per_epoch
 
 
 @dataclass

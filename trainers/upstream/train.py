@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -40,8 +41,13 @@ def eval_range(log: Log, end: dt.date) -> tuple[tuple[dt.date, dt.date], bool]:
     return (end, end), False
 
 
-def make_trainer(cfg: TrainConfig, workdir: Workdir, run_name: str):
-    """The Lightning Trainer of a run: seeded, deterministic where possible, CSV curves."""
+# Fewer optimiser steps than this in one fit and the towers barely move: say so.
+FEW_STEPS = 50
+
+
+def make_trainer(cfg: TrainConfig, workdir: Workdir, run_name: str, epochs: int):
+    """The Lightning Trainer of a run: seeded, deterministic where possible, CSV curves;
+    `epochs` passes, validated once at the end."""
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
@@ -50,7 +56,8 @@ def make_trainer(cfg: TrainConfig, workdir: Workdir, run_name: str):
     logger = CSVLogger(save_dir=workdir.metrics / "upstream", name=cfg.model, version=run_name)
     quiet_lightning()
     return L.Trainer(
-        max_epochs=cfg.epochs,
+        max_epochs=epochs,
+        check_val_every_n_epoch=epochs,  # the held-out day is scored once, after the last pass
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         deterministic="warn",  # deterministic kernels where torch has them
@@ -103,6 +110,14 @@ def train(cfg: TrainConfig) -> dict:
             f"the {cfg.model} model has nothing to learn from; no checkpoint written",
         }
     (val_day, _), held_out = eval_range(log, end)
+    epochs, steps = cfg.steps_policy(rows)
+    if steps < FEW_STEPS:
+        warnings.warn(
+            f"{cfg.model} {start}..{end}: {rows} rows give only {steps} optimiser steps at "
+            f"batch size {cfg.batch_size} over {epochs} epoch(s); the towers will be undertrained. "
+            "Raise train.max_epochs or train.replay_days, or lower train.batch_size",
+            stacklevel=2,
+        )
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -130,7 +145,7 @@ def train(cfg: TrainConfig) -> dict:
         val_range=(val_day, val_day),
     )
     run_name = f"{start}_{end}" if not cfg.incremental else str(cfg.date)
-    trainer = make_trainer(cfg, workdir, run_name)
+    trainer = make_trainer(cfg, workdir, run_name, epochs)
     trainer.fit(system, datamodule=data)
 
     val = system.last_val
@@ -146,6 +161,8 @@ def train(cfg: TrainConfig) -> dict:
         "k": cfg.recall_k,
         "train_rows": rows,
         "train_positives": positives,
+        "epochs": epochs,
+        "steps": steps,
         "eval_rows": val.get(f"{primary}/rows"),
         "eval_positives": val.get(f"{primary}/positives"),
         "per_task": {
