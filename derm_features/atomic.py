@@ -67,8 +67,17 @@ def write_parquet_atomic(table: pa.Table, path: Path, **kwargs) -> None:
 
 
 def write_text_atomic(text: str, path: Path) -> None:
+    write_bytes_atomic(text.encode(), path)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """Writes `data` to `path` via a temporary sibling and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

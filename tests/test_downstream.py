@@ -199,6 +199,8 @@ def test_experiment_runner_end_to_end_on_a_tiny_log(applied_workdir):
     for row in result.rows:
         assert row["seeds"] == 2 and np.isfinite(row["roc_auc_lift_mean"])
         assert row["roc_auc_lift_std"] >= 0.0
+        lo, hi = row["roc_auc_lift_ci"]  # paired bootstrap of the seed-mean lift
+        assert np.isfinite(lo) and lo < hi
     assert result.markdown_path.read_text().startswith("### table2")
     assert "| all four |" in result.markdown
     assert result.chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -150,8 +150,12 @@ def experiment_cmd(
         ),
     ],
     seeds: Annotated[
-        int, typer.Option(help="Seeds per configuration (mean and spread are reported).")
-    ] = 3,
+        int,
+        typer.Option(
+            help="Seeds per configuration (mean, spread and a paired-bootstrap interval of the "
+            "seed-mean lift are reported)."
+        ),
+    ] = 5,
     workdir: WorkdirOption = None,
     users: Annotated[int, typer.Option(help="Generated log: users.")] = 8_000,
     pins: Annotated[int, typer.Option(help="Generated log: Pins.")] = 2_000,

@@ -18,7 +18,8 @@ Pipeline, each step the other packages' library function (nothing re-implemented
 Downstream train days: from the day after the window to `eval_days` before the end; eval
 days: the last `eval_days`. Lift of a configuration for seed s is
 ``100 * (metric(config, s) / metric(baseline, s) - 1)`` with the no-DERM baseline of the
-same seed; the table gives its mean and standard deviation over seeds.
+same seed; the table gives its mean and standard deviation over seeds and the 95 %
+paired-bootstrap interval of the seed-mean lift (all runs score the same eval rows).
 
 Every step is skipped when its output exists, so an interrupted run resumes, and the
 tables share one upstream run per work directory and log configuration.
@@ -27,6 +28,7 @@ tables share one upstream run per work directory and log configuration.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import statistics
 from dataclasses import dataclass
@@ -69,7 +71,7 @@ class ExperimentConfig:
 
     table: str
     workdir: Path
-    seeds: int = 3
+    seeds: int = 5
     users: int = 8_000
     pins: int = 2_000
     days: int = 12
@@ -246,8 +248,11 @@ def training_sets(cfg: ExperimentConfig, workdir: Workdir, logs: Path, keys: tup
 def downstream_runs(
     cfg: ExperimentConfig, logs: Path, workdir: Workdir, sets, keys: tuple[str, ...]
 ) -> list[dict]:
-    """One downstream run per seed with embedding `keys` (cached in metrics/downstream/)."""
-    from derm_features.atomic import write_text_atomic
+    """One downstream run per seed with embedding `keys` (cached in metrics/downstream/:
+    the metrics JSON and the eval labels and predictions, `.npz`, for paired intervals)."""
+    import numpy as np
+
+    from derm_features.atomic import write_bytes_atomic, write_text_atomic
     from trainers.downstream.job import DownstreamConfig, run_downstream, task_defaults
 
     task = TABLES[cfg.table]
@@ -266,28 +271,47 @@ def downstream_runs(
             / "downstream"
             / (f"{task}_{subset_label(keys).replace(' ', '_')}_e{run.epochs}_s{seed}.json")
         )
-        if cache.is_file():
-            results.append(json.loads(cache.read_text()))
+        if cache.is_file() and cache.with_suffix(".npz").is_file():
+            metrics = json.loads(cache.read_text())
+            with np.load(cache.with_suffix(".npz")) as saved:
+                metrics["_labels"], metrics["_probs"] = saved["labels"], saved["probs"]
+            results.append(metrics)
             continue
-        metrics = run_downstream(run, *sets, progress=False)
+        metrics, labels, probs = run_downstream(run, *sets, progress=False, return_predictions=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, labels=labels, probs=probs)
+        write_bytes_atomic(buffer.getvalue(), cache.with_suffix(".npz"))
         write_text_atomic(json.dumps(metrics), cache)
         _say(cfg, f"{task} {subset_label(keys)} seed {seed}: roc_auc {metrics['roc_auc']:.4f} "
-                  f"pr_auc {metrics['pr_auc']:.4f}")  # fmt: skip
-        results.append(metrics)
+                  f"pr_auc {metrics['pr_auc']:.4f} epoch {metrics['best_epoch']}")  # fmt: skip
+        results.append({**metrics, "_labels": labels, "_probs": probs})
     return results
 
 
 # ---------------------------------------------------------------- summaries (pure)
 
 
-def lift_rows(baseline: list[dict], configs: dict[str, list[dict]]) -> list[dict]:
-    """Per configuration: mean and standard deviation over seeds of the % lifts."""
+def lift_rows(
+    baseline: list[dict], configs: dict[str, list[dict]], resamples: int = 1000
+) -> list[dict]:
+    """Per configuration: mean and standard deviation over seeds of the % lifts, and the 95 %
+    paired-bootstrap interval of the seed-mean lift (every run scores the same eval rows, so
+    replicate r weights the rows of every run alike; `evaluation.bootstrap`)."""
+    import numpy as np
+
+    from trainers.downstream.evaluation import bootstrap, interval
+
     for b in baseline:
         if b["eval_positive_rate"] == 0 or b["roc_auc"] == 0 or b["pr_auc"] == 0:
             raise ValueError(
                 f"the {b['task']} eval days hold no positives ({b['eval_rows']} eval rows), so "
                 "there is no AUC to lift: generate more impressions or days"
             )
+    labels = baseline[0]["_labels"]
+    predictions = {("none", s): b["_probs"] for s, b in enumerate(baseline)}
+    for label, runs in configs.items():
+        predictions.update({(label, s): r["_probs"] for s, r in enumerate(runs)})
+    reps = bootstrap(labels, predictions, resamples)
     rows = []
     for label, runs in configs.items():
         row = {"config": label, "seeds": len(runs)}
@@ -298,6 +322,12 @@ def lift_rows(baseline: list[dict], configs: dict[str, list[dict]]) -> list[dict
             row[f"{metric}_lift_mean"] = statistics.fmean(lifts)
             row[f"{metric}_lift_std"] = statistics.stdev(lifts) if len(lifts) > 1 else 0.0
             row[f"{metric}_mean"] = statistics.fmean(r[metric] for r in runs)
+            paired = np.mean(
+                [100.0 * (reps[(label, s)][metric] / reps[("none", s)][metric] - 1.0)
+                 for s in range(len(runs))],
+                axis=0,
+            )  # fmt: skip
+            row[f"{metric}_lift_ci"] = list(interval(paired))
         rows.append(row)
     return rows
 
@@ -307,13 +337,21 @@ def markdown_table(table: str, rows: list[dict], baseline: list[dict], about: st
         value = PAPER[table].get(label, (None, None))[i]
         return "n/a" if value is None else f"{value:+.3f}"
 
+    def lift(r: dict, metric: str) -> str:
+        lo, hi = r[f"{metric}_lift_ci"]
+        return (f"{r[f'{metric}_lift_mean']:+.2f} ± {r[f'{metric}_lift_std']:.2f} "
+                f"[{lo:+.2f}, {hi:+.2f}]")  # fmt: skip
+
     base_roc = statistics.fmean(b["roc_auc"] for b in baseline)
     base_pr = statistics.fmean(b["pr_auc"] for b in baseline)
+    positives = baseline[0].get("eval_positives")
     lines = [
         f"### {table}: {about}",
         "",
         f"Baseline (no DERM): ROC-AUC {base_roc:.4f}, PR-AUC {base_pr:.4f} "
-        f"(mean of {len(baseline)} seed(s)). Lifts in %, mean ± std over seeds.",
+        f"(mean of {len(baseline)} seeds; {baseline[0]['eval_rows']} eval rows, {positives} "
+        "positives). Lifts in %: mean ± std over seeds [95 % paired-bootstrap interval of "
+        "the seed mean].",
         "",
         "| config | ROC-AUC lift % | PR-AUC lift % | ROC-AUC | PR-AUC | paper ROC lift % "
         "| paper PR lift % |",
@@ -321,8 +359,7 @@ def markdown_table(table: str, rows: list[dict], baseline: list[dict], about: st
     ]
     for r in rows:
         lines.append(
-            f"| {r['config']} | {r['roc_auc_lift_mean']:+.3f} ± {r['roc_auc_lift_std']:.3f} "
-            f"| {r['pr_auc_lift_mean']:+.3f} ± {r['pr_auc_lift_std']:.3f} "
+            f"| {r['config']} | {lift(r, 'roc_auc')} | {lift(r, 'pr_auc')} "
             f"| {r['roc_auc_mean']:.4f} | {r['pr_auc_mean']:.4f} "
             f"| {paper(r['config'], 0)} | {paper(r['config'], 1)} |"
         )
@@ -330,7 +367,8 @@ def markdown_table(table: str, rows: list[dict], baseline: list[dict], about: st
 
 
 def chart(rows: list[dict], title: str, path: Path) -> None:
-    """Grouped bars of ROC-AUC and PR-AUC lift with std error bars (PNG, Agg backend)."""
+    """Grouped bars of ROC-AUC and PR-AUC lift (seed mean) with their 95 % paired-bootstrap
+    intervals as error bars (PNG, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,7 +380,10 @@ def chart(rows: list[dict], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(labels)), 4.0))
     for offset, metric, name in ((-0.2, "roc_auc", "ROC-AUC"), (0.2, "pr_auc", "PR-AUC")):
         ax.bar(x + offset, [r[f"{metric}_lift_mean"] for r in rows], 0.4,
-               yerr=[r[f"{metric}_lift_std"] for r in rows], capsize=3, label=name)  # fmt: skip
+               yerr=np.array([[r[f"{metric}_lift_mean"] - r[f"{metric}_lift_ci"][0],
+                               r[f"{metric}_lift_ci"][1] - r[f"{metric}_lift_mean"]]
+                              for r in rows]).T,
+               capsize=3, label=name)  # fmt: skip
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set_ylabel("lift over no-DERM baseline (%)")
@@ -398,7 +439,8 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
     out_dir = workdir.root / "experiments" / cfg.table
     markdown_path, chart_path = out_dir / f"{cfg.table}.md", out_dir / f"{cfg.table}.png"
     write_text_atomic(markdown, markdown_path)
-    write_text_atomic(json.dumps({"rows": rows, "baseline": baseline}, indent=2),
+    public = [{k: v for k, v in b.items() if not k.startswith("_")} for b in baseline]
+    write_text_atomic(json.dumps({"rows": rows, "baseline": public}, indent=2),
                       out_dir / f"{cfg.table}.json")  # fmt: skip
     chart(rows, f"{cfg.table}: {about}", chart_path)
     return ExperimentResult(rows, markdown, markdown_path, chart_path)
