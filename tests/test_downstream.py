@@ -210,3 +210,21 @@ def test_experiment_runner_end_to_end_on_a_tiny_log(applied_workdir):
 
     present = open_training_set(evals[0]).read(["has_ctr_user_embedding"]).column(0)
     assert 0 < sum(present.to_pylist()) <= present.length()
+
+
+def test_select_embeddings_narrows_and_scores_user_pin_pairs():
+    from trainers.downstream.data import select_embeddings
+
+    dims = {"ctr_user": 3, "ctr_pin": 3, "cvr_user": 2}
+    derm = torch.arange(8 * 2, dtype=torch.float32).view(2, 8)
+    tensors = {"derm": derm, "derm_present": torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])}
+    both = select_embeddings(tensors, dims, ("ctr_user", "ctr_pin"))
+    torch.testing.assert_close(both["derm"], derm[:, :6])
+    expected = (derm[:, :3] * derm[:, 3:6]).sum(1, keepdim=True)  # u_ctr . p_ctr
+    torch.testing.assert_close(both["derm_score"], expected)
+    one = select_embeddings(tensors, dims, ("cvr_user",))
+    torch.testing.assert_close(one["derm"], derm[:, 6:])
+    torch.testing.assert_close(one["derm_present"], tensors["derm_present"][:, [2]])
+    assert one["derm_score"].shape == (2, 0)  # no Pin embedding of cvr: no score
+    none = select_embeddings(tensors, dims, ())
+    assert none["derm"].shape == (2, 0) and none["derm_present"].shape == (2, 0)

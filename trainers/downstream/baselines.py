@@ -6,7 +6,8 @@
     logistic regression   scikit-learn's L2 logistic regression on the same inputs as the
                           downstream model: one-hot hashed categoricals (ids included when
                           on), bag of the sequences' hashed ids, standardised dense,
-                          pretrained and count features, and the DERM embeddings if given
+                          pretrained and count features, and the DERM embeddings with their
+                          user-Pin scores if given
 
 A downstream model that does not beat these on the same rows has learnt nothing a team
 would pay for; the README's tables print them beside every result.
@@ -61,7 +62,7 @@ def design_matrix(tensors: dict[str, Tensor], num_buckets: int, scale=None):
     ) if cols else sparse.csr_matrix((n, num_buckets), dtype=np.float32)  # fmt: skip
     dense = np.concatenate(
         [tensors[f"{t}_{k}"].numpy().reshape(n, -1) for t in TOWERS for k in ("dense", "pre")]
-        + [tensors[k].numpy() for k in ("counts", "derm", "derm_present")],
+        + [tensors[k].numpy() for k in ("counts", "derm", "derm_present", "derm_score")],
         axis=1,
     ).astype(np.float64)
     if scale is None:

@@ -151,15 +151,24 @@ def time_split(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str,
 def select_embeddings(
     tensors: dict[str, Tensor], dims: dict[str, int], keys: Sequence[str]
 ) -> dict[str, Tensor]:
-    """`tensors` (encoded with every key of `dims`, in its order) narrowed to `keys`."""
+    """`tensors` (encoded with every key of `dims`, in its order) narrowed to `keys`, plus
+    `derm_score` [N, S]: u_m . p_m for each model m whose `m_user` and `m_pin` are in keys
+    (zero where either is missing, as the missing vectors are zeros)."""
     order = list(dims)
     offsets = np.cumsum([0, *dims.values()])
-    cols = [c for k in keys for c in range(offsets[order.index(k)], offsets[order.index(k) + 1])]
-    flags = [order.index(k) for k in keys]
+
+    def block(k: str) -> Tensor:
+        i = order.index(k)
+        return tensors["derm"][:, offsets[i] : offsets[i + 1]]
+
+    models = [k[: -len("_user")] for k in keys if k.endswith("_user")]
+    scores = [(block(f"{m}_user") * block(f"{m}_pin")).sum(1) for m in models if f"{m}_pin" in keys]
+    n = len(tensors["derm"])
     return {
         **tensors,
-        "derm": tensors["derm"][:, cols],
-        "derm_present": tensors["derm_present"][:, flags],
+        "derm": torch.cat([block(k) for k in keys], 1) if keys else tensors["derm"][:, :0],
+        "derm_present": tensors["derm_present"][:, [order.index(k) for k in keys]],
+        "derm_score": torch.stack(scores, 1) if scores else torch.zeros(n, 0),
     }
 
 

@@ -161,6 +161,7 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
         spec.tasks,
         cfg.network,
         num_counts=train["counts"].shape[1],
+        num_scores=train["derm_score"].shape[1],
     )
     labels, mask = train["labels"], train["label_mask"]
     priors = [float(labels[mask[:, j], j].mean()) if mask[:, j].any() else 0.5

@@ -85,31 +85,45 @@ class NetworkConfig:
 
 
 class DermInputs(nn.Module):
-    """The DERM block: embeddings and presence flags, optionally projected (appendix D.1).
+    """The DERM block: embeddings, presence flags and user-Pin scores; the embeddings
+    optionally projected (appendix D.1).
+
+    The scores are u_m . p_m of each upstream model m whose user and Pin embeddings are
+    both read (`data.select_embeddings`): the quantity the upstream towers were trained to
+    rank by (paper 3.1), which a crossing layer would otherwise have to rebuild from 2D
+    products.
 
     Args:
         dims (Sequence[int]): D_k of each embedding, in batch order (may be empty).
         projection_dim (int | None): P; None keeps the raw width.
+        num_scores (int): S, user-Pin scores in the batch.
 
     Call args:
         derm (Tensor): [B, sum(dims)]
         present (Tensor): [B, K], K = len(dims)
+        scores (Tensor): [B, S]
 
     Returns:
-        Tensor: [B, out_features]; out_features = P + K if projected, else sum(dims) + K.
+        Tensor: [B, out_features]; out_features = (P if projected else sum(dims)) + K + S.
     """
 
-    def __init__(self, dims: Sequence[int], projection_dim: int | None = None) -> None:
+    def __init__(
+        self, dims: Sequence[int], projection_dim: int | None = None, num_scores: int = 0
+    ) -> None:
         super().__init__()
         total = sum(dims)
         self.project = (
             nn.Linear(total, projection_dim) if projection_dim and total else nn.Identity()
         )
         width = projection_dim if projection_dim and total else total
-        self.out_features = width + len(dims)
+        self.num_scores = num_scores
+        self.out_features = width + len(dims) + num_scores
 
-    def forward(self, derm: Tensor, present: Tensor) -> Tensor:
-        return torch.cat([self.project(derm), present.to(derm.dtype)], dim=-1)
+    def forward(self, derm: Tensor, present: Tensor, scores: Tensor | None = None) -> Tensor:
+        parts = [self.project(derm), present.to(derm.dtype)]
+        if self.num_scores:
+            parts.append(scores)
+        return torch.cat(parts, dim=-1)
 
 
 def init_output_bias(heads: nn.ModuleList, priors: Sequence[float]) -> None:
@@ -144,10 +158,11 @@ class CTRModel(nn.Module):
         tasks (Sequence[str]): label names, one tower each (e.g. ("click", "conversion")).
         cfg (NetworkConfig): sizes.
         num_counts (int): C, the width of `counts` (0: none).
+        num_scores (int): S, the user-Pin scores in `derm_score` (`DermInputs`).
 
     Call args:
         batch (dict[str, Tensor]): tower tensors + `derm` [B, sum D] + `derm_present` [B, K]
-            + `counts` [B, C].
+            + `derm_score` [B, S] + `counts` [B, C].
 
     Returns:
         Tensor: [B, T] one logit per task.
@@ -160,10 +175,11 @@ class CTRModel(nn.Module):
         tasks: Sequence[str],
         cfg: NetworkConfig,
         num_counts: int = 0,
+        num_scores: int = 0,
     ) -> None:
         super().__init__()
         self.features, num_tokens = _feature_tokens(layouts, cfg.feature_config(tasks))
-        self.derm = DermInputs(derm_dims, cfg.projection_dim)
+        self.derm = DermInputs(derm_dims, cfg.projection_dim, num_scores)
         self.num_counts = num_counts
         width = num_tokens * cfg.token_dim + self.derm.out_features + num_counts
         self.input_norm = nn.LayerNorm(width)
@@ -178,7 +194,7 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         tokens = _all_tokens(self.features, batch).flatten(1)
-        parts = [tokens, self.derm(batch["derm"], batch["derm_present"])]
+        parts = [tokens, self.derm(batch["derm"], batch["derm_present"], batch.get("derm_score"))]
         if self.num_counts:
             parts.append(batch["counts"])
         x = self.input_norm(torch.cat(parts, -1))
@@ -206,6 +222,7 @@ class CVRModel(nn.Module):
         tasks: Sequence[str],
         cfg: NetworkConfig,
         num_counts: int = 0,
+        num_scores: int = 0,
     ) -> None:
         super().__init__()
         self.features, num_tokens = _feature_tokens(layouts, cfg.feature_config(tasks))
@@ -214,7 +231,7 @@ class CVRModel(nn.Module):
             num_counts) else None  # fmt: skip
         num_tokens += 1 if num_counts else 0
         self.num_derm_tokens = len(derm_dims)
-        self.derm = DermInputs(derm_dims, cfg.projection_dim) if derm_dims else None
+        self.derm = DermInputs(derm_dims, cfg.projection_dim, num_scores) if derm_dims else None
         self.derm_tokens = (
             nn.Linear(self.derm.out_features, self.num_derm_tokens * d) if derm_dims else None
         )
@@ -232,7 +249,7 @@ class CVRModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         tokens = _all_tokens(self.features, batch)
         if self.derm is not None:
-            block = self.derm(batch["derm"], batch["derm_present"])
+            block = self.derm(batch["derm"], batch["derm_present"], batch.get("derm_score"))
             extra = self.derm_tokens(block).view(-1, self.num_derm_tokens, self.token_dim)
             tokens = torch.cat([tokens, extra], dim=1)
         if self.counts is not None:
