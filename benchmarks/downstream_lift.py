@@ -89,6 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="Downstream seeds.")
     parser.add_argument("--tasks", default="ctr,cvr")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="Instead of the comparison: downstream dropout x weight decay on the ctr task "
+        "(validation and eval log loss, eval ROC-AUC; without and with DERM; --seeds seeds).",
+    )
     args = parser.parse_args(argv)
 
     from derm_features.feast_repo import apply
@@ -127,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         build_training_set(TrainingSetConfig(logs, workdir.root, a, b, ALL))
         for a, b in ((train_start, train_end), (eval_start, end))
     ]
+    if args.sweep:
+        sweep(args, logs, workdir, sets, (train_start, train_end, eval_start, end))
+        return
     results = {"policy": name, "backfill_s": seconds, "upstream_roc_auc": upstream, "tasks": {}}
     tables = []
     for task in args.tasks.split(","):
@@ -163,6 +172,44 @@ def main(argv: list[str] | None = None) -> None:
               f"{summary['roc_auc_lift_std']:.2f} %")  # fmt: skip
     (args.out / f"lift-{name}.json").write_text(json.dumps(results, indent=1, default=float))
     (args.out / f"lift-{name}.md").write_text("\n".join(tables))
+
+
+SWEEP = ((0.0, 1e-5), (0.1, 1e-4), (0.3, 1e-4), (0.1, 1e-3), (0.3, 1e-2))
+
+
+def sweep(args, logs, workdir, sets, days) -> None:
+    """Dropout x weight decay of the ctr model, encoded once; one line per setting."""
+    from dataclasses import replace
+
+    from trainers.downstream.evaluation import point_metrics
+    from trainers.downstream.job import DownstreamConfig, encode, fit, predict
+    from trainers.downstream.models import NetworkConfig
+
+    train_start, train_end, eval_start, end = days
+    base = DownstreamConfig(
+        task="ctr", logs=logs, workdir=workdir.root, train_start=train_start,
+        train_end=train_end, eval_start=eval_start, eval_end=end, embeddings=ALL,
+    )  # fmt: skip
+    enc = encode(base, *sets)
+    for dropout, wd in SWEEP:
+        for keys in ((), ALL):
+            vals, evals = [], []
+            for seed in range(args.seeds):
+                cfg = replace(base, seed=seed, weight_decay=wd,
+                              network=NetworkConfig(dropout=dropout))  # fmt: skip
+                system, info = fit(cfg, enc, keys, progress=False)
+                labels, probs = predict(cfg, system, enc, keys)
+                vals.append(info["val_logloss"])
+                evals.append({**point_metrics(labels, probs), "epoch": info["best_epoch"]})
+            print(
+                f"dropout {dropout} wd {wd:g} {'DERM' if keys else 'none'}: val logloss "
+                f"{statistics.fmean(vals):.5f}; eval logloss "
+                f"{statistics.fmean(e['logloss'] for e in evals):.5f}, ROC-AUC "
+                f"{statistics.fmean(e['roc_auc'] for e in evals):.4f} ± "
+                f"{statistics.pstdev(e['roc_auc'] for e in evals):.4f}; best epochs "
+                f"{[e['epoch'] for e in evals]}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
