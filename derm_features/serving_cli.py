@@ -106,7 +106,7 @@ def index_cmd(
 def _popularity_line(m) -> str:
     """One line on the index's popularity column and how its beta was chosen."""
     if not m.has_popularity:
-        return "popularity: none (no log found; cosine only, beta 0)"
+        return "popularity: none (no log at hand, or --popularity-days 0): cosine only, beta 0"
     fit = m.beta_fit or {}
     recalls = fit.get("recall_at_k")
     if recalls:
