@@ -1,6 +1,6 @@
 """Pin retrieval on a generated log: recall@k of next-day clicks, and ANN vs exact latency.
 
-    .venv/bin/python -m benchmarks.retrieval [--users 20000 --pins 5000 --days 10]
+    .venv/bin/python -m benchmarks.retrieval [--users 20000 --pins 5000 --days 10] [--threads 1]
 
 (`-m` from the repository root: run as a file, benchmarks/materialize.py would shadow
 the `materialize` package.)
@@ -10,12 +10,19 @@ the `materialize` package.)
    normalise(interest(u, t) + noise), a Pin seen on day t normalise(content(p) + noise).
    These stand in for the upstream model's outputs ("truth + noise", not a trained model),
    and go through the real `materialize.job.materialize_day` (moving-average pools).
-3. The Pin index of day D (the day before the last) from that pool (`derm_features.ann`).
+3. The Pin index of day D (the day before the last) from that pool (`derm_features.ann`),
+   with the Pins' log-popularity (clicks over the 7 days to D) and beta fitted on day D
+   from the pools of D - 1 (`derm_features.popularity`): day D + 1 is never seen by the fit.
    Then again with embeddings of the trained upstream model: the real daily job
    (`derm backfill`, ctr, the demo's model shape) on the same log (skip: --no-trained).
 4. For every user who clicks on day D+1 and is in the user pool of day D: recall@k of
-   the Pins they click on day D+1, for the index (HNSW), exact search (NumPy), the most
-   clicked Pins up to day D (popularity) and k random Pins of the pool.
+   the Pins they click on day D+1, on the same users, for: k random Pins of the pool, the
+   most clicked Pins up to day D (popularity), the index with beta = 0 (u.p, HNSW or
+   flat), exact search (NumPy, beta = 0), the index with the fitted beta, and a
+   matrix-factorisation peer: BPR (Rendle et al. 2009) with item biases, trained on the
+   clicks of the same days up to D (its L2 weight chosen on day D, as beta is). Each with
+   a bootstrap 95 % interval over users (1000 resamples) and its ratio to popularity
+   (paired: the same resamples).
 5. Single-query latency p50/p99, HNSW vs NumPy brute force, on the pool and on a larger
    synthetic pool (clustered vectors), where the difference shows.
 """
@@ -34,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
 from derm_features.ann import (
     IndexConfig,
@@ -41,7 +49,6 @@ from derm_features.ann import (
     build_index,
     exact_search,
     l2_normalise,
-    load_index,
 )
 from derm_features.generate import GenerateConfig, generate_logs, interest_at
 from derm_features.provenance import ModelVersion
@@ -67,6 +74,7 @@ class BenchConfig:
     synthetic_dim: int
     queries: int
     trained: bool
+    threads: int
 
 
 def matrix(table: pa.Table, column: str) -> np.ndarray:
@@ -123,15 +131,95 @@ def write_daily_outputs(cfg: BenchConfig, wd: Workdir, truth: Path) -> list[dt.d
     return days
 
 
-def recall(retrieved: list[np.ndarray], clicked: list[set]) -> float:
-    """Mean over users of |retrieved & clicked| / |clicked|."""
-    return float(
-        np.mean(
-            [
-                len(c.intersection(r.tolist())) / len(c)
-                for r, c in zip(retrieved, clicked, strict=True)
-            ]
-        )
+def recall(retrieved: list[np.ndarray], clicked: list[set]) -> np.ndarray:
+    """[n] per user: |retrieved & clicked| / |clicked|."""
+    return np.array(
+        [len(c.intersection(r.tolist())) / len(c) for r, c in zip(retrieved, clicked, strict=True)]
+    )
+
+
+def bootstrap(
+    per_user: dict[str, np.ndarray], baseline: str, seed: int, resamples: int = 1000
+) -> dict[str, tuple[float, float, float, float, float]]:
+    """name -> (mean, lo, hi, ratio lo, ratio hi): 95 % percentile intervals of the mean
+    recall over users resampled with replacement, and of its ratio to `baseline`'s on the
+    same resamples (paired)."""
+    n = len(next(iter(per_user.values())))
+    rows = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    base = per_user[baseline][rows].mean(axis=1)
+    out = {}
+    for name, values in per_user.items():
+        means = values[rows].mean(axis=1)
+        ratio = means / np.where(base > 0, base, np.nan)
+        lo, hi = np.percentile(means, [2.5, 97.5])
+        rlo, rhi = np.nanpercentile(ratio, [2.5, 97.5])
+        out[name] = (float(values.mean()), float(lo), float(hi), float(rlo), float(rhi))
+    return out
+
+
+@dataclass(frozen=True)
+class BPR:
+    """A trained BPR model: score(u, p) = U[u] . V[p] + b[p]; unknown users get U = 0
+    (so the item biases, a learned popularity, rank for them)."""
+
+    users: dict[int, int]  # user id -> row
+    pin_ids: np.ndarray  # [m] the catalogue
+    user_vectors: np.ndarray  # [n_users, d]
+    pin_vectors: np.ndarray  # [m, d]
+    bias: np.ndarray  # [m]
+
+    def top_k(self, user_ids: list[int], k: int) -> list[np.ndarray]:
+        d = self.user_vectors.shape[1]
+        rows = [self.users.get(u) for u in user_ids]
+        q = np.stack([self.user_vectors[r] if r is not None else np.zeros(d) for r in rows])
+        scores = q @ self.pin_vectors.T + self.bias[None, :]
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return list(self.pin_ids[top])
+
+
+def train_bpr(
+    logs: Path, days: list[dt.date], seed: int, reg: float, dim: int = 32, epochs: int = 40
+) -> BPR:
+    """BPR-MF (Rendle et al. 2009) on the (user, clicked Pin) pairs of `days`: maximise
+    log sigmoid(x_up - x_un) - reg * (|U_u|^2 + |V_p|^2 + |V_n|^2) with n a Pin drawn
+    uniformly from the Pins shown on those days; Adam. Seeded."""
+    torch.manual_seed(seed)
+    shown = pa.concat_tables(
+        pq.read_table(logs / ds(d), columns=["user_id", "pin_id", "click"]) for d in days
+    )
+    catalogue = np.unique(shown["pin_id"].to_numpy())
+    clicks = shown.filter(pc.equal(shown["click"], 1))
+    pairs = np.unique(
+        np.stack([clicks["user_id"].to_numpy(), clicks["pin_id"].to_numpy()], axis=1), axis=0
+    )
+    user_ids = np.unique(pairs[:, 0])
+    u = torch.as_tensor(np.searchsorted(user_ids, pairs[:, 0]))
+    p = torch.as_tensor(np.searchsorted(catalogue, pairs[:, 1]))
+    users = torch.nn.Embedding(len(user_ids), dim)
+    pins = torch.nn.Embedding(len(catalogue), dim)
+    bias = torch.nn.Embedding(len(catalogue), 1)
+    for table in (users, pins):
+        torch.nn.init.normal_(table.weight, std=0.01)
+    torch.nn.init.zeros_(bias.weight)
+    params = [*users.parameters(), *pins.parameters(), *bias.parameters()]
+    opt = torch.optim.Adam(params, lr=0.01)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(u)).split(1024):
+            bu, bp = users(u[batch]), pins(p[batch])
+            bn_rows = torch.randint(0, len(catalogue), (len(batch),))
+            bn = pins(bn_rows)
+            x = (bu * (bp - bn)).sum(1) + bias(p[batch])[:, 0] - bias(bn_rows)[:, 0]
+            l2 = bu.pow(2).sum(1) + bp.pow(2).sum(1) + bn.pow(2).sum(1)
+            loss = -torch.nn.functional.logsigmoid(x).mean() + reg * l2.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return BPR(
+        {int(x): i for i, x in enumerate(user_ids)},
+        catalogue,
+        users.weight.detach().numpy(),
+        pins.weight.detach().numpy(),
+        bias.weight.detach().numpy()[:, 0],
     )
 
 
@@ -166,6 +254,24 @@ def compare_latency(name: str, pins: np.ndarray, queries: np.ndarray, k: int) ->
     )
 
 
+def fit_bpr(logs: Path, days: list[dt.date], seed: int, k: int) -> tuple[BPR, float, dict]:
+    """BPR with its L2 weight chosen as beta is: trained on days[:-1], scored by recall@k of
+    the clicks of days[-1] (every user who clicks), then retrained on all of `days` with the
+    best weight. Returns (model, weight, recall of each weight)."""
+    val = pq.read_table(logs / ds(days[-1]), columns=["user_id", "pin_id", "click"])
+    val = val.filter(pc.equal(val["click"], 1))
+    by_user: dict[int, set] = {}
+    for u, p in zip(val["user_id"].to_pylist(), val["pin_id"].to_pylist(), strict=True):
+        by_user.setdefault(u, set()).add(p)
+    users = sorted(by_user)
+    recalls = {}
+    for reg in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
+        model = train_bpr(logs, days[:-1], seed, reg)
+        recalls[reg] = float(recall(model.top_k(users, k), [by_user[u] for u in users]).mean())
+    best = max(recalls, key=recalls.get)
+    return train_bpr(logs, days, seed, best), best, recalls
+
+
 def clicked_next_day(logs: Path, user_pool: pa.Table, next_day: dt.date) -> dict[int, set]:
     """user -> the Pins they click on `next_day`, for users in `user_pool`."""
     in_pool = set(user_pool["user_id"].to_pylist())
@@ -179,13 +285,21 @@ def clicked_next_day(logs: Path, user_pool: pa.Table, next_day: dt.date) -> dict
 
 
 def evaluate(
-    cfg: BenchConfig, wd: Workdir, logs: Path, days: list[dt.date], label: str
+    cfg: BenchConfig,
+    wd: Workdir,
+    logs: Path,
+    days: list[dt.date],
+    label: str,
+    bpr: BPR,
+    kind: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Recall@k of next-day clicks for the index of the day before the last, against the
-    popularity and random baselines; returns the user queries and the index's Pin vectors
-    (for the latency part)."""
+    """Recall@k of next-day clicks for the index of the day before the last, with beta 0
+    and the fitted beta, against random, popularity and BPR on the same users; returns the
+    user queries and the index's Pin vectors (for the latency part)."""
     day, next_day = days[-2], days[-1]
-    index = load_index(wd, "ctr", day)
+    # (re)built here with the log at hand: the daily job's index of a workdir without
+    # logs/ has no popularity column
+    index = build_index(IndexConfig(wd, "ctr", day, kind=kind, logs=logs, fit_k=cfg.k))
     user_pool = read_pool(wd.pool("ctr", "user", day), ["user_id", "embedding"])
     user_vectors = embedding_matrix(user_pool["embedding"], index.dim)
     user_row = {u: i for i, u in enumerate(user_pool["user_id"].to_pylist())}
@@ -200,28 +314,43 @@ def evaluate(
         pq.read_table(logs / ds(d), columns=["pin_id", "click"]) for d in days[:-1]
     )
     counts = history.group_by("pin_id").aggregate([("click", "sum")])
-    order = np.argsort(-counts["click_sum"].to_numpy(), kind="stable")[: cfg.k]
-    popular = counts["pin_id"].to_numpy()[order]
+    pin_ids = counts["pin_id"].to_numpy()
+    # most clicked first, ties by pin id: group_by's row order is not deterministic
+    order = np.lexsort((pin_ids, -counts["click_sum"].to_numpy()))[: cfg.k]
+    popular = pin_ids[order]
     rng = np.random.default_rng(cfg.seed + 2)
     random_lists = [rng.choice(index.pin_ids, cfg.k, replace=False) for _ in users]
 
-    ann_ids, _ = index.retrieve(queries, cfg.k)
-    pool_pins = l2_normalise(index.index.reconstruct_n(0, index.index.ntotal))
+    plain_ids, _ = index.retrieve(queries, cfg.k, beta=0.0)
+    fitted_ids, _ = index.retrieve(queries, cfg.k)
+    pool_pins = index.pin_vectors()
     exact_rows, _ = exact_search(pool_pins, l2_normalise(queries), cfg.k)
+    beta = index.manifest.beta
     results = {
-        f"DERM index ({index.manifest.kind})": recall(list(ann_ids), clicked),
-        "exact search": recall(list(index.pin_ids[exact_rows]), clicked),
-        "popularity": recall([popular] * len(users), clicked),
         "random": recall(random_lists, clicked),
+        "popularity": recall([popular] * len(users), clicked),
+        f"u.p, beta 0 ({index.manifest.kind})": recall(list(plain_ids), clicked),
+        "u.p, beta 0 (exact)": recall(list(index.pin_ids[exact_rows]), clicked),
+        f"u.p + {beta:g} logpop": recall(list(fitted_ids), clicked),
+        "BPR-MF": recall(bpr.top_k(users, cfg.k), clicked),
     }
+    fit = index.manifest.beta_fit or {}
+    grid = ", ".join(f"{b}: {r:.3f}" for b, r in (fit.get("recall_at_k") or {}).items())
     print(
         f"{label}: recall@{cfg.k} of the Pins clicked on {next_day} ({len(users)} users who "
         f"click, {sum(map(len, clicked))} clicked Pins; {ceiling:.3f} of them are in the pool "
-        f"of {index.manifest.count} Pins, D={index.dim}):"
+        f"of {index.manifest.count} Pins, D={index.dim})\n"
+        f"  popularity column: {index.manifest.popularity}; beta {beta:g} fitted on "
+        f"{fit.get('validation_day')} over {fit.get('users')} users {fit.get('note', '')}\n"
+        f"  fit grid (beta: recall@{cfg.k} on {fit.get('validation_day')}): {grid}"
     )
-    for name, value in results.items():
-        ratio = value / results["popularity"] if results["popularity"] else float("nan")
-        print(f"  {name:<20} {value:.3f}   ({ratio:.2f}x popularity)", flush=True)
+    print(f"  {'method':<26} recall@{cfg.k} [95% CI]       x popularity [95% CI]")
+    for name, (mean, lo, hi, rlo, rhi) in bootstrap(results, "popularity", cfg.seed).items():
+        ratio = mean / results["popularity"].mean()
+        print(
+            f"  {name:<26} {mean:.3f} [{lo:.3f}, {hi:.3f}]   {ratio:.2f} [{rlo:.2f}, {rhi:.2f}]",
+            flush=True,
+        )
     return queries, pool_pins
 
 
@@ -246,6 +375,7 @@ def train_upstream(cfg: BenchConfig, wd: Workdir, logs: Path, days: list[dt.date
 
 def main(cfg: BenchConfig) -> None:
     faiss.omp_set_num_threads(1)  # one query at a time: no thread start-up in the timings
+    torch.set_num_threads(cfg.threads)
     wd = Workdir(cfg.out)
     started = time.perf_counter()
     generate_logs(
@@ -261,13 +391,26 @@ def main(cfg: BenchConfig) -> None:
         )
     )
     days = write_daily_outputs(cfg, wd, cfg.out / "truth")
-    build_index(IndexConfig(wd, "ctr", days[-2], kind="hnsw"))
     print(
         f"setup {time.perf_counter() - started:.0f} s: {cfg.users} users, {cfg.pins} Pins, "
         f"{cfg.days} days x {cfg.impressions} impressions"
     )
+    started = time.perf_counter()
+    bpr, reg, regs = fit_bpr(wd.logs, days[:-1], cfg.seed, cfg.k)
+    print(
+        f"BPR-MF on the clicks up to {days[-2]}, L2 {reg:g} chosen by recall@{cfg.k} on "
+        f"{days[-2]} (trained to {days[-3]}: "
+        + ", ".join(f"{r:g}: {v:.3f}" for r, v in regs.items())
+        + f"): {time.perf_counter() - started:.0f} s"
+    )
     queries, pool_pins = evaluate(
-        cfg, wd, wd.logs, days, f"truth + noise embeddings (noise {cfg.noise}, not a trained model)"
+        cfg,
+        wd,
+        wd.logs,
+        days,
+        f"truth + noise embeddings (noise {cfg.noise}, not a trained model)",
+        bpr,
+        kind="hnsw",
     )
     if cfg.trained:
         started = time.perf_counter()
@@ -278,7 +421,12 @@ def main(cfg: BenchConfig) -> None:
             f"{time.perf_counter() - started:.0f} s"
         )
         evaluate(
-            cfg, trained, wd.logs, days, "trained upstream embeddings (`derm backfill`, demo shape)"
+            cfg,
+            trained,
+            wd.logs,
+            days,
+            "trained upstream embeddings (`derm backfill`, demo shape)",
+            bpr,
         )
 
     some = queries[np.random.default_rng(3).choice(len(queries), cfg.queries)]
@@ -308,6 +456,7 @@ def parse() -> BenchConfig:
     p.add_argument("--synthetic-pins", type=int, default=100_000)
     p.add_argument("--synthetic-dim", type=int, default=64)
     p.add_argument("--queries", type=int, default=500, help="single queries timed per method")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (BPR, training)")
     p.add_argument(
         "--no-trained",
         dest="trained",
@@ -329,6 +478,7 @@ def parse() -> BenchConfig:
         a.synthetic_dim,
         a.queries,
         a.trained,
+        a.threads,
     )
 
 

@@ -3,12 +3,32 @@
     <workdir>/index/<model>/ds=<YYYY-MM-DD>/
       pins.faiss       the faiss index; row i of the index is Pin `pin_ids[i]`
       pin_ids.npy      the id map, int64 [count]
-      manifest.json    model, day, model_version, count, dim, metric, build params
+      manifest.json    model, day, model_version, count, dim, metric, build params,
+                       popularity source and beta
 
 The score of a (user, Pin) pair is the cosine of their embeddings: the inner product
 of the L2-normalised vectors, which is what the upstream model scores (paper A.1: the
 towers' outputs are unit vectors; the pool re-normalises after averaging, and the
 index normalises again so a pool built without that still ranks by cosine).
+
+With popularity (the default when the log is at hand; `derm_features.popularity` says
+which counts and how beta is fitted) the score is
+
+    score(u, p) = cos(u, p) + beta * log_popularity(p)
+
+computed by the same inner-product index with two extra columns (Bachrach et al. 2014's
+reduction of inner-product search to search among equal-norm vectors):
+
+    Pin row    [unit(p), a * lp(p), sqrt(1 - (a * lp(p))^2)]      [count, D + 2], norm sqrt 2
+    query      [unit(u), beta / a, 0]                              [n, D + 2]
+    row . query = cos(u, p) + beta * lp(p),    a = 1 / max_p lp(p) (1 when all are 0)
+
+so flat and HNSW rank by the score with no second pass, and beta = 0 is the plain cosine
+ranking. Why the third column: with rows [unit(p), lp(p)] of unequal norms the HNSW graph,
+built by inner product, links Pins by popularity more than by content, and its recall@100
+at beta = 0 fell from 0.256 to 0.195 on benchmarks/retrieval.py's truth + noise pool (exact:
+0.256); with equal norms it is 0.249 (0.524 vs 0.526 exact at the fitted beta). The
+manifest stores the fitted beta and a; a query may override beta.
 
 Why faiss (faiss-cpu) rather than usearch: it adds no transitive dependency here (numpy
 and packaging are already locked; usearch pulls numkong), and it has the exact index
@@ -23,7 +43,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -31,6 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from derm_features import popularity
 from derm_features.atomic import atomic_dir, clean_stale_tmp
 from derm_features.provenance import ModelVersion, compatible
 from derm_features.workdir import Workdir, check_model_entity, days_in_dir, join_key
@@ -51,6 +73,17 @@ class AnnIndexError(RuntimeError):
     """An index cannot be built, found or queried; the message says which and where."""
 
 
+def check_beta(beta: float, manifest: Manifest) -> None:
+    """Raises ValueError for a non-finite beta, or a non-zero one without popularity."""
+    if not math.isfinite(beta):
+        raise ValueError(f"beta must be finite, got {beta}")
+    if beta != 0 and not manifest.has_popularity:
+        raise ValueError(
+            f"beta: the index of {manifest.model_version} ({manifest.day}) has no popularity "
+            "column; rebuild it with `derm index` where the log is at hand, or use beta 0"
+        )
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """What `derm index` decides for one (model, day)."""
@@ -62,14 +95,38 @@ class IndexConfig:
     hnsw_m: int = 32  # graph degree: more = better recall, more memory
     ef_construction: int = 200  # build-time beam width
     ef_search: int = 256  # query-time beam width (>= k for good recall at k)
+    # popularity (derm_features.popularity): the log to count positives in (None: the
+    # workdir's logs/, skipped when absent), the window in days (0: no popularity column),
+    # a fixed beta (None: fitted on the index day, see there) and the fit's recall cut-off
+    logs: Path | None = None
+    popularity_days: int = 7
+    beta: float | None = None
+    fit_k: int = 100
 
     def __post_init__(self) -> None:
         check_model_entity(self.model, "pin")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got '{self.kind}'")
-        for name in ("hnsw_m", "ef_construction", "ef_search"):
+        for name in ("hnsw_m", "ef_construction", "ef_search", "fit_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.popularity_days < 0:
+            raise ValueError(f"popularity_days must be >= 0, got {self.popularity_days}")
+        if self.beta is not None and not math.isfinite(self.beta):
+            raise ValueError(f"beta must be finite, got {self.beta}")
+
+    def popularity_log(self) -> Path | None:
+        """The log popularity is counted in, or None for an index without popularity.
+
+        Raises AnnIndexError when a log given explicitly does not exist.
+        """
+        if self.popularity_days == 0:
+            return None
+        if self.logs is not None:
+            if not Path(self.logs).exists():
+                raise AnnIndexError(f"--logs {self.logs}: no such file or directory")
+            return Path(self.logs)
+        return self.workdir.logs if self.workdir.logs.exists() else None
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -106,6 +163,20 @@ def _pad(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return rows, scores.astype(np.float32)
 
 
+def popularity_rows(unit: np.ndarray, log_pop: np.ndarray) -> tuple[np.ndarray, float]:
+    """([count, D + 2] rows [unit, a * lp, sqrt(1 - (a * lp)^2)], a = 1 / max lp).
+
+    `unit` [count, D] unit vectors, `log_pop` [count] >= 0 (raises ValueError otherwise).
+    """
+    if len(log_pop) and (not np.isfinite(log_pop).all() or log_pop.min() < 0):
+        raise ValueError("log popularity must be finite and >= 0")
+    top = float(log_pop.max()) if len(log_pop) else 0.0
+    scale = 1.0 / top if top > 0 else 1.0
+    scaled = (log_pop * scale).astype(np.float32)
+    completion = np.sqrt(np.clip(1.0 - scaled**2, 0.0, None))
+    return np.hstack([unit, scaled[:, None], completion[:, None]]).astype(np.float32), scale
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What an index was built from and how; written beside it as manifest.json."""
@@ -121,6 +192,22 @@ class Manifest:
     ef_construction: int | None
     ef_search: int | None
     skipped_zero_norm: int  # pool rows left out because they cannot be normalised
+    # what the extra column D holds, e.g. "log(1 + click count, 2024-03-01..2024-03-07)";
+    # None: no column (an index built without popularity, or before it existed)
+    popularity: str | None = None
+    popularity_days: int | None = None
+    popularity_scale: float | None = None  # a: column D holds a * lp (module docstring)
+    beta: float = 0.0  # the default weight of the popularity column at query time
+    beta_fit: dict | None = None  # how beta was chosen: validation day, k, users, recalls
+
+    @property
+    def has_popularity(self) -> bool:
+        return self.popularity is not None
+
+    @property
+    def columns(self) -> int:
+        """Columns of the faiss index: D, or D + 2 with popularity."""
+        return self.dim + (2 if self.has_popularity else 0)
 
 
 class PinIndex:
@@ -136,7 +223,25 @@ class PinIndex:
 
     @property
     def dim(self) -> int:
+        """D of the embeddings (the faiss index has D + 1 columns with popularity)."""
         return self.manifest.dim
+
+    def with_beta(self, beta: float, fit: dict | None = None) -> PinIndex:
+        """The same index with `beta` (and how it was chosen) as its default weight."""
+        check_beta(beta, self.manifest)
+        manifest = replace(self.manifest, beta=float(beta), beta_fit=fit)
+        return PinIndex(self.index, self.pin_ids, manifest)
+
+    def pin_vectors(self) -> np.ndarray:
+        """[count, D] the indexed unit Pin vectors (popularity columns dropped)."""
+        return self.index.reconstruct_n(0, self.index.ntotal)[:, : self.dim]
+
+    def log_popularity(self) -> np.ndarray:
+        """[count] lp(p) of each Pin (zeros without popularity)."""
+        if not self.manifest.has_popularity:
+            return np.zeros(self.index.ntotal, np.float32)
+        column = self.index.reconstruct_n(0, self.index.ntotal)[:, self.dim]
+        return column / np.float32(self.manifest.popularity_scale)
 
     @classmethod
     def from_vectors(
@@ -151,8 +256,17 @@ class PinIndex:
         hnsw_m: int = 32,
         ef_construction: int = 200,
         ef_search: int = 256,
+        log_popularity: np.ndarray | None = None,
+        popularity: str | None = None,
+        popularity_days: int | None = None,
     ) -> PinIndex:
-        """Builds an index over `vectors` [count, D] (normalised here) of `pin_ids`."""
+        """Builds an index over `vectors` [count, D] (normalised here) of `pin_ids`.
+
+        `log_popularity` [count] (>= 0), when given, becomes columns D and D + 1 (the
+        module docstring); `popularity` then says what it holds. The index starts with
+        beta = 0 (`with_beta` sets it). Raises ValueError on mismatched lengths or a
+        negative log-popularity.
+        """
         pin_ids = np.asarray(pin_ids, dtype=np.int64)
         unit = l2_normalise(vectors)
         if len(pin_ids) != len(unit):
@@ -160,14 +274,23 @@ class PinIndex:
         usable = np.linalg.norm(unit, axis=1) > 0
         pin_ids, unit = pin_ids[usable], unit[usable]
         dim = unit.shape[1]
+        rows, scale = unit, None
+        if log_popularity is not None:
+            log_popularity = np.asarray(log_popularity, dtype=np.float32)
+            if log_popularity.shape != usable.shape:
+                raise ValueError(f"{len(log_popularity)} popularity values for {len(usable)} Pins")
+            rows, scale = popularity_rows(unit, log_popularity[usable])
+            popularity = popularity or "log popularity"
+        else:
+            popularity = None
         chosen = kind if kind != "auto" else ("flat" if len(unit) < AUTO_FLAT_BELOW else "hnsw")
         if chosen == "flat":
-            index = faiss.IndexFlatIP(dim)
+            index = faiss.IndexFlatIP(rows.shape[1])
         else:
-            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexHNSWFlat(rows.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = ef_construction
             index.hnsw.efSearch = ef_search
-        index.add(unit)
+        index.add(np.ascontiguousarray(rows))
         hnsw = chosen == "hnsw"
         manifest = Manifest(
             model=model,
@@ -176,28 +299,42 @@ class PinIndex:
             count=int(len(pin_ids)),
             dim=int(dim),
             kind=chosen,
-            metric="cosine",
+            metric="cosine" if popularity is None else "cosine + beta * log_popularity",
             hnsw_m=hnsw_m if hnsw else None,
             ef_construction=ef_construction if hnsw else None,
             ef_search=ef_search if hnsw else None,
             skipped_zero_norm=int((~usable).sum()),
+            popularity=popularity,
+            popularity_days=popularity_days if popularity is not None else None,
+            popularity_scale=scale,
         )
         return cls(index, pin_ids, manifest)
 
-    def retrieve(self, user_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k Pins of each user: (pin_ids [n, k] int64, scores [n, k] float32, cosine).
+    def retrieve(
+        self, user_vectors: np.ndarray, k: int, beta: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k Pins of each user: (pin_ids [n, k] int64, scores [n, k] float32), scores
+        cos(u, p) + beta * log_popularity(p) (plain cosine without a popularity column).
 
-        `user_vectors` [n, D] are normalised here. When the index holds fewer than k
-        Pins, the tail of each row is `MISSING_PIN` with score -inf.
+        `user_vectors` [n, D] are normalised here. `beta` None takes the manifest's.
+        When the index holds fewer than k Pins, the tail of each row is `MISSING_PIN`
+        with score -inf. Raises ValueError on k < 1, a wrong D, or a non-zero beta
+        for an index without popularity.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        beta = self.manifest.beta if beta is None else float(beta)
+        check_beta(beta, self.manifest)
         queries = l2_normalise(np.atleast_2d(user_vectors))
         if queries.shape[1] != self.dim:
             raise ValueError(
                 f"user vectors have D={queries.shape[1]}, the index of "
                 f"{self.manifest.model_version} has D={self.dim}"
             )
+        if self.manifest.has_popularity:
+            extra = np.zeros((len(queries), 2), np.float32)
+            extra[:, 0] = beta / self.manifest.popularity_scale
+            queries = np.hstack([queries, extra])
         k_eff = min(k, len(self.pin_ids))
         if k_eff == 0:
             return _pad(np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0)), k)
@@ -223,10 +360,11 @@ class PinIndex:
         manifest = Manifest(**json.loads((directory / MANIFEST_FILE).read_text()))
         index = faiss.read_index(str(directory / INDEX_FILE))
         pin_ids = np.load(directory / ID_MAP_FILE, allow_pickle=False)
-        if not (index.ntotal == len(pin_ids) == manifest.count and index.d == manifest.dim):
+        columns = manifest.columns
+        if not (index.ntotal == len(pin_ids) == manifest.count and index.d == columns):
             raise AnnIndexError(
-                f"index {directory} is inconsistent: {index.ntotal} vectors, {len(pin_ids)} ids, "
-                f"manifest says {manifest.count} of D={manifest.dim}"
+                f"index {directory} is inconsistent: {index.ntotal} vectors of {index.d} "
+                f"columns, {len(pin_ids)} ids, manifest says {manifest.count} of {columns}"
             )
         if manifest.ef_search is not None:
             index.hnsw.efSearch = manifest.ef_search
@@ -257,8 +395,18 @@ def build_index(config: IndexConfig) -> PinIndex:
             f"pool {pool_dir} mixes incompatible model versions {sorted(map(str, versions))}"
         )
     dim = versions[-1].dim
+    pin_ids = table["pin_id"].to_numpy()
+    logs = config.popularity_log()
+    log_pop, what = None, None
+    if logs is not None:
+        start, end = popularity.window(config.day, config.popularity_days)
+        label = popularity.POSITIVE_LABEL[config.model]
+        log_pop = popularity.log_popularity(
+            pin_ids, popularity.read_positives(logs, config.model, start, end)
+        )
+        what = f"log(1 + {label} count over {start}..{end})"
     index = PinIndex.from_vectors(
-        table["pin_id"].to_numpy(),
+        pin_ids,
         embedding_matrix(table["embedding"], dim),
         model=config.model,
         day=config.day,
@@ -267,12 +415,71 @@ def build_index(config: IndexConfig) -> PinIndex:
         hnsw_m=config.hnsw_m,
         ef_construction=config.ef_construction,
         ef_search=config.ef_search,
+        log_popularity=log_pop,
+        popularity=what,
+        popularity_days=config.popularity_days,
     )
+    if logs is not None:
+        if config.beta is not None:
+            index = index.with_beta(config.beta, {"note": "given (--beta), not fitted"})
+        else:
+            index = index.with_beta(*fit_index_beta(config, logs, dim))
     target = wd.index(config.model, config.day)
     clean_stale_tmp(target.parent)
     with atomic_dir(target) as tmp:
         index.save(tmp)
     return index
+
+
+def pool_unit_vectors(
+    workdir: Workdir, model: str, entity: str, day: dt.date
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(ids [n] int64, unit vectors [n, D] without zero rows, D) of a pool, None if absent."""
+    pool_dir = workdir.pool(model, entity, day)
+    if not pool_dir.is_dir():
+        return None
+    key = join_key(entity)
+    table = read_pool(pool_dir, [key, "embedding", "model_version"])
+    if table.num_rows == 0:
+        return None
+    dim = ModelVersion.parse(table["model_version"][0].as_py()).dim
+    unit = l2_normalise(embedding_matrix(table["embedding"], dim))
+    usable = np.linalg.norm(unit, axis=1) > 0
+    return table[key].to_numpy()[usable], unit[usable], dim
+
+
+def fit_index_beta(config: IndexConfig, logs: Path, dim: int) -> tuple[float, dict]:
+    """beta for the index of `config.day` (D), fitted on D with the state of D - 1.
+
+    Users and Pins from the pools of D - 1, popularity over the window ending at D - 1,
+    targets each user's positives on D (`derm_features.popularity`: why this day).
+    Returns (beta, what the manifest records); beta 0 with a note when a pool of D - 1
+    is missing, has another D, or no pooled user has a positive on D.
+    """
+    day, before = config.day, config.day - dt.timedelta(days=1)
+    wd, model = config.workdir, config.model
+    users = pool_unit_vectors(wd, model, "user", before)
+    pins = pool_unit_vectors(wd, model, "pin", before)
+    base = {"validation_day": day.isoformat(), "k": config.fit_k}
+    if users is None or pins is None or users[2] != dim or pins[2] != dim:
+        return 0.0, {**base, "note": f"not fitted: no user and Pin pools of D={dim} for {before}"}
+    start, end = popularity.window(before, config.popularity_days)
+    log_pop = popularity.log_popularity(pins[0], popularity.read_positives(logs, model, start, end))
+    acted = popularity.read_positives(logs, model, day, day).by_user()
+    row_of_user = {u: i for i, u in enumerate(users[0].tolist())}
+    chosen = [u for u in sorted(acted) if u in row_of_user]
+    if not chosen:
+        return 0.0, {**base, "note": f"not fitted: no user of the {before} pool acts on {day}"}
+    row_of_pin = {p: i for i, p in enumerate(pins[0].tolist())}
+    # a Pin not in the pool is a target no beta can hit: -1 keeps it in the denominator
+    targets = [np.array([row_of_pin.get(p, -1) for p in acted[u].tolist()]) for u in chosen]
+    queries = users[1][[row_of_user[u] for u in chosen]]
+    beta, recalls = popularity.fit_beta(queries, pins[1], log_pop, targets, config.fit_k)
+    return beta, {
+        **base,
+        "users": len(chosen),
+        "recall_at_k": {str(b): r for b, r in recalls.items()},
+    }
 
 
 def index_days(workdir: Workdir, model: str) -> list[dt.date]:

@@ -2,8 +2,10 @@
 
     POST /embeddings   {"user_ids": [..], "pin_ids": [..], "views": [..]}
                        -> {"views": {view: {"values": [[..]..], "found": [..]}}}
-    POST /retrieve     {"user_id": U | "vector": [..], "k": 100, "model": "ctr"}
-                       -> {"pin_ids": [..], "scores": [..], "model_version": .., "index_day": ..}
+    POST /retrieve     {"user_id": U | "vector": [..], "k": 100, "model": "ctr", "beta": b?}
+                       -> {"pin_ids": [..], "scores": [..], "beta": .., "model_version": ..,
+                           "index_day": ..}; scores cos(u, p) + beta * log_pop(p), beta the
+                           request's, else `derm serve --beta`, else the index manifest's
     GET  /health       Redis reachable, indexes loaded, their versions (503 when degraded)
 
 Every error is JSON ``{"error": message, "field": name-or-null}``: 422 for bad input
@@ -38,7 +40,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from derm_features.ann import AnnIndexError, PinIndex, load_index
+from derm_features.ann import AnnIndexError, PinIndex, check_beta, load_index
 from derm_features.feast_redis_layout import (
     OnlineStoreUnavailable,
     unavailable_as_clear_error,
@@ -66,6 +68,7 @@ class ServeConfig:
     models: tuple[str, ...] = MODELS  # the newest index of each is loaded, if there is one
     max_body_bytes: int = MAX_BODY_BYTES
     access_log: bool = False
+    beta: float | None = None  # popularity weight for every query; None: each manifest's
 
 
 class EmbeddingsRequest(BaseModel):
@@ -83,6 +86,7 @@ class RetrieveRequest(BaseModel):
     vector: list[FiniteFloat] | None = Field(default=None, min_length=1, max_length=MAX_DIM)
     k: int = Field(default=100, ge=1, le=MAX_K)
     model: Literal["ctr", "cvr"] = "ctr"
+    beta: FiniteFloat | None = None
 
 
 class BadRequest(Exception):
@@ -227,6 +231,17 @@ def known_views() -> list[str]:
     return [view_name(m, e) for m in MODELS for e in ("user", "pin")]
 
 
+def query_beta(body_beta: float | None, config: ServeConfig, index: PinIndex) -> float:
+    """The beta of one query: the request's, else the service's, else the manifest's.
+    Raises BadRequest (422, field beta) for a non-zero beta on an index without popularity."""
+    beta = next(b for b in (body_beta, config.beta, index.manifest.beta) if b is not None)
+    try:
+        check_beta(beta, index.manifest)
+    except ValueError as exc:
+        raise BadRequest(422, "beta", str(exc)) from None
+    return float(beta)
+
+
 def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI:
     """The FastAPI app; `services` default to `open_services(config)` at startup."""
 
@@ -274,7 +289,8 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
         if index is None:
             raise BadRequest(404, "model", f"model: no Pin index loaded for '{body.model}'")
         vector, source = _query_vector(s, body, index)
-        pin_ids, scores = index.retrieve(vector[None, :], body.k)
+        beta = query_beta(body.beta, config, index)
+        pin_ids, scores = index.retrieve(vector[None, :], body.k, beta)
         keep = pin_ids[0] >= 0
         return json_response(
             {
@@ -282,6 +298,7 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
                 "model_version": index.manifest.model_version,
                 "index_day": index.manifest.day,
                 "source": source,
+                "beta": beta,
                 "pin_ids": pin_ids[0][keep],
                 "scores": scores[0][keep],
             }

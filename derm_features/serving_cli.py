@@ -6,6 +6,7 @@ Feast, FastAPI) happen inside the command bodies so `derm --help` stays instant.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,6 +15,14 @@ from derm_features.cli_options import WorkdirOption
 
 ModelOption = Annotated[
     str, typer.Option("--model", help="Upstream model whose embeddings to use: ctr or cvr.")
+]
+BetaOverride = Annotated[
+    float | None,
+    typer.Option(
+        "--beta",
+        help="Weight of the Pins' log-popularity in the score cos(u, p) + beta * log_pop(p); "
+        "default: the beta fitted into the index's manifest (0 = plain cosine).",
+    ),
 ]
 
 
@@ -35,9 +44,35 @@ def index_cmd(
     ef_search: Annotated[
         int, typer.Option("--ef-search", help="HNSW query beam width (keep it >= k).")
     ] = 256,
+    logs: Annotated[
+        str | None,
+        typer.Option(
+            "--logs",
+            help="Log to count Pin popularity in (positives: clicks for ctr, conversions "
+            "for cvr); default WORKDIR/logs, and no popularity column when that is absent.",
+        ),
+    ] = None,
+    popularity_days: Annotated[
+        int,
+        typer.Option(
+            "--popularity-days",
+            min=0,
+            help="Days of log, ending at --date, counted for popularity; 0: no popularity.",
+        ),
+    ] = 7,
+    beta: Annotated[
+        float | None,
+        typer.Option(
+            "--beta",
+            help="Fix the popularity weight instead of fitting it (the fit: recall@--fit-k "
+            "on --date, with the pools and popularity of the day before).",
+        ),
+    ] = None,
+    fit_k: Annotated[int, typer.Option("--fit-k", min=1, help="Recall cut-off of the fit.")] = 100,
 ) -> None:
-    """Build the Pin ANN index (cosine) of one day's Pin pool, written atomically to
-    WORKDIR/index/<model>/ds=<date>/ (index, id map, manifest)."""
+    """Build the Pin ANN index of one day's Pin pool, written atomically to
+    WORKDIR/index/<model>/ds=<date>/ (index, id map, manifest). It ranks by
+    cos(u, p) + beta * log(1 + positives of p over the last --popularity-days days)."""
     from derm_features.ann import AnnIndexError, IndexConfig, build_index
     from derm_features.cli import fail, parse_day_option
     from derm_features.workdir import Workdir
@@ -51,6 +86,10 @@ def index_cmd(
             hnsw_m=hnsw_m,
             ef_construction=ef_construction,
             ef_search=ef_search,
+            logs=Path(logs) if logs else None,
+            popularity_days=popularity_days,
+            beta=beta,
+            fit_k=fit_k,
         )
         index = build_index(config)
     except (AnnIndexError, ValueError) as exc:
@@ -61,6 +100,23 @@ def index_cmd(
         f"{m.kind}, {m.model_version}"
         + (f" ({m.skipped_zero_norm} zero-norm rows skipped)" if m.skipped_zero_norm else "")
     )
+    typer.echo(_popularity_line(m))
+
+
+def _popularity_line(m) -> str:
+    """One line on the index's popularity column and how its beta was chosen."""
+    if not m.has_popularity:
+        return "popularity: none (no log at hand, or --popularity-days 0): cosine only, beta 0"
+    fit = m.beta_fit or {}
+    recalls = fit.get("recall_at_k")
+    if recalls:
+        how = (
+            f"fitted on {fit['validation_day']} over {fit['users']} users: "
+            f"recall@{fit['k']} {recalls[str(m.beta)]:.4f} (beta 0: {recalls['0.0']:.4f})"
+        )
+    else:
+        how = fit.get("note", "")
+    return f"popularity: {m.popularity}; beta {m.beta:g} ({how})"
 
 
 def retrieve_cmd(
@@ -80,8 +136,10 @@ def retrieve_cmd(
             "day) or 'redis' (the online store, as `derm serve` reads it).",
         ),
     ] = "pool",
+    beta: BetaOverride = None,
 ) -> None:
-    """Print the top-k Pins (pin_id and cosine score, best first) for one user."""
+    """Print the top-k Pins (pin_id and score cos(u, p) + beta * log_pop(p), best first)
+    for one user."""
     from derm_features.ann import AnnIndexError, load_index, pool_vector
     from derm_features.cli import fail, parse_day_option
     from derm_features.provenance import compatible
@@ -105,10 +163,13 @@ def retrieve_cmd(
                 )
         else:
             vector = _online_user_vector(wd, model, user)
-        pin_ids, scores = index.retrieve(vector[None, :], k)
+        pin_ids, scores = index.retrieve(vector[None, :], k, beta)
     except (AnnIndexError, ValueError) as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"# {k} Pins for user {user}: index {index.manifest.model_version} ({day})")
+    used = index.manifest.beta if beta is None else beta
+    typer.echo(
+        f"# {k} Pins for user {user}: index {index.manifest.model_version} ({day}), beta {used:g}"
+    )
     for pin_id, score in zip(pin_ids[0].tolist(), scores[0].tolist(), strict=True):
         if pin_id >= 0:
             typer.echo(f"{pin_id}\t{score:.6f}")
@@ -145,6 +206,7 @@ def serve_cmd(
     access_log: Annotated[
         bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
     ] = False,
+    beta: BetaOverride = None,
 ) -> None:
     """Serve embeddings (POST /embeddings), Pin retrieval (POST /retrieve) and GET /health
     over HTTP. Redis comes from REDIS_URL (rediss:// for TLS; credentials only there);
@@ -154,7 +216,9 @@ def serve_cmd(
     from derm_features.serve import ServeConfig, run
     from derm_features.workdir import Workdir
 
-    config = ServeConfig(Workdir.resolve(workdir), host=host, port=port, access_log=access_log)
+    config = ServeConfig(
+        Workdir.resolve(workdir), host=host, port=port, access_log=access_log, beta=beta
+    )
     try:
         run(config)
     except AnnIndexError as exc:

@@ -19,12 +19,12 @@ import urllib.request
 
 import numpy as np
 import pytest
-from materialize_helpers import daily_table, unit_rows, write_daily
+from materialize_helpers import VERSION, daily_table, unit_rows, write_daily
 from typer.testing import CliRunner
 
-from derm_features.ann import IndexConfig, build_index
+from derm_features.ann import IndexConfig, PinIndex, build_index
 from derm_features.cli import app as cli_app
-from derm_features.serve import MAX_IDS, ServeConfig, create_app
+from derm_features.serve import MAX_IDS, ServeConfig, Services, create_app
 from derm_features.workdir import Workdir
 from materialize.job import MaterializeConfig, materialize_day, push_online
 
@@ -260,3 +260,41 @@ def test_serve_binds_loopback_by_default():
     result = CliRunner().invoke(cli_app, ["serve", "--help"])
     assert result.exit_code == 0 and "127.0.0.1" in result.output
     assert ServeConfig(Workdir.resolve("/tmp")).host == "127.0.0.1"
+
+
+def test_retrieve_uses_the_manifest_beta_unless_the_service_or_request_overrides_it(tmp_path):
+    """By vector only: no Redis or Feast is needed for retrieval from an in-memory index."""
+    rng = np.random.default_rng(3)
+    vectors = unit_rows(rng, len(PINS))
+    log_pop = np.log1p(rng.permutation(len(PINS))).astype(np.float32)
+    index = PinIndex.from_vectors(
+        PINS, vectors, model="ctr", day=DAY, model_version=VERSION, log_popularity=log_pop,
+        popularity="test",
+    ).with_beta(0.2)  # fmt: skip
+    plain = PinIndex.from_vectors(PINS, vectors, model="ctr", day=DAY, model_version=VERSION)
+    query = unit_rows(rng, 1)
+    wd = Workdir(tmp_path)
+
+    def served_ids(config_beta, payload):
+        services = Services(None, None, "-", {"ctr": index, "cvr": plain})
+        app = create_app(ServeConfig(wd, beta=config_beta), services)
+        with LiveServer(app) as server:
+            return call(server.port, "POST", "/retrieve", {"vector": query[0].tolist(), **payload})
+
+    def expected(beta, which=index):
+        return which.retrieve(query, 10, beta)[0][0].tolist()
+
+    status, body = served_ids(None, {"k": 10})
+    assert status == 200 and body["beta"] == 0.2 and body["pin_ids"] == expected(0.2)
+    status, body = served_ids(None, {"k": 10, "beta": 0.0})
+    assert status == 200 and body["beta"] == 0.0 and body["pin_ids"] == expected(0.0)
+    assert expected(0.0) != expected(0.2)
+    status, body = served_ids(5.0, {"k": 10})  # `derm serve --beta 5`
+    assert status == 200 and body["beta"] == 5.0 and body["pin_ids"] == expected(5.0)
+    status, body = served_ids(5.0, {"k": 10, "beta": 0.2})  # the request wins
+    assert body["pin_ids"] == expected(0.2)
+    # an index without popularity: beta 0 only, a clear 422 otherwise
+    status, body = served_ids(None, {"k": 10, "model": "cvr"})
+    assert status == 200 and body["beta"] == 0.0 and body["pin_ids"] == expected(0.0, plain)
+    status, error = served_ids(None, {"k": 10, "model": "cvr", "beta": 0.5})
+    assert status == 422 and error["field"] == "beta" and "no popularity" in error["error"]

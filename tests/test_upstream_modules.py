@@ -20,7 +20,12 @@ from trainers.modules.encoders import (
 from trainers.modules.masknet import MaskBlock, MaskNet
 from trainers.modules.mlp import MLP
 from trainers.upstream.config import ModelConfig
-from trainers.upstream.frequency import StreamingFrequencyEstimator
+from trainers.upstream.frequency import (
+    GAMMA,
+    StreamingFrequencyEstimator,
+    _to_int64,
+    splitmix64,
+)
 from trainers.upstream.losses import recall_at_k, sampled_softmax_loss, temperature
 from trainers.upstream.model import DERMModel, tower_layout
 
@@ -194,7 +199,7 @@ def test_pretrained_encoder_one_token_per_vector():
 # ---------------------------------------------------------------- SSL loss
 
 
-def brute_force_ssl(user, pin, pin_ids, positive, log_q, tau):
+def brute_force_ssl(user, pin, pin_ids, positive, log_q, tau, user_ids=None):
     """The paper's formula, row by row with Python loops."""
     losses = []
     for i in range(len(user)):
@@ -203,8 +208,11 @@ def brute_force_ssl(user, pin, pin_ids, positive, log_q, tau):
         pos = float(user[i] @ pin[i]) / tau - float(log_q[i])
         terms = [pos]
         for j in range(len(user)):
-            if j != i and pin_ids[j] != pin_ids[i]:  # in-batch negatives, accidental hits out
-                terms.append(float(user[i] @ pin[j]) / tau - float(log_q[j]))
+            if j == i or pin_ids[j] == pin_ids[i]:  # itself; an accidental hit
+                continue
+            if user_ids is not None and user_ids[j] == user_ids[i] and positive[j]:
+                continue  # another positive of the same user
+            terms.append(float(user[i] @ pin[j]) / tau - float(log_q[j]))
         losses.append(-(pos - math.log(sum(math.exp(t) for t in terms))))
     return sum(losses) / len(losses)
 
@@ -227,6 +235,34 @@ def test_ssl_loss_matches_brute_force_with_hits_and_logq():
     distinct = torch.arange(n) + 100
     other, _ = sampled_softmax_loss(user, pin, distinct, positive, log_q, log_tau)
     assert other.item() != pytest.approx(expected, rel=1e-5)
+
+
+def test_ssl_loss_masks_the_users_other_positives():
+    g = torch.Generator().manual_seed(2)
+    n = 8
+    user = torch.nn.functional.normalize(torch.randn(n, 5, generator=g), dim=-1)
+    pin = torch.nn.functional.normalize(torch.randn(n, 5, generator=g), dim=-1)
+    pin_ids = torch.tensor([10, 11, 12, 13, 14, 10, 16, 17])  # rows 0/5 share a Pin
+    user_ids = torch.tensor([1, 1, 1, 2, 2, 3, 2, 4])
+    positive = torch.tensor([True, True, False, True, False, True, True, False])
+    log_q = -torch.rand(n, generator=g) * 5
+    log_tau = torch.tensor(math.log(0.3))
+    loss, logits = sampled_softmax_loss(
+        user, pin, pin_ids, positive, log_q, log_tau, user_ids=user_ids
+    )
+    expected = brute_force_ssl(user, pin, pin_ids, positive, log_q, 0.3, user_ids)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # masked, by hand: user 1's positives 0 and 1 mask each other (row 2 is user 1's
+    # negative: it stays); user 2's positives 3 and 6 mask each other (row 4 stays);
+    # rows 0 and 5 share Pin 10 (an accidental hit both ways): 2 + 2 + 2 = 6 cells
+    assert torch.isinf(logits).sum() == 6
+    # row 0's columns: itself, then rows 1..7 in batch order; row 1 and row 5 are masked
+    assert torch.isinf(logits[0]).tolist() == [False, True, False, False, False, True, False, False]
+    # the old call (no user ids) masks only the accidental hits, and gives another loss
+    old, old_logits = sampled_softmax_loss(user, pin, pin_ids, positive, log_q, log_tau)
+    assert torch.isinf(old_logits).sum() == 2
+    assert old.item() == pytest.approx(brute_force_ssl(user, pin, pin_ids, positive, log_q, 0.3))
+    assert old.item() != pytest.approx(expected, rel=1e-5)
 
 
 def test_ssl_loss_gradient_reaches_log_tau_and_tau_is_clamped():
@@ -267,6 +303,16 @@ def test_recall_at_k_ranks_the_positive():
     assert torch.equal(recall_at_k(logits, 1, reduction="none"), torch.tensor([1.0, 0.0]))
 
 
+def test_recall_at_k_ties_count_against_the_positive():
+    logits = torch.zeros(3, 5)  # all equal: the positive ranks last among 5
+    for k in range(1, 5):
+        assert recall_at_k(logits, k).item() == 0.0
+    assert recall_at_k(logits, 5).item() == 1.0
+    tied_with_one = torch.tensor([[1.0, 1.0, 0.0, 0.0]])  # one other candidate ties
+    assert recall_at_k(tied_with_one, 1).item() == 0.0
+    assert recall_at_k(tied_with_one, 2).item() == 1.0
+
+
 # ---------------------------------------------------------------- frequency estimator
 
 
@@ -295,6 +341,59 @@ def test_estimator_frequent_pin_gets_higher_q_and_state_round_trips():
     restored.update(torch.tensor([7]), 0)
     assert int(restored.clock) == 300
     assert restored.log_q(torch.tensor([7])).exp().item() == pytest.approx(1.0, rel=0.05)
+
+
+def test_splitmix64_matches_the_reference_outputs():
+    # splitmix64 seeded with 0 outputs mix(GAMMA), mix(2 GAMMA), ...: its published first
+    # two values, and a Python big-int reference of the finalizer on edge cases
+    mask = (1 << 64) - 1
+
+    def reference(x: int) -> int:
+        z = x & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    state = torch.tensor([_to_int64(GAMMA), _to_int64(2 * GAMMA)])
+    assert [v & mask for v in splitmix64(state).tolist()] == [
+        0xE220A8397B1DCDAF,
+        0x6E789E6AA1B965F4,
+    ]
+    xs = [0, 1, 7, -5, 2**63 - 1, -(2**63), 123456789012345]
+    assert [v & mask for v in splitmix64(torch.tensor(xs)).tolist()] == list(map(reference, xs))
+
+
+def test_estimator_hashes_are_independent():
+    est = StreamingFrequencyEstimator(num_buckets=2**16, alpha=0.1, num_hashes=3)
+    # the affine hashes put 7 and 7 + 2^16 in one bucket under every row
+    old = est._buckets(torch.tensor([7, 7 + 2**16]))  # [3, 2]
+    assert (old[:, 0] != old[:, 1]).any()
+    # find an id that collides with 7 under hash 0: another row separates them
+    ids = torch.arange(8, 2_000_000)
+    buckets = est._buckets(ids)
+    target = est._buckets(torch.tensor([7]))
+    partner = int(ids[buckets[0] == target[0, 0]][0])
+    pair = est._buckets(torch.tensor([7, partner]))
+    assert pair[0, 0] == pair[0, 1] and (pair[1:, 0] != pair[1:, 1]).all()
+    # seen at different rates (7 every step, the partner every 10th), they get different Q
+    for step in range(200):
+        est.update(torch.tensor([7, partner] if step % 10 == 0 else [7]), step)
+    q = est.log_q(torch.tensor([7, partner])).exp()
+    assert q[0].item() == pytest.approx(1.0)
+    # the partner's own gaps, as if alone: 1 at step 0 (t + 1), then 19 gaps of 10 with
+    # alpha 0.1: B = 10 - 9 * 0.9^19; hash 0 alone (shared with 7) would have said B = 1
+    assert q[1].item() == pytest.approx(1 / (10 - 9 * 0.9**19), rel=1e-5)
+
+
+def test_estimator_smoothing_on_non_periodic_gaps():
+    est = StreamingFrequencyEstimator(num_buckets=64, alpha=0.1, num_hashes=1)
+    for step in (9, 19, 21):
+        est.update(torch.tensor([5]), step)
+    # by hand: the first sighting at t=9 knows only the time since the stream began, t + 1 =
+    # 10; at 19: 0.9 * 10 + 0.1 * (19 - 9) = 10; at 21: 0.9 * 10 + 0.1 * (21 - 19) = 9.2
+    assert est.log_q(torch.tensor([5])).exp().item() == pytest.approx(1 / 9.2, rel=1e-6)
+    with pytest.raises(ValueError, match="num_hashes"):
+        StreamingFrequencyEstimator(num_hashes=0)
 
 
 # ---------------------------------------------------------------- towers and DERMModel

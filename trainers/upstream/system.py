@@ -64,7 +64,8 @@ class UpstreamSystem(L.LightningModule):
         self, out: dict[str, Tensor], batch: dict[str, Tensor], correct: bool = True
     ) -> tuple[Tensor, Tensor]:
         """SSL loss and logits; `correct` subtracts log Q (training only: the correction
-        undoes in-batch sampling bias, while retrieval ranks by the plain u.p)."""
+        undoes in-batch sampling bias, while retrieval ranks by the plain u.p). A user's
+        other positive rows in the batch are masked out of their negatives."""
         positive = batch["labels"][:, self.primary].bool() & batch["label_mask"][:, self.primary]
         pin_ids = batch["pin_id"]
         log_q = self.frequency.log_q(pin_ids) if correct else out["pin"].new_zeros(len(pin_ids))
@@ -77,6 +78,7 @@ class UpstreamSystem(L.LightningModule):
             self.log_tau,
             self.model_cfg.tau_min,
             self.model_cfg.tau_max,
+            user_ids=batch["user_id"],  # a user's other positives are not their negatives
         )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
