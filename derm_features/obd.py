@@ -76,7 +76,6 @@ CAMPAIGNS = ("all", "men", "women")
 WHEEL_PREFIX = "obp/dataset/obd/"  # where the sample lives inside the obp wheel
 USER_FEATURES = tuple(f"user_feature_{i}" for i in range(4))
 ITEM_FEATURES = tuple(f"item_feature_{i}" for i in range(4))
-LOG_COLUMNS = ("timestamp", "item_id", "position", "click", *USER_FEATURES)
 AFFINITY = "user-item_affinity_"
 
 
@@ -127,7 +126,8 @@ def open_source(source: Path) -> tuple[Callable[[str], bytes], str]:
             raise ObdFormatError(
                 f"{source}: not a zip file; pass the obp-0.4.1 wheel or its obd/ folder"
             )
-        names = set(zipfile.ZipFile(source).namelist())
+        with zipfile.ZipFile(source) as zf:
+            names = set(zf.namelist())
 
         def read_zip(rel: str) -> bytes:
             member = WHEEL_PREFIX + rel
@@ -169,16 +169,21 @@ def read_csv(data: bytes, where: str, types: dict[str, pa.DataType]) -> pa.Table
     """
     _require(_header(data, where), tuple(types), where)
     try:
-        return pacsv.read_csv(
+        table = pacsv.read_csv(
             io.BytesIO(data),
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
         )
     except pa.ArrowInvalid as exc:
         raise ObdFormatError(f"{where}: cannot parse ({exc})") from None
+    for col in table.column_names:
+        if table.column(col).null_count:
+            row = pc.indices_nonzero(pc.is_null(table.column(col)))[0].as_py()
+            raise ObdFormatError(f"{where}: column '{col}' is empty on data row {row}")
+    return table
 
 
 def read_items(read: Callable[[str], bytes], label: str, policy: str, campaign: str) -> pa.Table:
-    """One campaign's item table, re-coded: pin_id, pin_feature_0 float, pin_feature_1..3 str.
+    """One campaign's item table, re-coded: item_id, pin_feature_0 float, pin_feature_1..3 str.
 
     Rows are sorted by item_id; the categorical values are numbered in that order
     (see the module docstring: the sample salts their hashes per file).
@@ -237,8 +242,8 @@ def read_impressions(
     rel = f"{policy}/{campaign}/{campaign}.csv"
     where = f"{label}: {rel}"
     data = read(rel)
-    n_items = items.num_rows
-    affinity = tuple(f"{AFFINITY}{k}" for k in range(n_items))
+    item_list = items.column("item_id").to_pylist()
+    affinity = tuple(f"{AFFINITY}{i}" for i in item_list)  # one per item, named by its id
     types = {
         "timestamp": pa.timestamp("us", "UTC"),
         "item_id": pa.int64(),
@@ -249,16 +254,17 @@ def read_impressions(
     }
     raw = read_csv(data, where, types)
     item_ids = raw.column("item_id").to_numpy()
-    row_of = {int(i): r for r, i in enumerate(items.column("item_id").to_numpy())}
+    row_of = {i: r for r, i in enumerate(item_list)}
     unknown = sorted(set(item_ids.tolist()) - set(row_of))
     if unknown:
         raise ObdFormatError(
             f"{where}: column 'item_id' has {unknown[0]}, which is not in item_context.csv"
         )
-    # the shown item's own affinity column: one float per row out of the n_items columns
+    rows = np.array([row_of[i] for i in item_ids.tolist()], dtype=np.int64)
+    # the shown item's own affinity column: one float per row out of one column per item
     aff = np.column_stack([raw.column(c).to_numpy() for c in affinity])
-    shown = aff[np.arange(raw.num_rows), item_ids]
-    item_rows = pa.array([row_of[int(i)] for i in item_ids])
+    shown = aff[np.arange(raw.num_rows), rows]
+    item_rows = pa.array(rows)
     n = raw.num_rows
     return pa.table(
         {

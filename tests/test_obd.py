@@ -140,6 +140,19 @@ def test_convert_names_a_missing_file_and_column(tmp_path):
     assert result.exit_code == 2
     assert "bts/women/women.csv" in result.output and "'user_feature_2'" in result.output
 
+    obd = make_tiny_obd(tmp_path / "third")
+    path = obd / "random" / "all" / "all.csv"
+    lines = path.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[4] = ""  # row 1's click
+    lines[2] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["convert-obd", str(obd), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert (
+        "random/all/all.csv" in result.output and "'click' is empty on data row 1" in result.output
+    )
+
     result = CliRunner().invoke(app, ["convert-obd", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "nowhere" in result.output
 
