@@ -16,7 +16,8 @@ child process and timed:
    days, evaluated on the last --eval-days days, without and with the ctr DERM
    embeddings (user and Pin).
 4. Prints each run's JSON line as a table (whatever keys it has: ROC-AUC, PR-AUC, log
-   loss, eval rows, and any baselines or intervals it carries), the eval positives, the
+   loss, eval rows; a nested comparison of methods, such as baselines with intervals,
+   becomes a table of its own, one row per method), the eval positives, the
    best constant's log loss (the training days' click rate, on the eval rows, computed
    here from the log) and an approximate ROC-AUC standard error (Hanley & McNeil 1982),
    so a lift can be read against its noise. Writes everything to OUT/obd_benchmark.json.
@@ -179,7 +180,7 @@ def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
-    """Nested dicts as dotted keys ({"a": {"b": 1}} -> {"a.b": 1}); lists kept as text."""
+    """Nested dicts as dotted keys ({"a": {"b": 1}} -> {"a.b": 1}); lists kept whole."""
     out = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
@@ -191,6 +192,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def fmt(value) -> str:
+    if isinstance(value, list | tuple):  # an interval, e.g. a bootstrap 95 % one
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -198,17 +201,64 @@ def fmt(value) -> str:
     return str(value)
 
 
+def is_table(value) -> bool:
+    """A dict of dicts, e.g. {"prior": {"roc_auc": ...}, "pin rate": {...}}: rows x metrics."""
+    return (
+        isinstance(value, dict) and bool(value) and all(isinstance(v, dict) for v in value.values())
+    )
+
+
+def metric_order(key: str) -> tuple:
+    """Headline metrics first (roc_auc, pr_auc, logloss, ...), each followed by its variants."""
+    for i, head in enumerate(HEADLINE):
+        if key == head or key.startswith(f"{head}_"):
+            return (i, key != head, key)
+    return (len(HEADLINE), False, key)
+
+
+def text_table(rows: dict[str, dict], columns: list[str] | None = None, first: str = "") -> str:
+    """Rows (name -> {column: value}) as aligned text; columns in metric order unless given."""
+    if columns is None:
+        columns = sorted({c for r in rows.values() for c in r}, key=metric_order)
+    cells = {n: [fmt(r.get(c, "-")) for c in columns] for n, r in rows.items()}
+    widths = [max([len(c)] + [len(v[i]) for v in cells.values()]) for i, c in enumerate(columns)]
+    name_width = max([len(first)] + [len(n) for n in rows])
+
+    def line(name: str, values: list[str]) -> str:
+        padded = (f"{v:>{w}}" for v, w in zip(values, widths, strict=True))
+        return f"{name:{name_width}}  " + "  ".join(padded)
+
+    return "\n".join([line(first, columns)] + [line(n, v) for n, v in cells.items()])
+
+
 def results_table(runs: dict[str, dict]) -> str:
-    """One row per key of the runs' (flattened) JSON, one column per run; headline first."""
-    flat = {name: flatten(metrics) for name, metrics in runs.items()}
-    keys = [k for k in HEADLINE if any(k in f for f in flat.values())]
-    keys += sorted({k for f in flat.values() for k in f} - set(keys))
-    width = max(len(k) for k in keys)
-    lines = [f"{'':{width}}  " + "  ".join(f"{name:>18}" for name in runs)]
-    for key in keys:
-        cells = "  ".join(f"{fmt(flat[n].get(key, '-')):>18}" for n in runs)
-        lines.append(f"{key:{width}}  {cells}")
-    return "\n".join(lines)
+    """The runs' JSON lines, readable, whatever keys they carry.
+
+    Scalars (and nested dicts, flattened): one column per run. A dict of dicts (such as a
+    comparison of methods on the same eval rows) becomes a table of its own, one row per
+    entry; an entry that is the same in several runs is shown once.
+    """
+    scalars = {name: {} for name in runs}
+    tables: dict[str, dict[str, dict]] = {}
+    for name, metrics in runs.items():
+        for key, value in metrics.items():
+            if is_table(value):
+                rows = tables.setdefault(key, {})
+                for row, row_metrics in value.items():
+                    flat = flatten(row_metrics)
+                    if rows.get(row, flat) != flat:  # differs between runs: say whose
+                        row = f"{row} ({name})"
+                    rows[row] = flat
+            elif isinstance(value, dict):
+                scalars[name].update(flatten(value, f"{key}."))
+            else:
+                scalars[name][key] = value
+    # scalars: one row per key, one column per run (runs side by side read best)
+    keys = sorted({k for m in scalars.values() for k in m}, key=metric_order)
+    by_key = {k: {name: m.get(k, "-") for name, m in scalars.items()} for k in keys}
+    parts = [text_table(by_key, columns=list(runs))]
+    parts += [text_table(rows, first=key) for key, rows in tables.items()]
+    return "\n\n".join(parts)
 
 
 # ----------------------------------------------------------------------------- the run
