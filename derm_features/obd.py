@@ -23,7 +23,8 @@ log contract (derm_features/logs.py), one ``ds=YYYY-MM-DD`` partition per UTC da
                         read a per-user number off this log.
     pin_id      string  "<campaign>-<item_id>": OBD numbers the items of each campaign
                         from 0, so item 3 of "men" and item 3 of "all" are different items
-    ts          timestamp[us, UTC]
+    ts          timestamp[us, UTC] (the source's +00:00 stamps; days are UTC days, so a
+                        day starts at 09:00 in Japan, where ZOZOTOWN's users are)
     click       int64 0/1
     conversion  int64, all null (OBD has no conversions: derm's cvr model skips itself)
     surface     string  the campaign (all / men / women): the page the item was shown on

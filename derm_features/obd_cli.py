@@ -44,13 +44,14 @@ def convert_obd_cmd(
 ) -> None:
     """Convert the Open Bandit Dataset sample (ZOZOTOWN, 7 days) into a derm ad log.
 
-    Reads obp/dataset/obd/ from the wheel without installing it. OBD has no user id: the
-    user_id is a pseudo-user, a hash of the four user features (337 in the sample). pin_id
-    is <campaign>-<item_id>, item_context.csv becomes pin_* features, position, the
-    behaviour policy and the shown item's affinity become ctx_* features, the campaign is
-    the surface, conversion is null (the cvr model skips itself). Prints a summary line
-    (rows, clicks, users, Pins, per-day rows and clicks) as JSON. Exit 2 on a missing file
-    or column. Details: derm_features/obd.py.
+    Reads obp/dataset/obd/ from the wheel without installing it. OBD has no user
+    id: user_id is a pseudo-user, a hash of the four user features (337 in the
+    sample). pin_id is <campaign>-<item_id>; item_context.csv becomes pin_*
+    features; position, the behaviour policy and the shown item's affinity
+    become ctx_* features; the campaign is the surface; conversion is null (the
+    cvr model skips itself). Prints a JSON summary: rows, clicks, users, Pins,
+    rows and clicks per day. Exit 2 on a missing file or column.
+    Details: derm_features/obd.py.
     """
     from derm_features.cli import fail
     from derm_features.logs import LogContractError
