@@ -80,6 +80,7 @@ def main() -> None:
 # Commands that live in the other packages, registered here so `derm --help` lists them all.
 # Each module keeps its heavy imports (torch, Spark, Feast) inside the command bodies.
 from derm_features.generate_cli import generate_cmd  # noqa: E402
+from derm_features.obd_cli import convert_obd_cmd  # noqa: E402
 from derm_features.pipeline_cli import (  # noqa: E402
     backfill_cmd,
     daily_cmd,
@@ -94,6 +95,7 @@ from trainers.downstream.cli import downstream_cmd, experiment_cmd  # noqa: E402
 
 for name, command in (
     ("generate", generate_cmd),
+    ("convert-obd", convert_obd_cmd),
     ("train", train_cmd),
     ("infer", infer_cmd),
     ("materialize", materialize_cmd),
