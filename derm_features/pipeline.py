@@ -158,7 +158,7 @@ def _materialize(
 def _index(cfg: PipelineConfig, model: str, day: dt.date) -> dict:
     from derm_features.ann import IndexConfig, build_index
 
-    index = build_index(IndexConfig(workdir=cfg.workdir, model=model, day=day))
+    index = build_index(IndexConfig(workdir=cfg.workdir, model=model, day=day, logs=cfg.logs))
     return {"pins": index.manifest.count, "model_version": index.manifest.model_version}
 
 

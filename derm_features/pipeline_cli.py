@@ -56,8 +56,8 @@ MinStepsOption = Annotated[
     int | None,
     typer.Option(
         "--min-steps",
-        help="Upstream fits take at least this many optimiser steps (more passes over a small "
-        "day, up to --max-epochs; default 100).",
+        help="Upstream fits take at least this many optimiser steps: incremental days replay "
+        "earlier days, then passes are added up to --max-epochs (default 100).",
         show_default=False,
     ),
 ]
@@ -69,7 +69,8 @@ ReplayDaysOption = Annotated[
     int | None,
     typer.Option(
         "--replay-days",
-        help="Each incremental day also trains on this many days before it (default 0).",
+        help="Incremental days reach --min-steps by replaying up to this many earlier days "
+        "first (default 6).",
         show_default=False,
     ),
 ]

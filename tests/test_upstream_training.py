@@ -234,14 +234,24 @@ def test_training_is_deterministic(generated, tmp_path):
 
 def test_step_policy_adds_passes_over_small_days_up_to_the_cap(tmp_path):
     cfg = TrainConfig(model="ctr", logs=tmp_path, date=day(3), batch_size=256, min_steps=100)
+    assert cfg.train_range == (day(3), day(3))
     assert cfg.steps_policy(500) == (10, 20)  # 2 steps a pass; capped at max_epochs 10
     assert cfg.steps_policy(10_000) == (3, 120)  # 40 steps a pass -> ceil(100 / 40) passes
     assert cfg.steps_policy(1_000_000) == (1, 3907)  # one pass is plenty
     assert dataclasses.replace(cfg, min_steps=0, epochs=2).steps_policy(500) == (2, 4)
-    assert TrainConfig(model="ctr", logs=tmp_path, date=day(3), replay_days=2).train_range == (
-        day(1),
-        day(3),
-    )
+    # an incremental day replays the fewest earlier days that reach min_steps in one pass
+    rows = {day(0): 30_000, day(1): 12_800, day(2): 12_800, day(3): 12_800}
+    replay = TrainConfig(model="ctr", logs=tmp_path, date=day(3), batch_size=256, replay_days=6)
+    assert replay.incremental_range(lambda d: rows.get(d, 0)) == (day(2), day(3))  # 100 steps
+    assert dataclasses.replace(replay, min_steps=101).incremental_range(
+        lambda d: rows.get(d, 0)
+    ) == (day(1), day(3))
+    assert dataclasses.replace(replay, min_steps=10**6).incremental_range(
+        lambda d: rows.get(d, 0)
+    ) == (day(0), day(3))  # the log starts there
+    assert dataclasses.replace(replay, replay_days=0).incremental_range(
+        lambda d: rows.get(d, 0)
+    ) == (day(3), day(3))
     with pytest.raises(ValueError, match="--max-epochs 2 is below --epochs 3"):
         TrainConfig(model="ctr", logs=tmp_path, date=day(3), epochs=3, max_epochs=2)
     with pytest.raises(ValueError, match="--min-steps and --replay-days must be >= 0"):

@@ -56,14 +56,19 @@ def train_cmd(
     min_steps: Annotated[
         int,
         typer.Option(
-            help="More passes (up to --max-epochs) until the fit takes this many optimiser "
-            "steps: a small day is otherwise one or two steps."
+            help="Steps a fit should take: an incremental day replays earlier days "
+            "(--replay-days), then any fit adds passes (up to --max-epochs); a small day is "
+            "otherwise one or two steps."
         ),
     ] = 100,
     max_epochs: Annotated[int, typer.Option(help="The cap on passes that --min-steps adds.")] = 10,
     replay_days: Annotated[
-        int, typer.Option(help="Incremental day: also train on this many days before --date.")
-    ] = 0,
+        int,
+        typer.Option(
+            help="Incremental day: reach --min-steps by also training on up to this many days "
+            "before --date (the fewest that suffice), before adding passes."
+        ),
+    ] = 6,
     batch_size: Annotated[
         int, typer.Option(help="Rows per batch (also SSL in-batch negatives).")
     ] = 1024,

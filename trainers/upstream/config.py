@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -108,13 +109,13 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    # The step policy (see `steps_policy`): at least `epochs` passes, more (up to
-    # `max_epochs`) until the fit takes `min_steps` optimiser steps; an incremental day
-    # also replays the `replay_days` days before it.
+    # The step policy (`incremental_range`, `steps_policy`): a fit takes `min_steps`
+    # optimiser steps where it can, an incremental day first by also training on up to
+    # `replay_days` days before it, then (any fit) by more passes, up to `max_epochs`.
     epochs: int = 1
     min_steps: int = 100
     max_epochs: int = 10
-    replay_days: int = 0
+    replay_days: int = 6
     seed: int = 0
     shuffle_buffer: int = 65_536  # rows shuffled together; bounds memory
     num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
@@ -167,10 +168,26 @@ class TrainConfig:
 
     @property
     def train_range(self) -> tuple[dt.date, dt.date]:
-        """The days trained on: start..end, or date minus `replay_days` ..date."""
-        if self.incremental:
-            return self.date - dt.timedelta(days=self.replay_days), self.date
-        return self.start, self.end
+        """start..end, or date..date (before `incremental_range` adds replayed days)."""
+        return (self.date, self.date) if self.incremental else (self.start, self.end)
+
+    def incremental_range(self, day_rows: Callable[[dt.date], int]) -> tuple[dt.date, dt.date]:
+        """The days an incremental fit trains on: `date` and the fewest days before it (at
+        most `replay_days`, stopping at the first day without rows) whose rows make
+        `min_steps` steps in one pass. Replaying recent days beats passing over one small day
+        again (measured in BENCHMARKS.md: repeated passes over the day overfit it).
+
+        `day_rows(day)` gives a day's row count.
+        """
+        start, rows = self.date, day_rows(self.date)
+        while (self.date - start).days < self.replay_days and (
+            math.ceil(rows / self.batch_size) < self.min_steps
+        ):
+            before = day_rows(start - dt.timedelta(days=1))
+            if not before:
+                break
+            start, rows = start - dt.timedelta(days=1), rows + before
+        return start, self.date
 
     def steps_policy(self, rows: int) -> tuple[int, int]:
         """(epochs, optimiser steps) of a fit over `rows` rows.

@@ -88,6 +88,8 @@ def train(cfg: TrainConfig) -> dict:
     log = open_log(cfg.logs)
     workdir = Workdir.resolve(cfg.workdir)
     start, end = cfg.train_range
+    if cfg.incremental:
+        start, end = cfg.incremental_range(lambda d: log.scanner(d, d, columns=["ts"]).count_rows())
 
     snapshot = None
     if cfg.incremental:
