@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--logs", type=Path, help="A log to use instead of generating one.")
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--min-steps", type=int, default=100)
+    parser.add_argument("--min-steps", type=int, default=30)
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--replay-days", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=1024)

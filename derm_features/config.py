@@ -12,7 +12,7 @@ Every key is checked: a typo is an error naming the file, the section and the ke
     train:        # upstream TrainConfig fields
       batch_size: 1024
       epochs: 1         # at least this many passes ...
-      min_steps: 100    # ... and more, up to max_epochs, until a fit takes this many steps
+      min_steps: 30     # ... and more, up to max_epochs, until a fit takes this many steps
       max_epochs: 10
       replay_days: 6    # an incremental day first replays up to this many earlier days
       threads: 2

@@ -57,7 +57,7 @@ MinStepsOption = Annotated[
     typer.Option(
         "--min-steps",
         help="Upstream fits take at least this many optimiser steps: incremental days replay "
-        "earlier days, then passes are added up to --max-epochs (default 100).",
+        "earlier days, then passes are added up to --max-epochs (default 30).",
         show_default=False,
     ),
 ]

@@ -241,7 +241,9 @@ def test_step_policy_adds_passes_over_small_days_up_to_the_cap(tmp_path):
     assert dataclasses.replace(cfg, min_steps=0, epochs=2).steps_policy(500) == (2, 4)
     # an incremental day replays the fewest earlier days that reach min_steps in one pass
     rows = {day(0): 30_000, day(1): 12_800, day(2): 12_800, day(3): 12_800}
-    replay = TrainConfig(model="ctr", logs=tmp_path, date=day(3), batch_size=256, replay_days=6)
+    replay = TrainConfig(
+        model="ctr", logs=tmp_path, date=day(3), batch_size=256, min_steps=100, replay_days=6
+    )
     assert replay.incremental_range(lambda d: rows.get(d, 0)) == (day(2), day(3))  # 100 steps
     assert dataclasses.replace(replay, min_steps=101).incremental_range(
         lambda d: rows.get(d, 0)

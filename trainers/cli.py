@@ -60,7 +60,7 @@ def train_cmd(
             "(--replay-days), then any fit adds passes (up to --max-epochs); a small day is "
             "otherwise one or two steps."
         ),
-    ] = 100,
+    ] = 30,
     max_epochs: Annotated[int, typer.Option(help="The cap on passes that --min-steps adds.")] = 10,
     replay_days: Annotated[
         int,

@@ -113,7 +113,7 @@ class TrainConfig:
     # optimiser steps where it can, an incremental day first by also training on up to
     # `replay_days` days before it, then (any fit) by more passes, up to `max_epochs`.
     epochs: int = 1
-    min_steps: int = 100
+    min_steps: int = 30
     max_epochs: int = 10
     replay_days: int = 6
     seed: int = 0

@@ -41,8 +41,8 @@ def eval_range(log: Log, end: dt.date) -> tuple[tuple[dt.date, dt.date], bool]:
     return (end, end), False
 
 
-# Fewer optimiser steps than this in one fit and the towers barely move: say so.
-FEW_STEPS = 50
+# Fewer optimiser steps than this (or than min_steps) in one fit and the towers barely move.
+FEW_STEPS = 10
 
 
 def make_trainer(cfg: TrainConfig, workdir: Workdir, run_name: str, epochs: int):
@@ -113,7 +113,7 @@ def train(cfg: TrainConfig) -> dict:
         }
     (val_day, _), held_out = eval_range(log, end)
     epochs, steps = cfg.steps_policy(rows)
-    if steps < FEW_STEPS:
+    if steps < max(cfg.min_steps, FEW_STEPS):
         warnings.warn(
             f"{cfg.model} {start}..{end}: {rows} rows give only {steps} optimiser steps at "
             f"batch size {cfg.batch_size} over {epochs} epoch(s); the towers will be undertrained. "
