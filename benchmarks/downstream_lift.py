@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         help="Instead of the comparison: downstream dropout x weight decay on the ctr task "
         "(validation and eval log loss, eval ROC-AUC; without and with DERM; --seeds seeds).",
     )
+    parser.add_argument("--sweep-only", default="", help="dropout:wd:lr,... instead of SWEEP")
     args = parser.parse_args(argv)
 
     from derm_features.feast_repo import apply
@@ -174,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"lift-{name}.md").write_text("\n".join(tables))
 
 
-SWEEP = ((0.0, 1e-5), (0.1, 1e-4), (0.3, 1e-4), (0.1, 1e-3), (0.3, 1e-2))
+# (dropout, weight decay, learning rate); the first is the old default, the second today's
+SWEEP = (
+    (0.0, 1e-5, 2e-3), (0.1, 1e-4, 2e-3), (0.3, 1e-4, 2e-3), (0.1, 1e-3, 2e-3),
+    (0.3, 1e-2, 2e-3), (0.1, 1e-4, 1e-3), (0.1, 1e-4, 5e-4),
+)  # fmt: skip
 
 
 def sweep(args, logs, workdir, sets, days) -> None:
@@ -191,18 +196,19 @@ def sweep(args, logs, workdir, sets, days) -> None:
         train_end=train_end, eval_start=eval_start, eval_end=end, embeddings=ALL,
     )  # fmt: skip
     enc = encode(base, *sets)
-    for dropout, wd in SWEEP:
+    only = [tuple(float(x) for x in v.split(":")) for v in args.sweep_only.split(",") if v]
+    for dropout, wd, lr in only or SWEEP:
         for keys in ((), ALL):
             vals, evals = [], []
             for seed in range(args.seeds):
-                cfg = replace(base, seed=seed, weight_decay=wd,
+                cfg = replace(base, seed=seed, weight_decay=wd, lr=lr,
                               network=NetworkConfig(dropout=dropout))  # fmt: skip
                 system, info = fit(cfg, enc, keys, progress=False)
                 labels, probs = predict(cfg, system, enc, keys)
                 vals.append(info["val_logloss"])
                 evals.append({**point_metrics(labels, probs), "epoch": info["best_epoch"]})
             print(
-                f"dropout {dropout} wd {wd:g} {'DERM' if keys else 'none'}: val logloss "
+                f"dropout {dropout} wd {wd:g} lr {lr:g} {'DERM' if keys else 'none'}: val logloss "
                 f"{statistics.fmean(vals):.5f}; eval logloss "
                 f"{statistics.fmean(e['logloss'] for e in evals):.5f}, ROC-AUC "
                 f"{statistics.fmean(e['roc_auc'] for e in evals):.4f} ± "

@@ -3,7 +3,8 @@
     prior                 the training rows' positive rate, for every row (AUC 0.5 by design)
     pin rate              the Pin's smoothed rate before the event's day (`counts.py`): CTR
                           for the ctr task, post-click CVR for cvr
-    logistic regression   scikit-learn's L2 logistic regression on the same inputs as the
+    logistic regression   scikit-learn's L2 logistic regression (C picked on the validation
+                          split by log loss) on the same inputs as the
                           downstream model: one-hot hashed categoricals (ids included when
                           on), bag of the sequences' hashed ids, standardised dense,
                           pretrained and count features, and the DERM embeddings with their
@@ -23,6 +24,7 @@ from torch import Tensor
 from trainers.downstream.counts import FEATURES
 from trainers.upstream.model import TOWERS
 
+C_GRID = (0.01, 0.1, 1.0)  # inverse L2 strengths tried on the validation split
 PIN_RATE = {"click": FEATURES.index("pin_ctr"), "conversion": FEATURES.index("pin_cvr")}
 
 
@@ -73,15 +75,19 @@ def design_matrix(tensors: dict[str, Tensor], num_buckets: int, scale=None):
 
 def logistic_regression(
     train: dict[str, Tensor],
+    val: dict[str, Tensor],
     evaluate: Sequence[dict[str, Tensor]],
     task_index: int,
     num_buckets: int,
     seed: int = 0,
-    c: float = 1.0,
-) -> list[np.ndarray]:
-    """Fits on the labelled `train` rows of task `task_index`; returns P(y=1) [n_i] of the
-    labelled rows of each of `evaluate` (the order `DownstreamSystem.predict` gives)."""
+    grid: Sequence[float] = C_GRID,
+) -> tuple[list[np.ndarray], float]:
+    """Fits on the labelled `train` rows of task `task_index`, with the inverse L2 strength C
+    of `grid` that gives `val` the lowest log loss (the model's own early-stopping split);
+    returns (P(y=1) [n_i] of the labelled rows of each of `evaluate`, in the order
+    `DownstreamSystem.predict` gives, and the C chosen)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
 
     def labelled(t):
         mask = t["label_mask"][:, task_index].numpy()
@@ -89,9 +95,17 @@ def logistic_regression(
 
     rows, y = labelled(train)
     x, scale = design_matrix(rows, num_buckets)
-    model = LogisticRegression(C=c, max_iter=300, random_state=seed).fit(x, y)
+    val_rows, val_y = labelled(val)
+    x_val = design_matrix(val_rows, num_buckets, scale)[0]
+    best = None
+    for c in grid:
+        model = LogisticRegression(C=c, max_iter=300, random_state=seed).fit(x, y)
+        loss = log_loss(val_y, model.predict_proba(x_val)[:, 1], labels=[0, 1])
+        if best is None or loss < best[0]:
+            best = (loss, c, model)
+    _, c, model = best
     out = []
     for tensors in evaluate:
         rows_e, _ = labelled(tensors)
         out.append(model.predict_proba(design_matrix(rows_e, num_buckets, scale)[0])[:, 1])
-    return out
+    return out, c

@@ -288,13 +288,15 @@ def compare_downstream(
         out["pin rate"] = baselines.pin_rate(enc.eval["counts"][eval_mask], spec.primary)
     for _, keys in variants:
         lr_name = "logistic regression" + (" + DERM" if keys else "")
-        (out[lr_name],) = baselines.logistic_regression(
+        (out[lr_name],), runs[lr_name] = baselines.logistic_regression(
             select_embeddings(enc.train, enc.dims, keys),
+            select_embeddings(enc.val, enc.dims, keys),
             [select_embeddings(enc.eval, enc.dims, keys)],
             i,
             enc.feature_cfg.num_buckets,
             seed=cfg.seed,
         )
+        runs[lr_name] = {"C": runs[lr_name]}
     out.update(predictions)
     result = compare(labels, out, reference=NO_DERM, resamples=cfg.resamples, seed=cfg.seed)
     result["runs"] = runs
