@@ -203,6 +203,8 @@ def test_experiment_runner_end_to_end_on_a_tiny_log(applied_workdir):
         assert np.isfinite(lo) and lo < hi
     assert result.markdown_path.read_text().startswith("### table2")
     assert "| all four |" in result.markdown
+    assert "simple baselines on the same eval rows" in result.markdown
+    assert "| pin rate |" in result.markdown and "| logistic regression |" in result.markdown
     assert result.chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the DERM runs really read embeddings: the eval training set has present values
     evals = sorted((applied_workdir.root / "training_sets").glob("2026-01-05_*"))

@@ -411,7 +411,7 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
     configs: dict[str, list[dict]] = {}
     if cfg.table == "table1":
         about = "aggregation heuristics of the CVR user embedding, CVR task"
-        base_sets = training_sets(cfg, workdir, logs, ())
+        base_sets = sets = training_sets(cfg, workdir, logs, ())
         baseline = downstream_runs(cfg, logs, workdir, base_sets, ())
         for heuristic, w in TABLE1_HEURISTICS:
             variant = heuristic_workdir(workdir, heuristic, w)
@@ -428,6 +428,7 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
         for keys in subsets:
             configs[subset_label(keys)] = downstream_runs(cfg, logs, workdir, sets, keys)
     rows = lift_rows(baseline, configs)
+    simple = baseline_table(cfg, logs, workdir, sets, baseline[0])
     sizes = (
         f"log: {cfg.users} users, {cfg.pins} Pins, {cfg.days} days x {cfg.impressions_per_day} "
         f"impressions (seed {cfg.log_seed}); downstream train {cfg.train_range[0]}.."
@@ -435,7 +436,7 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
         f"{cfg.eval_range[1]} ({baseline[0]['eval_rows']} rows, positive rate "
         f"{baseline[0]['eval_positive_rate']:.4f}); seeds 0..{cfg.seeds - 1}"
     )
-    markdown = markdown_table(cfg.table, rows, baseline, about) + f"\n{sizes}\n"
+    markdown = markdown_table(cfg.table, rows, baseline, about) + f"\n{sizes}\n\n{simple}"
     out_dir = workdir.root / "experiments" / cfg.table
     markdown_path, chart_path = out_dir / f"{cfg.table}.md", out_dir / f"{cfg.table}.png"
     write_text_atomic(markdown, markdown_path)
@@ -444,6 +445,24 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
                       out_dir / f"{cfg.table}.json")  # fmt: skip
     chart(rows, f"{cfg.table}: {about}", chart_path)
     return ExperimentResult(rows, markdown, markdown_path, chart_path)
+
+
+def baseline_table(cfg: ExperimentConfig, logs: Path, workdir: Workdir, sets, run: dict) -> str:
+    """The prior, per-Pin rate and logistic regression on the same eval rows as `run` (the
+    no-DERM model of seed 0), with intervals (`job.score_baselines`, `evaluation.compare`)."""
+    from trainers.downstream.evaluation import compare, markdown
+    from trainers.downstream.job import NO_DERM, DownstreamConfig, encode, score_baselines
+
+    task = TABLES[cfg.table]
+    down = DownstreamConfig(
+        task=task, logs=logs, workdir=workdir.root,
+        train_start=cfg.train_range[0], train_end=cfg.train_range[1],
+        eval_start=cfg.eval_range[0], eval_end=cfg.eval_range[1],
+    )  # fmt: skip
+    predictions = score_baselines(down, encode(down, *sets), [()])
+    result = compare(run["_labels"], predictions | {f"{NO_DERM} (seed 0)": run["_probs"]},
+                     reference=f"{NO_DERM} (seed 0)")  # fmt: skip
+    return markdown(result, f"{cfg.table}: simple baselines on the same eval rows")
 
 
 def check_pipeline(cfg: ExperimentConfig, workdir: Workdir) -> None:

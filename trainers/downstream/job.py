@@ -254,6 +254,36 @@ def run_downstream(
     return (metrics, labels, probs) if return_predictions else metrics
 
 
+def score_baselines(cfg: DownstreamConfig, enc: Encoded, embedding_sets) -> dict:
+    """The baselines' eval probabilities (labelled eval rows, `predict`'s order): the prior,
+    the per-Pin rate (with count features on) and one logistic regression per embedding set
+    in `embedding_sets` ("logistic regression", "... + DERM" for a non-empty one), each
+    fitted on the train part with C picked on the validation part. Returns name -> [n]."""
+    from trainers.downstream import baselines
+    from trainers.downstream.data import TASKS, select_embeddings
+
+    spec = TASKS[cfg.task]
+    i = spec.tasks.index(spec.primary)
+    mask = enc.train["label_mask"][:, i]
+    eval_mask = enc.eval["label_mask"][:, i]
+    train_labels = enc.train["labels"][:, i][mask].double().numpy()
+    out = {"prior": baselines.prior(train_labels, int(eval_mask.sum()))}
+    if cfg.network.count_features:
+        out["pin rate"] = baselines.pin_rate(enc.eval["counts"][eval_mask], spec.primary)
+    for keys in embedding_sets:
+        (out["logistic regression" + (" + DERM" if keys else "")],), _ = (
+            baselines.logistic_regression(
+                select_embeddings(enc.train, enc.dims, keys),
+                select_embeddings(enc.val, enc.dims, keys),
+                [select_embeddings(enc.eval, enc.dims, keys)],
+                i,
+                enc.feature_cfg.num_buckets,
+                seed=cfg.seed,
+            )
+        )
+    return out
+
+
 def compare_downstream(
     cfg: DownstreamConfig,
     train_set: TrainingSet | None = None,
@@ -266,12 +296,8 @@ def compare_downstream(
     [+ DERM], derm model [+ DERM]; lifts paired against the derm model without DERM) plus
     "runs": each trained model's `run_downstream` metrics.
     """
-    from trainers.downstream import baselines
-    from trainers.downstream.data import TASKS, select_embeddings
     from trainers.downstream.evaluation import compare
 
-    spec = TASKS[cfg.task]
-    i = spec.tasks.index(spec.primary)
     enc = encode(cfg, *_sets(cfg, train_set, eval_set, progress))
     runs, predictions = {}, {}
     variants = [(NO_DERM, ())] + ([(WITH_DERM, cfg.embeddings)] if cfg.embeddings else [])
@@ -280,24 +306,7 @@ def compare_downstream(
         runs[name], labels, predictions[name] = run_downstream(
             run, encoded=enc, progress=progress, return_predictions=True
         )
-    mask = enc.train["label_mask"][:, i]
-    train_labels = enc.train["labels"][:, i][mask].double().numpy()
-    eval_mask = enc.eval["label_mask"][:, i]
-    out = {"prior": baselines.prior(train_labels, len(labels))}
-    if cfg.network.count_features:
-        out["pin rate"] = baselines.pin_rate(enc.eval["counts"][eval_mask], spec.primary)
-    for _, keys in variants:
-        lr_name = "logistic regression" + (" + DERM" if keys else "")
-        (out[lr_name],), runs[lr_name] = baselines.logistic_regression(
-            select_embeddings(enc.train, enc.dims, keys),
-            select_embeddings(enc.val, enc.dims, keys),
-            [select_embeddings(enc.eval, enc.dims, keys)],
-            i,
-            enc.feature_cfg.num_buckets,
-            seed=cfg.seed,
-        )
-        runs[lr_name] = {"C": runs[lr_name]}
-    out.update(predictions)
+    out = score_baselines(cfg, enc, [keys for _, keys in variants]) | predictions
     result = compare(labels, out, reference=NO_DERM, resamples=cfg.resamples, seed=cfg.seed)
     result["runs"] = runs
     result["task"] = cfg.task
