@@ -56,7 +56,10 @@ def downstream_cmd(
         int | None, typer.Option(help="Rows per batch (default: 1024 for ctr, 256 for cvr).")
     ] = None,
     patience: Annotated[
-        int, typer.Option(help="Epochs without a better validation log loss before stopping.")
+        int,
+        typer.Option(
+            help="Validation checks (one an epoch) without a better log loss before stopping."
+        ),
     ] = 2,
     baselines: Annotated[
         bool,

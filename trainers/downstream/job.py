@@ -53,7 +53,8 @@ class DownstreamConfig:
     batch_size: int = 1024
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    patience: int = 2  # epochs without a better validation log loss before stopping
+    patience: int = 2  # validation checks without a better log loss before stopping
+    val_checks_per_epoch: int = 1  # 4 measured no better (BENCHMARKS.md)
     resamples: int = 1000  # bootstrap replicates of the intervals
     # torch intra-op threads. 1 by default: on a shared or oversubscribed CPU, OpenMP
     # threads spin-wait and a step gets many times slower (measured here: 13x at 2 threads).
@@ -84,6 +85,7 @@ class DownstreamConfig:
             ("--epochs", self.epochs),
             ("--batch-size", self.batch_size),
             ("--patience", self.patience),
+            ("--val-checks-per-epoch", self.val_checks_per_epoch),
             ("--resamples", self.resamples),
         ):
             if value < 1:
@@ -184,11 +186,13 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
         enable_model_summary=False,
         num_sanity_val_steps=0,
         reload_dataloaders_every_n_epochs=1,
+        val_check_interval=1.0 / cfg.val_checks_per_epoch,
         callbacks=[EarlyStopping("val_logloss", patience=cfg.patience, mode="min"), best],
     )
     trainer.fit(system, datamodule=DownstreamDataModule(train, val, cfg.batch_size, cfg.seed))
     info = {
         "best_epoch": best.best_epoch + 1,
+        "best_step": best.best_step,
         "epochs_run": best.epochs_run,
         "val_logloss": best.best,
         "train_rows": len(train["labels"]),

@@ -110,13 +110,15 @@ class BestWeights(L.Callback):
     """Keeps, in memory, the weights of the epoch with the lowest `monitor` and loads them
     when fitting ends (early stopping's patience epochs are thereby undone).
 
-    Attributes after fit: best (float), best_epoch (int, 0-based), epochs_run (int).
+    Attributes after fit: best (float), best_epoch (int, 0-based), best_step (optimiser
+    steps taken at the best check), epochs_run (int).
     """
 
     def __init__(self, monitor: str = "val_logloss") -> None:
         self.monitor = monitor
         self.best = math.inf
         self.best_epoch = -1
+        self.best_step = -1
         self.epochs_run = 0
         self._state: dict | None = None
 
@@ -125,6 +127,7 @@ class BestWeights(L.Callback):
         self.epochs_run = trainer.current_epoch + 1
         if value is not None and float(value) < self.best:
             self.best, self.best_epoch = float(value), trainer.current_epoch
+            self.best_step = trainer.global_step
             self._state = copy.deepcopy(pl_module.state_dict())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
