@@ -265,8 +265,9 @@ def demo_cmd(
     """Run everything end to end on a generated log and print the lift table.
 
     Generate a log, feast apply, backfill (train, infer, materialize, push, index), then
-    downstream CTR and CVR with and without DERM; prints the lift table and the path of the
-    HTML report. Resumable: a second run reuses what the first finished.
+    downstream CTR and CVR with and without DERM beside the prior, the per-Pin rate and
+    logistic regressions, with 95 % bootstrap intervals; prints those tables and the path of
+    the HTML report. Resumable: a second run reuses what the first finished.
     """
     from derm_features.demo import DemoConfig, run_demo
     from derm_features.workdir import Workdir
