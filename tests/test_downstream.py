@@ -230,3 +230,22 @@ def test_select_embeddings_narrows_and_scores_user_pin_pairs():
     assert one["derm_score"].shape == (2, 0)  # no Pin embedding of cvr: no score
     none = select_embeddings(tensors, dims, ())
     assert none["derm"].shape == (2, 0) and none["derm_present"].shape == (2, 0)
+
+
+def test_experiment_cache_key_changes_with_every_training_setting(tmp_path):
+    import dataclasses
+
+    from trainers.downstream.experiments import run_key
+    from trainers.downstream.job import DownstreamConfig
+
+    day = dt.date(2026, 1, 1)
+    cfg = DownstreamConfig(
+        task="ctr", logs=tmp_path, workdir=tmp_path, train_start=day, train_end=day,
+        eval_start=day + dt.timedelta(days=1), eval_end=day + dt.timedelta(days=1),
+    )  # fmt: skip
+    key = run_key(cfg, ("ctr_user",))
+    assert key.startswith("ctr_ctr_user_s0_") and key == run_key(cfg, ("ctr_user",))
+    network = dataclasses.replace(cfg.network, dropout=0.3)
+    for changed in (dataclasses.replace(cfg, lr=1e-3), dataclasses.replace(cfg, network=network)):
+        assert run_key(changed, ("ctr_user",)) != key
+    assert run_key(dataclasses.replace(cfg, threads=2), ("ctr_user",)) == key

@@ -245,6 +245,21 @@ def training_sets(cfg: ExperimentConfig, workdir: Workdir, logs: Path, keys: tup
     return tuple(out)
 
 
+def run_key(run, keys: tuple[str, ...]) -> str:
+    """The cache name of one downstream run: task, subset, seed and a digest of every
+    training setting, so a changed setting never reuses an old run."""
+    import dataclasses
+    import hashlib
+
+    settings = {
+        f.name: getattr(run, f.name)
+        for f in dataclasses.fields(run)
+        if f.name not in ("logs", "workdir", "embeddings", "seed", "threads")
+    }
+    digest = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:10]
+    return f"{run.task}_{subset_label(keys).replace(' ', '_')}_s{run.seed}_{digest}"
+
+
 def downstream_runs(
     cfg: ExperimentConfig, logs: Path, workdir: Workdir, sets, keys: tuple[str, ...]
 ) -> list[dict]:
@@ -266,11 +281,7 @@ def downstream_runs(
             embeddings=keys, seed=seed, epochs=cfg.downstream_epochs or epochs,
             batch_size=batch_size,
         )  # fmt: skip
-        cache = (
-            workdir.metrics
-            / "downstream"
-            / (f"{task}_{subset_label(keys).replace(' ', '_')}_e{run.epochs}_s{seed}.json")
-        )
+        cache = workdir.metrics / "downstream" / f"{run_key(run, keys)}.json"
         if cache.is_file() and cache.with_suffix(".npz").is_file():
             metrics = json.loads(cache.read_text())
             with np.load(cache.with_suffix(".npz")) as saved:
