@@ -397,7 +397,7 @@ def chart(rows: list[dict], title: str, path: Path) -> None:
                capsize=3, label=name)  # fmt: skip
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(x, labels, rotation=20, ha="right")
-    ax.set_ylabel("lift over no-DERM baseline (%)")
+    ax.set_ylabel("lift over no-DERM (%), 95 % paired interval")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
