@@ -48,6 +48,12 @@ TRAIN_KEYS = {
     "accelerator",
     "devices",
 }
+# The type each train: key must have (bool is refused where a number is meant).
+TRAIN_TYPES = {
+    "batch_size": int, "epochs": int, "min_steps": int, "max_epochs": int, "replay_days": int,
+    "threads": int, "shuffle_buffer": int, "num_workers": int,
+    "lr": float, "weight_decay": float, "accelerator": str, "devices": (int, str),
+}  # fmt: skip
 MATERIALIZE_KEYS = {"heuristic", "w", "ttl_days", "renormalize", "engine", "online"}
 PIPELINE_KEYS = {"window_days", "seed", "models", "index"}
 TOP_KEYS = {"workdir", "redis_url", "model", "train", "materialize", "pipeline"}
@@ -92,10 +98,38 @@ def load_config(path: str | Path | None = None) -> dict:
             raise ConfigError(f"{path}: section '{section}' must be a mapping")
         _check_keys(path, f"section '{section}'", value, allowed)
         data[section] = value
+    check_train(path, data["train"])
     models = data["pipeline"].get("models")
     if models is not None and (not isinstance(models, list) or not models):
         raise ConfigError(f"{path}: pipeline.models must be a non-empty list such as [ctr, cvr]")
     return data
+
+
+def check_train(path: Path | str, train: dict) -> None:
+    """Types and ranges of derm.yaml's train: section, before any work (ConfigError names
+    the file and key). Ranges are TrainConfig's own checks."""
+    import datetime as dt
+    import re
+
+    from trainers.upstream.config import TrainConfig
+
+    for key, value in train.items():
+        want = TRAIN_TYPES[key]
+        numeric = want in (int, float)
+        ok = isinstance(value, (int, float) if want is float else want) and not (
+            numeric and isinstance(value, bool)
+        )
+        if not ok:
+            kind = {int: "an integer", float: "a number", str: "a string"}.get(
+                want, "a count or name"
+            )
+            raise ConfigError(f"{path}: train.{key} must be {kind}, got {value!r}")
+    try:
+        TrainConfig(model="ctr", logs=Path("."), date=dt.date(2000, 1, 1), **train)
+    except ValueError as exc:
+        message = re.sub(r"--([a-z][a-z-]*)", lambda m: "train." + m.group(1).replace("-", "_"),
+                         str(exc))  # fmt: skip
+        raise ConfigError(f"{path}: {message}") from None
 
 
 def _check_keys(path: Path, where: str, value: dict, allowed: set[str]) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
+from derm_features.cli import app
 from derm_features.config import ConfigError, load_config
 from derm_features.pipeline import PipelineConfig, backfill, marker, status
 from derm_features.workdir import Workdir, ds
@@ -158,6 +160,34 @@ def test_config_file_rejects_unknown_keys_naming_file_and_key(tmp_path):
     assert load_config(path)["model"] == {"embedding_dim": 32}
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ("min_steps: abc", "train.min_steps must be an integer, got 'abc'"),
+        ("max_epochs: 0", "train.max_epochs must be >= 1, got 0"),
+        ("replay_days: -2", "train.replay_days must be >= 0, got -2"),
+        ("lr: true", "train.lr must be a number, got True"),
+    ],
+)
+def test_config_file_checks_train_values_before_any_work(tmp_path, train, message):
+    path = tmp_path / "derm.yaml"
+    path.write_text(f"train:\n  {train}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_daily_refuses_a_bad_step_flag_before_any_work(small_log, tmp_path):
+    wd = tmp_path / "wd"
+    result = CliRunner().invoke(
+        app,
+        ["daily", "--logs", str(small_log), "--date", "2026-01-04", "--workdir", str(wd),
+         "--max-epochs", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--max-epochs must be >= 1, got 0" in result.output
+    assert not (wd / "steps").exists() and not (wd / "checkpoints").exists()
 
 
 def test_backfill_refuses_days_missing_from_the_log(small_log, tmp_path):

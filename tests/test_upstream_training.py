@@ -256,7 +256,7 @@ def test_step_policy_adds_passes_over_small_days_up_to_the_cap(tmp_path):
     ) == (day(3), day(3))
     with pytest.raises(ValueError, match="--max-epochs 2 is below --epochs 3"):
         TrainConfig(model="ctr", logs=tmp_path, date=day(3), epochs=3, max_epochs=2)
-    with pytest.raises(ValueError, match="--min-steps and --replay-days must be >= 0"):
+    with pytest.raises(ValueError, match="--replay-days must be >= 0, got -1"):
         TrainConfig(model="ctr", logs=tmp_path, date=day(3), replay_days=-1)
 
 

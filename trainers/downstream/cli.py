@@ -133,7 +133,7 @@ def downstream_cmd(
     except (TrainingSetError, LogContractError, ValueError) as exc:
         raise fail(str(exc)) from None
     name = f"{task}_{'+'.join(cfg.embeddings) or 'none'}_s{seed}"
-    table = markdown(comparison, f"{task}: {name}")
+    table = markdown(comparison, name)
     out = Workdir.resolve(workdir).metrics / "downstream"
     write_text_atomic(table, out / f"{name}.md")
     write_text_atomic(json.dumps(comparison, indent=1, default=float), out / f"{name}.json")
@@ -171,7 +171,8 @@ def experiment_cmd(
     eval_days: Annotated[int, typer.Option(help="Last days held out for downstream eval.")] = 3,
     upstream_epochs: Annotated[int, typer.Option(help="Epochs of each upstream fit.")] = 1,
     downstream_epochs: Annotated[
-        int | None, typer.Option(help="Downstream epochs (default: the task's, 2 ctr / 8 cvr).")
+        int | None,
+        typer.Option(help="Downstream max epochs (default: the task's, 20 ctr / 40 cvr)."),
     ] = None,
 ) -> None:
     """Run one of the paper's offline experiments end to end on a generated log.

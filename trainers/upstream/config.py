@@ -148,11 +148,9 @@ class TrainConfig:
         ):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
-        if self.min_steps < 0 or self.replay_days < 0:
-            raise ValueError(
-                f"--min-steps and --replay-days must be >= 0, got {self.min_steps}, "
-                f"{self.replay_days}"
-            )
+        for flag, value in (("--min-steps", self.min_steps), ("--replay-days", self.replay_days)):
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0, got {value}")
         if self.max_epochs < self.epochs:
             raise ValueError(f"--max-epochs {self.max_epochs} is below --epochs {self.epochs}")
         if self.lr <= 0:

@@ -165,8 +165,8 @@ def train(cfg: TrainConfig) -> dict:
         "train_positives": positives,
         "epochs": epochs,
         "steps": steps,
-        "eval_rows": val.get(f"{primary}/rows"),
-        "eval_positives": val.get(f"{primary}/positives"),
+        "eval_rows": _count(val.get(f"{primary}/rows")),
+        "eval_positives": _count(val.get(f"{primary}/positives")),
         "per_task": {
             t: {"roc_auc": val.get(f"{t}/roc_auc"), "pr_auc": val.get(f"{t}/pr_auc")}
             for t in model_cfg.tasks
@@ -188,6 +188,10 @@ def train(cfg: TrainConfig) -> dict:
             {k: v for k, v in metrics.items() if k != "per_task"},
         )
     return metrics
+
+
+def _count(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _json_safe(value):
