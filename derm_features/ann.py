@@ -114,6 +114,10 @@ class IndexConfig:
             raise ValueError(f"popularity_days must be >= 0, got {self.popularity_days}")
         if self.beta is not None and not math.isfinite(self.beta):
             raise ValueError(f"beta must be finite, got {self.beta}")
+        if self.beta not in (None, 0.0) and self.popularity_days == 0:
+            raise ValueError(
+                f"--beta {self.beta:g} weighs popularity, which --popularity-days 0 turns off"
+            )
 
     def popularity_log(self) -> Path | None:
         """The log popularity is counted in, or None for an index without popularity.

@@ -364,3 +364,14 @@ def test_cli_index_fits_beta_and_retrieve_honours_it_and_the_override(workdir):
     bad = runner.invoke(app, ["index", "--workdir", root, "--date", day1.isoformat(),
                               "--logs", str(workdir.root / "nowhere")])  # fmt: skip
     assert bad.exit_code == 2 and "--logs" in bad.output
+
+
+def test_a_beta_without_popularity_is_refused(tmp_path):
+    from derm_features.ann import IndexConfig
+    from derm_features.workdir import Workdir
+
+    with pytest.raises(ValueError, match="--popularity-days 0 turns off"):
+        IndexConfig(workdir=Workdir(tmp_path), model="ctr", day=dt.date(2026, 1, 1),
+                    popularity_days=0, beta=0.3)  # fmt: skip
+    IndexConfig(workdir=Workdir(tmp_path), model="ctr", day=dt.date(2026, 1, 1),
+                popularity_days=0, beta=0.0)  # fmt: skip
