@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainers.downstream.models import NetworkConfig
 from trainers.downstream.training_set import (
@@ -23,6 +24,12 @@ from trainers.downstream.training_set import (
     build_training_set,
     embedding_view,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from derm_features.logs import LogSchema
+    from trainers.upstream.config import ModelConfig
 
 # (max epochs, batch size) per task; early stopping picks the epoch. CVR trains on clicks
 # only, a few thousand rows, so it needs smaller batches and more passes.
@@ -108,12 +115,12 @@ class Encoded:
     dims: D of each encoded embedding, in column order (`data.select_embeddings` narrows).
     """
 
-    train: dict
-    val: dict
-    eval: dict
+    train: dict[str, Tensor]
+    val: dict[str, Tensor]
+    eval: dict[str, Tensor]
     dims: dict[str, int]
-    schema: object
-    feature_cfg: object
+    schema: LogSchema
+    feature_cfg: ModelConfig  # drives the shared batch encoder
 
 
 def encode(cfg: DownstreamConfig, train_set: TrainingSet, eval_set: TrainingSet) -> Encoded:
