@@ -108,7 +108,6 @@ def load_config(path: str | Path | None = None) -> dict:
 def check_train(path: Path | str, train: dict) -> None:
     """Types and ranges of derm.yaml's train: section, before any work (ConfigError names
     the file and key). Ranges are TrainConfig's own checks."""
-    import datetime as dt
     import re
 
     from trainers.upstream.config import TrainConfig
@@ -125,7 +124,7 @@ def check_train(path: Path | str, train: dict) -> None:
             )
             raise ConfigError(f"{path}: train.{key} must be {kind}, got {value!r}")
     try:
-        TrainConfig(model="ctr", logs=Path("."), date=dt.date(2000, 1, 1), **train)
+        TrainConfig.check_settings(**train)
     except ValueError as exc:
         message = re.sub(r"--([a-z][a-z-]*)", lambda m: "train." + m.group(1).replace("-", "_"),
                          str(exc))  # fmt: skip

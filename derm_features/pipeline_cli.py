@@ -103,17 +103,10 @@ def _pipeline_config(given: dict):
     )
     if train_flags:
         cfg = with_overrides(cfg, train={**cfg.train, **train_flags})
-        _check_train_flags(cfg.train)
+        from trainers.upstream.config import TrainConfig
+
+        TrainConfig.check_settings(**cfg.train)  # the flags' ranges, before any work
     return cfg
-
-
-def _check_train_flags(train: dict) -> None:
-    """The training flags' ranges (TrainConfig's checks), before any work."""
-    import datetime as dt
-
-    from trainers.upstream.config import TrainConfig
-
-    TrainConfig(model="ctr", logs=Path("."), date=dt.date(2000, 1, 1), **train)
 
 
 def _run(fn):

@@ -160,6 +160,12 @@ class TrainConfig:
         if self.shuffle_buffer < 0 or self.num_workers < 0:
             raise ValueError("--shuffle-buffer and --num-workers must be >= 0")
 
+    @classmethod
+    def check_settings(cls, **settings) -> None:
+        """Raises the ValueError (naming the flag) that a run with these training settings
+        (derm.yaml's train: keys) would, without a run: settings are checked before any work."""
+        cls(model="ctr", logs=Path("."), date=dt.date(2000, 1, 1), **settings)
+
     @property
     def incremental(self) -> bool:
         return self.date is not None
