@@ -88,7 +88,8 @@ def downstream_cmd(
     logistic regressions and the model without and with DERM on the same eval rows, with
     95 % bootstrap intervals and the paired lift, and writes it under
     WORKDIR/metrics/downstream/. The last stdout line is one JSON object: the --embeddings
-    model's eval roc_auc, pr_auc and logloss, and the comparison under "comparison".
+    model's eval roc_auc, pr_auc and logloss, the best constant's log loss, and the
+    comparison under "comparison".
     """
     from derm_features.atomic import write_text_atomic
     from derm_features.logs import LogContractError
@@ -141,7 +142,10 @@ def downstream_cmd(
         typer.echo(f"warning: {comparison['warning']}", err=True)
     typer.echo(table)
     metrics = comparison["runs"][WITH_DERM if cfg.embeddings else NO_DERM]
-    typer.echo(json.dumps({**metrics, "comparison": comparison["models"]}, sort_keys=True))
+    summary = {k: comparison[k] for k in ("best_constant_logloss", "warning", "reference")}
+    typer.echo(
+        json.dumps({**metrics, **summary, "comparison": comparison["models"]}, sort_keys=True)
+    )
 
 
 def experiment_cmd(

@@ -157,6 +157,7 @@ def compare(
     positives = int(labels.sum())
     rate = labels.mean() if len(labels) else float("nan")
     models = {}
+    base = point_metrics(labels, predictions[reference])
     for name, probs in predictions.items():
         point = point_metrics(labels, probs)
         row: dict[str, object] = {}
@@ -164,7 +165,6 @@ def compare(
             row[metric] = value
             row[f"{metric}_ci"] = list(interval(reps[name][metric]))
         if name != reference:
-            base = point_metrics(labels, predictions[reference])
             for metric in ("roc_auc", "pr_auc"):
                 row[f"{metric}_lift_pct"] = 100.0 * (point[metric] / base[metric] - 1.0)
                 paired = 100.0 * (reps[name][metric] / reps[reference][metric] - 1.0)

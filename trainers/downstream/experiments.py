@@ -260,27 +260,49 @@ def run_key(run, keys: tuple[str, ...]) -> str:
     return f"{run.task}_{subset_label(keys).replace(' ', '_')}_s{run.seed}_{digest}"
 
 
-def downstream_runs(
-    cfg: ExperimentConfig, logs: Path, workdir: Workdir, sets, keys: tuple[str, ...]
-) -> list[dict]:
-    """One downstream run per seed with embedding `keys` (cached in metrics/downstream/:
-    the metrics JSON and the eval labels and predictions, `.npz`, for paired intervals)."""
-    import numpy as np
-
-    from derm_features.atomic import write_bytes_atomic, write_text_atomic
-    from trainers.downstream.job import DownstreamConfig, run_downstream, task_defaults
+def downstream_config(cfg: ExperimentConfig, logs: Path, workdir: Workdir, keys=(), seed=0):
+    """The DownstreamConfig of one run of this experiment (task, days, epochs by the table)."""
+    from trainers.downstream.job import DownstreamConfig, task_defaults
 
     task = TABLES[cfg.table]
     epochs, batch_size = task_defaults(task)
+    return DownstreamConfig(
+        task=task, logs=logs, workdir=workdir.root,
+        train_start=cfg.train_range[0], train_end=cfg.train_range[1],
+        eval_start=cfg.eval_range[0], eval_end=cfg.eval_range[1],
+        embeddings=tuple(keys), seed=seed, epochs=cfg.downstream_epochs or epochs,
+        batch_size=batch_size,
+    )  # fmt: skip
+
+
+def encoding(cfg: ExperimentConfig, logs: Path, workdir: Workdir, sets):
+    """A function giving the `job.Encoded` of `sets` (every embedding they hold), encoded
+    on first use and then shared by every run and baseline that reads them."""
+    from functools import cache
+
+    from trainers.downstream.job import encode
+
+    @cache
+    def encoded():
+        return encode(downstream_config(cfg, logs, workdir, sets[0].embeddings), *sets)
+
+    return encoded
+
+
+def downstream_runs(
+    cfg: ExperimentConfig, logs: Path, workdir: Workdir, encoded, keys: tuple[str, ...]
+) -> list[dict]:
+    """One downstream run per seed with embedding `keys` on `encoded()` (see `encoding`),
+    cached in metrics/downstream/: the metrics JSON and the eval labels and predictions,
+    `.npz`, for paired intervals."""
+    import numpy as np
+
+    from derm_features.atomic import write_bytes_atomic, write_text_atomic
+    from trainers.downstream.job import run_downstream
+
     results = []
     for seed in range(cfg.seeds):
-        run = DownstreamConfig(
-            task=task, logs=logs, workdir=workdir.root,
-            train_start=cfg.train_range[0], train_end=cfg.train_range[1],
-            eval_start=cfg.eval_range[0], eval_end=cfg.eval_range[1],
-            embeddings=keys, seed=seed, epochs=cfg.downstream_epochs or epochs,
-            batch_size=batch_size,
-        )  # fmt: skip
+        run = downstream_config(cfg, logs, workdir, keys, seed)
         cache = workdir.metrics / "downstream" / f"{run_key(run, keys)}.json"
         if cache.is_file() and cache.with_suffix(".npz").is_file():
             metrics = json.loads(cache.read_text())
@@ -288,13 +310,15 @@ def downstream_runs(
                 metrics["_labels"], metrics["_probs"] = saved["labels"], saved["probs"]
             results.append(metrics)
             continue
-        metrics, labels, probs = run_downstream(run, *sets, progress=False, return_predictions=True)
+        metrics, labels, probs = run_downstream(
+            run, encoded=encoded(), progress=False, return_predictions=True
+        )
         buffer = io.BytesIO()
         np.savez(buffer, labels=labels, probs=probs)
         write_bytes_atomic(buffer.getvalue(), cache.with_suffix(".npz"))
         write_text_atomic(json.dumps(metrics), cache)
-        _say(cfg, f"{task} {subset_label(keys)} seed {seed}: roc_auc {metrics['roc_auc']:.4f} "
-                  f"pr_auc {metrics['pr_auc']:.4f} epoch {metrics['best_epoch']}")  # fmt: skip
+        _say(cfg, f"{run.task} {subset_label(keys)} seed {seed}: roc_auc {metrics['roc_auc']:.4f}"
+                  f" pr_auc {metrics['pr_auc']:.4f} epoch {metrics['best_epoch']}")  # fmt: skip
         results.append({**metrics, "_labels": labels, "_probs": probs})
     return results
 
@@ -422,24 +446,25 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
     configs: dict[str, list[dict]] = {}
     if cfg.table == "table1":
         about = "aggregation heuristics of the CVR user embedding, CVR task"
-        base_sets = sets = training_sets(cfg, workdir, logs, ())
-        baseline = downstream_runs(cfg, logs, workdir, base_sets, ())
+        base = encoding(cfg, logs, workdir, training_sets(cfg, workdir, logs, ()))
+        baseline = downstream_runs(cfg, logs, workdir, base, ())
         for heuristic, w in TABLE1_HEURISTICS:
             variant = heuristic_workdir(workdir, heuristic, w)
             materialize(cfg, variant, (("cvr", "user"),), heuristic, w)
-            sets = training_sets(cfg, variant, logs, ("cvr_user",))
+            sets = encoding(cfg, logs, variant, training_sets(cfg, variant, logs, ("cvr_user",)))
             label = heuristic_label(heuristic, w)
             configs[label] = downstream_runs(cfg, logs, variant, sets, ("cvr_user",))
     else:
         subsets = TABLE2_SUBSETS if cfg.table == "table2" else TABLE4_SUBSETS
         about = f"DERM embedding subsets, {TABLES[cfg.table].upper()} task"
         materialize(cfg, workdir, tuple((m, e) for m in MODELS for e in ENTITIES))
-        sets = training_sets(cfg, workdir, logs, ALL)  # one fetch; each run reads its subset
-        baseline = downstream_runs(cfg, logs, workdir, sets, ())
+        # one fetch and one encoding; each run reads its subset
+        base = encoding(cfg, logs, workdir, training_sets(cfg, workdir, logs, ALL))
+        baseline = downstream_runs(cfg, logs, workdir, base, ())
         for keys in subsets:
-            configs[subset_label(keys)] = downstream_runs(cfg, logs, workdir, sets, keys)
+            configs[subset_label(keys)] = downstream_runs(cfg, logs, workdir, base, keys)
     rows = lift_rows(baseline, configs)
-    simple = baseline_table(cfg, logs, workdir, sets, baseline[0])
+    simple = baseline_table(cfg, logs, workdir, base, baseline[0])
     sizes = (
         f"log: {cfg.users} users, {cfg.pins} Pins, {cfg.days} days x {cfg.impressions_per_day} "
         f"impressions (seed {cfg.log_seed}); downstream train {cfg.train_range[0]}.."
@@ -458,19 +483,13 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
     return ExperimentResult(rows, markdown, markdown_path, chart_path)
 
 
-def baseline_table(cfg: ExperimentConfig, logs: Path, workdir: Workdir, sets, run: dict) -> str:
+def baseline_table(cfg: ExperimentConfig, logs: Path, workdir: Workdir, encoded, run: dict) -> str:
     """The prior, per-Pin rate and logistic regression on the same eval rows as `run` (the
     no-DERM model of seed 0), with intervals (`job.score_baselines`, `evaluation.compare`)."""
     from trainers.downstream.evaluation import compare, markdown
-    from trainers.downstream.job import NO_DERM, DownstreamConfig, encode, score_baselines
+    from trainers.downstream.job import NO_DERM, score_baselines
 
-    task = TABLES[cfg.table]
-    down = DownstreamConfig(
-        task=task, logs=logs, workdir=workdir.root,
-        train_start=cfg.train_range[0], train_end=cfg.train_range[1],
-        eval_start=cfg.eval_range[0], eval_end=cfg.eval_range[1],
-    )  # fmt: skip
-    predictions = score_baselines(down, encode(down, *sets), [()])
+    predictions = score_baselines(downstream_config(cfg, logs, workdir), encoded(), [()])
     result = compare(run["_labels"], predictions | {f"{NO_DERM} (seed 0)": run["_probs"]},
                      reference=f"{NO_DERM} (seed 0)")  # fmt: skip
     return markdown(result, f"{cfg.table}: simple baselines on the same eval rows")
