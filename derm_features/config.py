@@ -34,26 +34,13 @@ import os
 from pathlib import Path
 
 DEFAULT_FILE = "derm.yaml"
-TRAIN_KEYS = {
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "epochs",
-    "min_steps",
-    "max_epochs",
-    "replay_days",
-    "threads",
-    "shuffle_buffer",
-    "num_workers",
-    "accelerator",
-    "devices",
-}
 # The type each train: key must have (bool is refused where a number is meant).
 TRAIN_TYPES = {
     "batch_size": int, "epochs": int, "min_steps": int, "max_epochs": int, "replay_days": int,
     "threads": int, "shuffle_buffer": int, "num_workers": int,
     "lr": float, "weight_decay": float, "accelerator": str, "devices": (int, str),
 }  # fmt: skip
+TRAIN_KEYS = set(TRAIN_TYPES)
 MATERIALIZE_KEYS = {"heuristic", "w", "ttl_days", "renormalize", "engine", "online"}
 PIPELINE_KEYS = {"window_days", "seed", "models", "index"}
 TOP_KEYS = {"workdir", "redis_url", "model", "train", "materialize", "pipeline"}
