@@ -40,9 +40,9 @@ def policy_name(args) -> str:
 
 
 def backfill(args, workdir, logs: Path, days: int) -> float:
-    from derm_features.demo import DEMO_MODEL
-    from derm_features.pipeline import PipelineConfig
-    from derm_features.pipeline import backfill as run_backfill
+    from derm_features.jobs.demo import DEMO_MODEL
+    from derm_features.jobs.pipeline import PipelineConfig
+    from derm_features.jobs.pipeline import backfill as run_backfill
 
     train = {
         "epochs": args.epochs,
@@ -63,7 +63,7 @@ def backfill(args, workdir, logs: Path, days: int) -> float:
 
 def upstream_quality(workdir, days: int) -> dict:
     """Each model's held-out ROC-AUC of its own label, mean over the incremental days."""
-    from derm_features.pipeline import read_marker
+    from derm_features.jobs.pipeline import read_marker
 
     out = {}
     for model in ("ctr", "cvr"):
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-only", default="", help="dropout:wd:lr,... instead of SWEEP")
     args = parser.parse_args(argv)
 
-    from derm_features.feast_repo import apply
-    from derm_features.generate import GenerateConfig, generate_logs
-    from derm_features.workdir import Workdir
+    from derm_features.core.workdir import Workdir
+    from derm_features.feast.repo import apply
+    from derm_features.synthetic.generate import GenerateConfig, generate_logs
     from trainers.downstream.evaluation import markdown
     from trainers.downstream.job import (
         NO_DERM,

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from materialize_helpers import daily_table, write_daily  # noqa: E402
 
-from derm_features.workdir import Workdir  # noqa: E402
+from derm_features.core.workdir import Workdir  # noqa: E402
 from materialize.job import MaterializeConfig, materialize_offline  # noqa: E402
 from materialize.kernel import (  # noqa: E402
     PREV_DAILY_TYPE,
@@ -204,7 +204,7 @@ def part1(entities: int, dim: int, updated: float, repeat: int) -> None:
 
 
 def part2(entities: int, dim: int, updated: float) -> None:
-    from materialize.spark_session import local_spark
+    from materialize.engines.spark_session import local_spark
 
     pool, daily, *_ = make_inputs(entities, dim, updated)
     print(f"part 2: Spark vs local engine end to end, {entities:,} x {dim}, same input")

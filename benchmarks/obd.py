@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from derm_features.demo import DEMO_MODEL
+from derm_features.jobs.demo import DEMO_MODEL
 
 
 def parse_args() -> argparse.Namespace:

@@ -80,8 +80,8 @@ def timed(run) -> float:
 
 def main() -> None:
     args = parse_args()
-    from derm_features.feast_redis_layout import entity_keys, view_layout
-    from materialize.online import hset_columns, push_rows
+    from derm_features.feast.online_store import hset_columns, push_rows
+    from derm_features.feast.redis_layout import entity_keys, view_layout
 
     with scratch_store(args.redis_url, "online-push") as (store, client):
         rows = make_rows(args.rows, args.dim)

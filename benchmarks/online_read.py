@@ -69,7 +69,7 @@ class RawHmget:
     """The floors: HMGET per entity of both views' fields, decoded with np.frombuffer."""
 
     def __init__(self, client: redis.Redis, layouts: dict, dim: int):
-        from derm_features.feast_redis_layout import float_list_header
+        from derm_features.feast.redis_layout import float_list_header
 
         self.client = client
         self.dim = dim
@@ -152,9 +152,8 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
 
 def main() -> None:
     args = parse_args()
-    from derm_features.feast_redis_layout import pack_commands, view_layout
-    from derm_features.online import EmbeddingReader
-    from materialize.online import push_rows
+    from derm_features.feast.online_store import EmbeddingReader, push_rows
+    from derm_features.feast.redis_layout import pack_commands, view_layout
 
     rng = np.random.default_rng(0)
     with scratch_store(args.redis_url, "online-read") as (store, client):

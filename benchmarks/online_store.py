@@ -27,8 +27,8 @@ def scratch_store(redis_url: str, name: str) -> Iterator[tuple[object, redis.Red
     root = Path(tempfile.mkdtemp(prefix=f"derm-bench-{name}-"))
     os.environ["DERM_WORKDIR"] = str(root)
 
-    from derm_features.feast_repo import apply, feature_store
-    from derm_features.workdir import Workdir
+    from derm_features.core.workdir import Workdir
+    from derm_features.feast.repo import apply, feature_store
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()

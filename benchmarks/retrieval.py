@@ -10,9 +10,9 @@ the `materialize` package.)
    normalise(interest(u, t) + noise), a Pin seen on day t normalise(content(p) + noise).
    These stand in for the upstream model's outputs ("truth + noise", not a trained model),
    and go through the real `materialize.job.materialize_day` (moving-average pools).
-3. The Pin index of day D (the day before the last) from that pool (`derm_features.ann`),
+3. The Pin index of day D (the day before the last) from that pool (`derm_features.serving.ann`),
    with the Pins' log-popularity (clicks over the 7 days to D) and beta fitted on day D
-   from the pools of D - 1 (`derm_features.popularity`): day D + 1 is never seen by the fit.
+   from the pools of D - 1 (`derm_features.serving.popularity`): day D + 1 is never seen by the fit.
    Then again with embeddings of the trained upstream model: the real daily job
    (`derm backfill`, ctr, the demo's model shape) on the same log (skip: --no-trained).
 4. For every user who clicks on day D+1 and is in the user pool of day D: recall@k of
@@ -43,16 +43,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from derm_features.ann import (
+from derm_features.core.provenance import ModelVersion
+from derm_features.core.workdir import Workdir, ds
+from derm_features.serving.ann import (
     IndexConfig,
     PinIndex,
     build_index,
     exact_search,
     l2_normalise,
 )
-from derm_features.generate import GenerateConfig, generate_logs, interest_at
-from derm_features.provenance import ModelVersion
-from derm_features.workdir import Workdir, ds
+from derm_features.synthetic.generate import GenerateConfig, generate_logs, interest_at
 from materialize.job import MaterializeConfig, materialize_day
 from materialize.kernel import embedding_matrix
 from materialize.storage import read_pool
@@ -357,8 +357,8 @@ def evaluate(
 def train_upstream(cfg: BenchConfig, wd: Workdir, logs: Path, days: list[dt.date]) -> None:
     """The real daily job on the same log: the ctr model (the demo's light shape) fitted
     on the first days, then trained, inferred, materialized and indexed day by day."""
-    from derm_features.demo import DEMO_MODEL
-    from derm_features.pipeline import PipelineConfig, backfill
+    from derm_features.jobs.demo import DEMO_MODEL
+    from derm_features.jobs.pipeline import PipelineConfig, backfill
 
     pipeline = PipelineConfig(
         logs=logs,

@@ -36,9 +36,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from derm_features.ann import IndexConfig, build_index
-from derm_features.feast_repo import REPO_ROOT, apply
-from derm_features.workdir import Workdir
+from derm_features.core.workdir import Workdir
+from derm_features.feast.repo import REPO_ROOT, apply
+from derm_features.serving.ann import IndexConfig, build_index
 from materialize.job import MaterializeConfig, materialize_day
 
 DAY = dt.date(2024, 3, 1)

@@ -118,8 +118,8 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
-    from derm_features.feast_repo import REPO_ROOT, apply, feature_store
-    from derm_features.workdir import Workdir
+    from derm_features.core.workdir import Workdir
+    from derm_features.feast.repo import REPO_ROOT, apply, feature_store
     from trainers.downstream.training_set import TrainingSetConfig, build_training_set
 
     with tempfile.TemporaryDirectory(prefix="derm-bench-") as tmp:

@@ -84,7 +84,7 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from derm_features.logs import open_log
+    from derm_features.core.logs import open_log
     from trainers.upstream.config import ModelConfig
     from trainers.upstream.data import BatchEncoder, LogBatches, UpstreamDataModule
 
@@ -93,7 +93,7 @@ def main() -> None:
     tmp = None
     logs = args.logs
     if logs is None:
-        from derm_features.generate import GenerateConfig, generate_logs
+        from derm_features.synthetic.generate import GenerateConfig, generate_logs
 
         tmp = tempfile.TemporaryDirectory(prefix="derm-bench-")
         generate_logs(GenerateConfig(out=Path(tmp.name), days=2, progress=False))

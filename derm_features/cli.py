@@ -6,13 +6,22 @@ stays instant.
 
 from __future__ import annotations
 
-import datetime as dt
-from pathlib import Path
-from typing import Annotated
-
 import typer
 
-from derm_features.cli_options import WorkdirOption
+from derm_features.commands.apply import apply_cmd
+from derm_features.commands.downstream import downstream_cmd, experiment_cmd
+from derm_features.commands.logs import generate_cmd, validate_logs_cmd
+from derm_features.commands.materialize import materialize_cmd
+from derm_features.commands.obd import convert_obd_cmd
+from derm_features.commands.pipeline import (
+    backfill_cmd,
+    daily_cmd,
+    demo_cmd,
+    report_cmd,
+    status_cmd,
+)
+from derm_features.commands.serving import index_cmd, retrieve_cmd, serve_cmd
+from derm_features.commands.train import infer_cmd, train_cmd
 
 app = typer.Typer(
     name="derm",
@@ -26,74 +35,13 @@ app = typer.Typer(
 )
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Prints `message` to stderr and returns the Exit to raise."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
-
-
-def parse_day_option(value: str, flag: str) -> dt.date:
-    from derm_features.workdir import parse_day
-
-    try:
-        return parse_day(value, flag)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-
-@app.command("validate-logs")
-def validate_logs_cmd(
-    path: Annotated[
-        Path, typer.Argument(help="A Parquet file or a directory of them (hive ds= allowed).")
-    ],
-) -> None:
-    """Check an ad log against the contract; a rejection names file, column, row and rule."""
-    from derm_features.logs import LogContractError, open_log
-
-    try:
-        log = open_log(path)
-    except LogContractError as exc:
-        raise fail(str(exc), code=1) from None
-    counts = {}
-    for f in log.schema.features:
-        counts.setdefault(f.tower, []).append(f"{f.name}:{f.kind}")
-    typer.echo(
-        f"ok: {path} follows the log contract ({len(log.files)} file(s), ids {log.schema.id_type})"
-    )
-    for tower, feats in counts.items():
-        typer.echo(f"  {tower} tower: {', '.join(feats)}")
-
-
-@app.command("apply")
-def apply_cmd(workdir: WorkdirOption = None) -> None:
-    """Run `feast apply` for the DERM entities, feature views and services in WORKDIR."""
-    from derm_features.feast_repo import apply
-    from derm_features.workdir import Workdir
-
-    apply(Workdir.resolve(workdir))
-
-
 def main() -> None:
     app()
 
 
-# Commands that live in the other packages, registered here so `derm --help` lists them all.
-# Each module keeps its heavy imports (torch, Spark, Feast) inside the command bodies.
-from derm_features.generate_cli import generate_cmd  # noqa: E402
-from derm_features.obd_cli import convert_obd_cmd  # noqa: E402
-from derm_features.pipeline_cli import (  # noqa: E402
-    backfill_cmd,
-    daily_cmd,
-    demo_cmd,
-    report_cmd,
-    status_cmd,
-)
-from derm_features.serving_cli import index_cmd, retrieve_cmd, serve_cmd  # noqa: E402
-from materialize.cli import materialize_cmd  # noqa: E402
-from trainers.cli import infer_cmd, train_cmd  # noqa: E402
-from trainers.downstream.cli import downstream_cmd, experiment_cmd  # noqa: E402
-
 for name, command in (
+    ("validate-logs", validate_logs_cmd),
+    ("apply", apply_cmd),
     ("generate", generate_cmd),
     ("convert-obd", convert_obd_cmd),
     ("train", train_cmd),

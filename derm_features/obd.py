@@ -14,7 +14,7 @@ Bernoulli Thompson sampling, ``random``: uniform) x three campaigns (``all``, ``
         ,item_id,item_feature_0,item_feature_1..3
 
 The wheel is read as a zip file; nothing is installed. The log written follows derm's
-log contract (derm_features/logs.py), one ``ds=YYYY-MM-DD`` partition per UTC day:
+log contract (derm_features/core/logs.py), one ``ds=YYYY-MM-DD`` partition per UTC day:
 
     user_id     string  pseudo-user "u-<16 hex>": a hash of the four user_feature_* values.
                         OBD has no user id, so every user with the same four (coarse,
@@ -331,8 +331,8 @@ def write_log(table: pa.Table, out: Path, overwrite: bool) -> None:
 
     Raises ValueError when `out` holds files and `overwrite` is False.
     """
-    from derm_features.atomic import atomic_dir
-    from derm_features.workdir import ds
+    from derm_features.core.atomic import atomic_dir
+    from derm_features.core.workdir import ds
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -379,7 +379,7 @@ def convert_obd(
     Raises `ObdFormatError` (bad source), ValueError (bad arguments, non-empty `out`)
     and, if the written log broke the contract, `LogContractError`.
     """
-    from derm_features.logs import open_log
+    from derm_features.core.logs import open_log
 
     table = read_obd(source)
     source_rows = table.num_rows

@@ -15,7 +15,7 @@ import os
 from feast import FileSource
 from feast.data_format import ParquetFormat
 
-from derm_features.workdir import Workdir, view_name
+from derm_features.core.workdir import Workdir, view_name
 
 _workdir = Workdir.resolve()
 

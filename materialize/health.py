@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from derm_features.atomic import write_parquet_atomic
+from derm_features.core.atomic import write_parquet_atomic
 from materialize.kernel import CARRIED, EXPIRED, NEW, TIMESTAMP, UPDATED, day_start
 
 HEALTH_FILE = "embedding_health.parquet"

@@ -22,10 +22,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from derm_features.atomic import atomic_dir, clean_stale_tmp
-from derm_features.provenance import compatible
-from derm_features.workdir import Workdir, check_model_entity, days_in_dir, join_key, view_name
+from derm_features.core.atomic import atomic_dir, clean_stale_tmp
+from derm_features.core.provenance import compatible
+from derm_features.core.workdir import Workdir, check_model_entity, days_in_dir, join_key, view_name
 from materialize import health
+from materialize.engines import ENGINES, make_engine
 from materialize.kernel import HEURISTICS, KernelParams
 from materialize.storage import (
     MaterializeError,
@@ -38,8 +39,6 @@ from materialize.storage import (
     read_pool,
     write_offline_day,
 )
-
-ENGINES = ("local", "spark")
 
 
 @dataclass(frozen=True)
@@ -186,22 +185,10 @@ def materialize_offline(
     clean_stale_tmp(offline_dir)
     params = config.kernel_params()
     with atomic_dir(pool_dir) as tmp:
-        if config.engine == "spark":
-            from materialize.engine_spark import run_spark
-
-            if spark is None:
-                from materialize.spark_session import local_spark
-
-                spark = local_spark(config.spark_master)
-            output = run_spark(spark, previous_dir, list(daily.files), params, dim, buckets, tmp)
-            if progress is not None:
-                progress(buckets)
-        else:
-            from materialize.engine_local import run_local
-
-            output = run_local(
-                previous_dir, daily.table, params, dim, buckets, tmp, progress or (lambda n: None)
-            )
+        engine = make_engine(config.engine, spark_master=config.spark_master, spark=spark)
+        output = engine.merge(
+            previous_dir, daily, params, dim, buckets, tmp, progress or (lambda n: None)
+        )
         # Offline first: once pool(t) exists, its offline rows do too.
         offline_file = write_offline_day(
             offline_dir, config.day, offline_rows(output.changed, key, config.day)
@@ -250,10 +237,10 @@ def push_online(config: MaterializeConfig, store=None) -> OnlineReport:
     rows = read_offline_day(wd.offline(config.model, config.entity), config.day)
     dropped = dropped_ids(config)
     try:
-        from materialize.online import push_rows, remove_entities
+        from derm_features.feast.online_store import push_rows, remove_entities
 
         if store is None:
-            from derm_features.feast_repo import feature_store
+            from derm_features.feast.repo import feature_store
 
             store = feature_store(wd)
         pushed = push_rows(store, config.view, rows)

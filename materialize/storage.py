@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from derm_features.atomic import write_parquet_atomic, write_text_atomic
-from derm_features.provenance import ModelVersion, compatible
+from derm_features.core.atomic import write_parquet_atomic, write_text_atomic
+from derm_features.core.provenance import ModelVersion, compatible
 from materialize.kernel import TIMESTAMP, day_start, embedding_matrix, sorted_by
 
 DAILY_COLUMNS = ("ts", "embedding", "model_version")

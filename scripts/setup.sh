@@ -42,11 +42,11 @@ export PATH="$PWD/.venv/bin:$PATH"
 # 2. A reachable Redis at REDIS_URL (default redis://127.0.0.1:6379).
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export REDIS_URL
-redis_ok() { python -m derm_features.redis_url ping >/dev/null 2>&1; }
+redis_ok() { python -m derm_features.feast.redis_url ping >/dev/null 2>&1; }
 if ! redis_ok; then
-  read -r HOST PORT < <(python -m derm_features.redis_url hostport)
+  read -r HOST PORT < <(python -m derm_features.feast.redis_url hostport)
   if [ "$HOST" != "127.0.0.1" ] && [ "$HOST" != "localhost" ]; then
-    echo "setup.sh: no Redis answers at $(python -m derm_features.redis_url redacted); it is not local, so start it there or point REDIS_URL at a running Redis." >&2
+    echo "setup.sh: no Redis answers at $(python -m derm_features.feast.redis_url redacted); it is not local, so start it there or point REDIS_URL at a running Redis." >&2
     exit 1
   fi
   if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -59,14 +59,14 @@ if ! redis_ok; then
     for _ in $(seq 1 50); do redis_ok && break; sleep 0.1; done
   fi
   if ! redis_ok; then
-    echo "setup.sh: no Redis answers at $(python -m derm_features.redis_url redacted) and none could be started here." >&2
+    echo "setup.sh: no Redis answers at $(python -m derm_features.feast.redis_url redacted) and none could be started here." >&2
     echo "  Start one with:  redis-server --daemonize yes --port $PORT --save ''" >&2
     echo "  or with Docker:  docker run -d -p $PORT:6379 redis:7" >&2
     echo "  or point REDIS_URL at a running Redis, e.g. REDIS_URL=redis://host:6379/0" >&2
     exit 1
   fi
 fi
-echo "==> Redis is up at $(python -m derm_features.redis_url redacted)"
+echo "==> Redis is up at $(python -m derm_features.feast.redis_url redacted)"
 
 # 3. Register the DERM entities, views and services with Feast.
 export DERM_WORKDIR="${DERM_WORKDIR:-$PWD/data}"

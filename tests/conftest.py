@@ -19,7 +19,7 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-from derm_features.workdir import Workdir
+from derm_features.core.workdir import Workdir
 
 
 def _test_redis_url() -> str:
@@ -61,7 +61,7 @@ def workdir(tmp_path, monkeypatch) -> Workdir:
 @pytest.fixture
 def applied_workdir(workdir, redis_url) -> Workdir:
     """A work directory with the DERM Feast objects applied (real `feast apply`)."""
-    from derm_features.feast_repo import apply
+    from derm_features.feast.repo import apply
 
     apply(workdir, quiet=True)
     return workdir
@@ -73,7 +73,7 @@ def spark():
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    from materialize.spark_session import local_spark
+    from materialize.engines.spark_session import local_spark
 
     session = local_spark("local[2]", shuffle_partitions=2)
     yield session

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from derm_features.workdir import Workdir
+from derm_features.core.workdir import Workdir
 
 DIM = 8
 VERSION = "ctr-0a1b2c3d-d8@2024-01-01"

@@ -12,7 +12,8 @@ import pytest
 from materialize_helpers import DIM, VERSION, daily_table, unit_rows, write_daily
 from typer.testing import CliRunner
 
-from derm_features.ann import (
+from derm_features.cli import app
+from derm_features.serving.ann import (
     ID_MAP_FILE,
     INDEX_FILE,
     MANIFEST_FILE,
@@ -26,8 +27,7 @@ from derm_features.ann import (
     l2_normalise,
     load_index,
 )
-from derm_features.cli import app
-from derm_features.popularity import Positives, fit_beta, log_popularity, recall_per_user
+from derm_features.serving.popularity import Positives, fit_beta, log_popularity, recall_per_user
 from materialize.job import MaterializeConfig, materialize_day
 from materialize.storage import read_pool
 
@@ -367,8 +367,8 @@ def test_cli_index_fits_beta_and_retrieve_honours_it_and_the_override(workdir):
 
 
 def test_a_beta_without_popularity_is_refused(tmp_path):
-    from derm_features.ann import IndexConfig
-    from derm_features.workdir import Workdir
+    from derm_features.core.workdir import Workdir
+    from derm_features.serving.ann import IndexConfig
 
     with pytest.raises(ValueError, match="--popularity-days 0 turns off"):
         IndexConfig(workdir=Workdir(tmp_path), model="ctr", day=dt.date(2026, 1, 1),

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from derm_features.feast_repo import feature_store
-from derm_features.online import EmbeddingReader
-from derm_features.pipeline import PipelineConfig, backfill
+from derm_features.core.ids import hash_ids_to_int64
+from derm_features.feast.online_store import EmbeddingReader
+from derm_features.feast.repo import feature_store
+from derm_features.jobs.pipeline import PipelineConfig, backfill
 from trainers.downstream.training_set import TrainingSetConfig, build_training_set
-from trainers.upstream.hashing import hash_ids_to_int64
 
 START = dt.date(2026, 3, 1)
 DAYS = 4

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from derm_features.logs import open_log
+from derm_features.core.logs import open_log
 from trainers.downstream.baselines import pin_rate, prior
 from trainers.downstream.counts import FEATURES, SMOOTHING, CountHistory
 

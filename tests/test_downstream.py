@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from derm_features.cli import app
-from derm_features.logs import CATEGORICAL, DENSE, PRETRAINED, SEQUENCE, FeatureSpec, LogSchema
+from derm_features.core.logs import CATEGORICAL, DENSE, PRETRAINED, SEQUENCE, FeatureSpec, LogSchema
 from trainers.downstream.data import TASKS
 from trainers.downstream.models import CTRModel, CVRModel, DermInputs, NetworkConfig
 from trainers.modules.crossnet import LowRankCrossNet
@@ -111,7 +111,7 @@ def test_projection_layer_narrows_the_ctr_crossing():
 def test_derm_downstream_prints_the_metrics_json_line_last(applied_workdir, tmp_path):
     from test_training_set import write_offline
 
-    from derm_features.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic.generate import GenerateConfig, generate_logs
 
     out = tmp_path / "gen"
     start = dt.date(2026, 1, 1)
@@ -184,7 +184,7 @@ def test_derm_downstream_rejects_unknown_embeddings(tmp_path):
 @pytest.mark.slow
 def test_experiment_runner_end_to_end_on_a_tiny_log(applied_workdir):
     """generate -> upstream train/infer -> materialize -> Feast -> downstream, two seeds."""
-    from trainers.downstream.experiments import ExperimentConfig, run_experiment
+    from derm_features.jobs.experiments import ExperimentConfig, run_experiment
 
     cfg = ExperimentConfig(
         table="table2", workdir=applied_workdir.root, seeds=2, users=300, pins=80, days=5,
@@ -235,7 +235,7 @@ def test_select_embeddings_narrows_and_scores_user_pin_pairs():
 def test_experiment_cache_key_changes_with_every_training_setting(tmp_path):
     import dataclasses
 
-    from trainers.downstream.experiments import run_key
+    from derm_features.jobs.experiments import run_key
     from trainers.downstream.job import DownstreamConfig
 
     day = dt.date(2026, 1, 1)

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from derm_features.feast_repo import REPO_ROOT, feature_store
-from derm_features.redis_url import feast_connection_string, redacted
+from derm_features.feast.redis_url import feast_connection_string, redacted
+from derm_features.feast.repo import REPO_ROOT, feature_store
 
 VIEWS = {"ctr_user_embedding", "ctr_pin_embedding", "cvr_user_embedding", "cvr_pin_embedding"}
 

@@ -13,13 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from derm_features.cli import app
-from derm_features.generate import (
+from derm_features.core.logs import open_log
+from derm_features.synthetic.generate import (
     GAP_DAYS,
     GenerateConfig,
     generate_logs,
     true_affinity,
 )
-from derm_features.logs import open_log
 
 START = dt.date(2026, 1, 1)
 SMALL = dict(users=2_000, pins=500, days=7, impressions_per_day=20_000, start=START)

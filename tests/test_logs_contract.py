@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from derm_features.cli import app
-from derm_features.logs import (
+from derm_features.core.logs import (
     CATEGORICAL,
     DENSE,
     PRETRAINED,

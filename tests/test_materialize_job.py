@@ -145,14 +145,14 @@ def test_incompatible_model_version_refused_unless_reset(workdir):
 _CRASH_SCRIPT = """
 import datetime as dt, os, sys, time
 import materialize.storage as storage
-from derm_features.workdir import Workdir
+from derm_features.core.workdir import Workdir
 from materialize.job import MaterializeConfig, materialize_offline
 real = storage.write_pool_bucket
 def slow(*args):
     real(*args)
     open(sys.argv[2], "w").close()
     time.sleep(60)
-import materialize.engine_local as engine_local
+import materialize.engines.local as engine_local
 engine_local.write_pool_bucket = slow
 materialize_offline(MaterializeConfig(workdir=Workdir.resolve(sys.argv[1]), model="ctr",
     entity="user", day=dt.date(2024, 3, 2), online=False, buckets=3))
@@ -186,7 +186,7 @@ def test_offline_timestamp_and_ttl_agree_with_feast(applied_workdir):
     """Entity 1 last seen on day 0 and carried: Feast serves it for events through day 91
     (pool of day 90, exactly 90 days old) and not on day 92, like the kernel's pool.
     Feast's ttl bound is inclusive, so only (day 92) 00:00:00 exactly still sees it."""
-    from derm_features.feast_repo import feature_store
+    from derm_features.feast.repo import feature_store
 
     wd = applied_workdir
     e = add_day(wd, day(0), [1], seed=0)
@@ -224,7 +224,7 @@ def test_offline_timestamp_and_ttl_agree_with_feast(applied_workdir):
 
 
 def test_online_push_remove_and_replay_after_redis_down(applied_workdir, monkeypatch):
-    from derm_features.feast_repo import feature_store
+    from derm_features.feast.repo import feature_store
 
     wd = applied_workdir
     e0 = add_day(wd, day(0), [1, 2], seed=0)

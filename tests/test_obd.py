@@ -22,7 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from derm_features.cli import app
-from derm_features.demo import DEMO_MODEL
+from derm_features.jobs.demo import DEMO_MODEL
 from derm_features.obd import CAMPAIGNS, POLICIES, read_obd
 
 SLICE = Path(__file__).parent / "fixtures" / "obd" / "logs"

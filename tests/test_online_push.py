@@ -1,8 +1,9 @@
 """The online push writes Feast's exact Redis layout, overwrites, and removes one view.
 
 Real Feast and real Redis (DB 15 via the `applied_workdir` fixture): values written by
-`materialize.online.push_rows` are read back with `FeatureStore.get_online_features`, and
-the raw hashes are compared byte for byte with what Feast's own writer produces.
+`derm_features.feast.online_store.push_rows` are read back with
+`FeatureStore.get_online_features`, and the raw hashes are compared byte for byte with what
+Feast's own writer produces.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import redis
 from feast.protos.feast.types.Value_pb2 import FloatList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from derm_features.feast_redis_layout import (
-    OnlineStoreUnavailable,
+from derm_features.feast.online_store import OnlineStoreUnavailable, push_rows, remove_entities
+from derm_features.feast.redis_layout import (
     decode_float_lists,
     encode_float_lists,
     entity_keys,
     view_layout,
 )
-from derm_features.feast_repo import feature_store
-from materialize.online import push_rows, remove_entities
+from derm_features.feast.repo import feature_store
 
 UTC = dt.UTC
 DAY = dt.datetime(2024, 3, 5, tzinfo=UTC)

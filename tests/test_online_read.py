@@ -1,6 +1,6 @@
 """`EmbeddingReader` returns what `FeatureStore.get_online_features` returns, as arrays.
 
-Real Feast and real Redis (DB 15): rows are pushed with `materialize.online.push_rows`
+Real Feast and real Redis (DB 15): rows are pushed with `derm_features.feast.online_store.push_rows`
 (whose layout is checked byte for byte against Feast's writer in test_online_push.py)
 and read back by both paths.
 """
@@ -13,10 +13,14 @@ import pytest
 import redis
 from test_online_push import embedding_rows
 
-from derm_features.feast_redis_layout import OnlineStoreUnavailable, redis_client
-from derm_features.feast_repo import feature_store
-from derm_features.online import EmbeddingReader
-from materialize.online import push_rows, remove_entities
+from derm_features.feast.online_store import (
+    EmbeddingReader,
+    OnlineStoreUnavailable,
+    push_rows,
+    redis_client,
+    remove_entities,
+)
+from derm_features.feast.repo import feature_store
 
 ALL_VIEWS = ["ctr_user_embedding", "ctr_pin_embedding", "cvr_user_embedding", "cvr_pin_embedding"]
 

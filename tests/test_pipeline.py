@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from derm_features.cli import app
-from derm_features.config import ConfigError, load_config
-from derm_features.pipeline import PipelineConfig, backfill, marker, status
-from derm_features.workdir import Workdir, ds
+from derm_features.commands.settings import ConfigError, load_config
+from derm_features.core.workdir import Workdir, ds
+from derm_features.jobs.pipeline import PipelineConfig, backfill, marker, status
 from materialize.storage import offline_timestamp, read_pool
 
 START = dt.date(2026, 1, 1)
@@ -28,7 +28,7 @@ SMALL_TRAIN = {"batch_size": 512, "threads": 1}
 
 @pytest.fixture(scope="module")
 def small_log(tmp_path_factory) -> Path:
-    from derm_features.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic.generate import GenerateConfig, generate_logs
 
     out = tmp_path_factory.mktemp("pipeline_log")
     generate_logs(
@@ -132,7 +132,7 @@ def test_model_without_positives_is_skipped_not_crashed(tmp_path, small_log, red
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from derm_features.logs import open_log
+    from derm_features.core.logs import open_log
 
     table = open_log(small_log).scanner(START, START + dt.timedelta(days=2)).to_table()
     table = table.set_column(

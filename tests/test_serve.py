@@ -22,10 +22,10 @@ import pytest
 from materialize_helpers import VERSION, daily_table, unit_rows, write_daily
 from typer.testing import CliRunner
 
-from derm_features.ann import IndexConfig, PinIndex, build_index
 from derm_features.cli import app as cli_app
-from derm_features.serve import MAX_IDS, ServeConfig, Services, create_app
-from derm_features.workdir import Workdir
+from derm_features.core.workdir import Workdir
+from derm_features.serving.ann import IndexConfig, PinIndex, build_index
+from derm_features.serving.server import MAX_IDS, ServeConfig, Services, create_app
 from materialize.job import MaterializeConfig, materialize_day, push_online
 
 DAY = dt.date(2024, 3, 1)
@@ -122,7 +122,7 @@ def materialize(wd: Workdir, entity: str, ids: np.ndarray, seed: int) -> dict[in
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """Private Redis (with a password) + applied workdir + pools + index + live server."""
-    from derm_features.feast_repo import apply
+    from derm_features.feast.repo import apply
 
     root = tmp_path_factory.mktemp("serve")
     redis = PrivateRedis(free_port(), root)

@@ -72,7 +72,7 @@ def test_spark_and_local_engines_agree_exactly(spark, tmp_path):
     heuristic = "ap"
     import shutil
 
-    from derm_features.workdir import Workdir
+    from derm_features.core.workdir import Workdir
 
     base = Workdir(tmp_path / "base")
     _write_days(base)

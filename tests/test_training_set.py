@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from derm_features.workdir import Workdir
+from derm_features.core.workdir import Workdir
 from trainers.downstream.training_set import (
     TrainingSetConfig,
     TrainingSetError,
@@ -221,7 +221,7 @@ def test_spark_offline_store_gives_the_same_rows_as_duckdb(
     """The same builder on Feast's Spark offline store, chosen by configuration alone."""
     from dataclasses import replace
 
-    from derm_features.feast_repo import apply
+    from derm_features.feast.repo import apply
 
     t = dt.date(2024, 3, 10)
     day = dt.timedelta(days=1)
@@ -236,7 +236,7 @@ def test_spark_offline_store_gives_the_same_rows_as_duckdb(
     monkeypatch.setenv("DERM_OFFLINE_STORE", "spark")
     monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(repo_root / "feature_store.spark.yaml"))
     apply(applied_workdir, quiet=True)
-    from derm_features.feast_repo import feature_store
+    from derm_features.feast.repo import feature_store
 
     store = feature_store(applied_workdir)
     assert type(store.config.offline_store).__name__ == "SparkOfflineStoreConfig"

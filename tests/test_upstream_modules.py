@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from derm_features.logs import FeatureSpec, LogSchema
+from derm_features.core.logs import FeatureSpec, LogSchema
 from trainers.modules.dhen import DHEN, DHENLayer
 from trainers.modules.encoders import (
     DenseEncoder,

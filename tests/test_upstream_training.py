@@ -21,12 +21,12 @@ import torch
 from typer.testing import CliRunner
 
 from derm_features.cli import app
-from derm_features.logs import open_log
-from derm_features.provenance import ModelVersion
-from derm_features.workdir import Workdir
+from derm_features.core.ids import hash_ids_to_int64, hash_to_buckets
+from derm_features.core.logs import open_log
+from derm_features.core.provenance import ModelVersion
+from derm_features.core.workdir import Workdir
 from trainers.upstream.config import InferConfig, ModelConfig, TrainConfig
 from trainers.upstream.data import BatchEncoder, LogBatches, encode_batch
-from trainers.upstream.hashing import hash_ids_to_int64, hash_to_buckets
 
 START = dt.date(2026, 1, 1)
 DAYS = 6
@@ -54,7 +54,7 @@ def day(i: int) -> dt.date:
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory) -> Path:
     """A seeded generated log: DIR/logs/ds=*/ and DIR/truth/."""
-    from derm_features.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic.generate import GenerateConfig, generate_logs
 
     out = tmp_path_factory.mktemp("upstream_gen")
     generate_logs(
@@ -119,7 +119,7 @@ def test_hashing_matches_a_fresh_interpreter():
     import sys
 
     code = (
-        "import pyarrow as pa;from trainers.upstream.hashing import hash_to_buckets as h;"
+        "import pyarrow as pa;from derm_features.core.ids import hash_to_buckets as h;"
         "print(h(pa.array(['a','b']),'x',2**17,False).tolist(),"
         "h(pa.array([1,2]),'x',2**17,True).tolist())"
     )
@@ -362,7 +362,7 @@ def affinity_spearman(
     generated: Path, state_dict: dict | None, eval_day: dt.date, cfg: ModelConfig = SMALL
 ) -> float:
     """Spearman of the towers' u.p with the generator's true click affinity on eval_day."""
-    from derm_features.generate import true_affinity
+    from derm_features.synthetic.generate import true_affinity
     from trainers.upstream.system import UpstreamSystem
 
     log = open_log(generated / "logs", check_values=False)

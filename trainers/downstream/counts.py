@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trainers.upstream.hashing import hash_ids_to_int64
+from derm_features.core.ids import hash_ids_to_int64
 
 ENTITIES = ("user", "pin")
 SMOOTHING = 20.0  # pseudo-impressions of the prior in each smoothed rate
@@ -42,7 +42,7 @@ class CountHistory:
     """Daily impressions, clicks and conversions per user and per Pin of a log's days.
 
     Args:
-        log: an opened log (`derm_features.logs.open_log`).
+        log: an opened log (`derm_features.core.logs.open_log`).
         until (dt.date): the last day any lookup will ask for; days up to the one before it
             are read.
 

@@ -28,7 +28,7 @@ from trainers.downstream.training_set import (
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from derm_features.logs import LogSchema
+    from derm_features.core.logs import LogSchema
     from trainers.upstream.config import ModelConfig
 
 # (max epochs, batch size) per task; early stopping picks the epoch. CVR trains on clicks
@@ -126,7 +126,7 @@ class Encoded:
 def encode(cfg: DownstreamConfig, train_set: TrainingSet, eval_set: TrainingSet) -> Encoded:
     """Encodes both sets once (features, counts, every embedding of cfg.embeddings) and
     splits the training days by time into train and validation (`data.time_split`)."""
-    from derm_features.logs import LogSchema, open_log
+    from derm_features.core.logs import LogSchema, open_log
     from trainers.downstream.counts import CountHistory
     from trainers.downstream.data import TASKS, encode_training_set, time_split
     from trainers.upstream.data import BatchEncoder

@@ -40,8 +40,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from derm_features.workdir import ENTITIES, Workdir, join_key, view_name
-from trainers.upstream.hashing import hash_ids_to_int64
+from derm_features.core.ids import hash_ids_to_int64
+from derm_features.core.workdir import ENTITIES, Workdir, join_key, view_name
 
 # Short names of the four DERM embeddings, as the CLI spells them: <model>_<entity>.
 EMBEDDING_KEYS = ("ctr_user", "ctr_pin", "cvr_user", "cvr_pin")
@@ -313,9 +313,9 @@ def build_training_set(
     `store` is a feast.FeatureStore (default: this repository's, for cfg.workdir).
     `progress` wraps the iterator over chunks of days (e.g. tqdm); None shows nothing.
     """
-    from derm_features.atomic import atomic_dir, write_text_atomic
-    from derm_features.feast_repo import feature_store
-    from derm_features.logs import open_log
+    from derm_features.core.atomic import atomic_dir, write_text_atomic
+    from derm_features.core.logs import open_log
+    from derm_features.feast.repo import feature_store
 
     workdir = Workdir.resolve(cfg.workdir)
     log = open_log(cfg.logs)

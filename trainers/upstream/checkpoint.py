@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from derm_features.logs import LogSchema
-from derm_features.provenance import ModelVersion
-from derm_features.workdir import Workdir
+from derm_features.core.logs import LogSchema
+from derm_features.core.provenance import ModelVersion
+from derm_features.core.workdir import Workdir
 from trainers.upstream.config import ModelConfig
 from trainers.upstream.model import DERMModel
 

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from derm_features.logs import LogSchema, open_log
+from derm_features.core.ids import hash_ids_to_int64, hash_to_buckets
+from derm_features.core.logs import LogSchema, open_log
 from trainers.upstream.config import ModelConfig
-from trainers.upstream.hashing import hash_ids_to_int64, hash_to_buckets
 from trainers.upstream.model import TOWERS, TowerLayout, tower_layout
 
 ID_COLUMNS = ("user_id", "pin_id")

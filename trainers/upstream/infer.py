@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from derm_features.atomic import atomic_dir
-from derm_features.logs import open_log
-from derm_features.workdir import ENTITIES, Workdir, join_key
+from derm_features.core.atomic import atomic_dir
+from derm_features.core.logs import open_log
+from derm_features.core.workdir import ENTITIES, Workdir, join_key
 
 
 def output_schema(entity: str, dim: int) -> pa.Schema:

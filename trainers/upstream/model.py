@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from derm_features.logs import CATEGORICAL, DENSE, PRETRAINED, SEQUENCE, LogSchema
+from derm_features.core.logs import CATEGORICAL, DENSE, PRETRAINED, SEQUENCE, LogSchema
 from trainers.modules.dhen import DHEN
 from trainers.modules.encoders import (
     DenseEncoder,

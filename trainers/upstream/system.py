@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
-from derm_features.logs import LogSchema
+from derm_features.core.logs import LogSchema
 from trainers.upstream.config import ModelConfig
 from trainers.upstream.frequency import StreamingFrequencyEstimator
 from trainers.upstream.losses import recall_at_k, sampled_softmax_loss, temperature

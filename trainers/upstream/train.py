@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from derm_features.logs import Log, open_log
-from derm_features.provenance import ModelVersion, new_lineage
-from derm_features.workdir import Workdir
+from derm_features.core.logs import Log, open_log
+from derm_features.core.provenance import ModelVersion, new_lineage
+from derm_features.core.workdir import Workdir
 from trainers.upstream.config import ModelConfig, TrainConfig
 
 

@@ -1,0 +1,128 @@
+"""`derm materialize`: one day of one model's entity embeddings into Feast."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from derm_features.commands.options import WorkdirOption
+
+
+def materialize_cmd(
+    model: Annotated[str, typer.Option("--model", help="Upstream model: ctr or cvr.")],
+    entity: Annotated[str, typer.Option("--entity", help="Entity: user or pin.")],
+    date: Annotated[str, typer.Option("--date", help="The day to materialize, YYYY-MM-DD.")],
+    workdir: WorkdirOption = None,
+    heuristic: Annotated[
+        str,
+        typer.Option(
+            help="Aggregation: ma (moving average w*past + (1-w)*today), acc (keep "
+            "the latest), ap (mean of the two latest daily embeddings; only ap keeps the "
+            "previous daily embedding in the pool)."
+        ),
+    ] = "ma",
+    w: Annotated[float, typer.Option("--w", help="Weight of the past for ma (paper: 0.8).")] = 0.8,
+    ttl_days: Annotated[
+        int, typer.Option(help="Drop entities not seen for more than this many days.")
+    ] = 90,
+    engine: Annotated[
+        str, typer.Option(help="local (one machine, bucket by bucket) or spark.")
+    ] = "local",
+    spark_master: Annotated[
+        str, typer.Option(help="Spark master URL for --engine spark.")
+    ] = "local[2]",
+    online: Annotated[
+        bool, typer.Option("--online/--no-online", help="Push the day's changes to Redis.")
+    ] = True,
+    online_only: Annotated[
+        bool,
+        typer.Option(
+            help="Only replay the online push of the newest materialized day "
+            "(after Redis was unreachable; exit code 3 names this option)."
+        ),
+    ] = False,
+    allow_gap: Annotated[
+        bool, typer.Option(help="Build on the newest earlier pool when day t-1 is missing.")
+    ] = False,
+    reset_on_new_model: Annotated[
+        bool,
+        typer.Option(
+            help="Restart the pool when the day's model version is incompatible "
+            "with the pool's (new lineage or D) instead of refusing."
+        ),
+    ] = False,
+    renormalize: Annotated[
+        bool,
+        typer.Option(
+            "--renormalize/--no-renormalize",
+            help="Scale aggregated embeddings back to unit L2 norm.",
+        ),
+    ] = True,
+    fold_from: Annotated[
+        str | None,
+        typer.Option(
+            "--fold-from",
+            help="Also read the daily outputs from this day (YYYY-MM-DD) up to DATE as DATE's "
+            "input, each entity keeping its latest: after a window fit's back inference "
+            "(`derm infer --back-inference`), so the first pool covers the whole window; "
+            "its offline rows are stamped at the end of DATE only.",
+        ),
+    ] = None,
+) -> None:
+    """Merge day DATE's tower outputs into the pool (dedup, ma|acc|ap, carry-over, TTL),
+    write the changed rows to the Feast offline source and push them to Redis.
+
+    Days go in order; re-running the newest day is idempotent. Prints the day's
+    embedding-health metrics (also kept in WORKDIR/metrics/embedding_health.parquet).
+    """
+    from tqdm import tqdm
+
+    from derm_features.commands.options import fail, parse_day_option
+    from derm_features.core.workdir import Workdir
+    from materialize.health import format_metrics
+    from materialize.job import (
+        MaterializeConfig,
+        OnlineError,
+        materialize_offline,
+        push_online,
+    )
+    from materialize.storage import MaterializeError
+
+    day = parse_day_option(date, "--date")
+    try:
+        config = MaterializeConfig(
+            workdir=Workdir.resolve(workdir),
+            model=model,
+            entity=entity,
+            day=day,
+            heuristic=heuristic,
+            w=w,
+            ttl_days=ttl_days,
+            renormalize=renormalize,
+            engine=engine,
+            spark_master=spark_master,
+            online=online,
+            allow_gap=allow_gap,
+            reset_on_new_model=reset_on_new_model,
+            fold_from=parse_day_option(fold_from, "--fold-from") if fold_from else None,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    try:
+        if not online_only:
+            with tqdm(desc=f"materialize {model}/{entity} {day}", unit="bucket") as bar:
+                report = materialize_offline(
+                    config, progress=bar.update, on_total=lambda n: setattr(bar, "total", n)
+                )
+            typer.echo(format_metrics(report.metrics))
+            typer.echo(f"pool: {report.pool_dir}\noffline: {report.offline_file}")
+            if report.reset:
+                typer.echo("model version changed: the pool was restarted (--reset-on-new-model)")
+        if online or online_only:
+            result = push_online(config)
+            typer.echo(f"online: pushed {result.pushed:,} rows, removed {result.removed:,}")
+    except MaterializeError as exc:
+        raise fail(str(exc)) from None
+    except OnlineError as exc:
+        raise fail(str(exc), code=3) from None

@@ -1,0 +1,290 @@
+"""`derm daily`, `derm backfill`, `derm status`, `derm report` and `derm demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from derm_features.commands.options import LogsOption, WorkdirOption
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="Config file (default: ./derm.yaml when present).", show_default=False
+    ),
+]
+ModelsOption = Annotated[
+    str | None,
+    typer.Option("--models", help="Upstream models to run, e.g. ctr,cvr.", show_default=False),
+]
+HeuristicOption = Annotated[
+    str | None,
+    typer.Option("--heuristic", help="Aggregation: ma (default), acc or ap.", show_default=False),
+]
+WOption = Annotated[
+    float | None,
+    typer.Option("--w", help="Moving-average weight of the past (0.8).", show_default=False),
+]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine", help="Materialization engine: local (default) or spark.", show_default=False
+    ),
+]
+OnlineOption = Annotated[
+    bool, typer.Option("--online/--no-online", help="Push each day's changes to Redis.")
+]
+IndexOption = Annotated[
+    bool, typer.Option("--index/--no-index", help="Build the Pin ANN index each day.")
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads", help="torch threads for training (default: torch's).", show_default=False
+    ),
+]
+
+
+# The command flags that override PipelineConfig (and derm.yaml); None means "not given".
+PIPELINE_FLAGS = ("models", "heuristic", "w", "engine", "online", "index", "threads", "window_days")
+# Flags that override derm.yaml's train: section (upstream TrainConfig fields).
+TRAIN_FLAGS = ("threads", "min_steps", "max_epochs", "replay_days")
+MinStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--min-steps",
+        help="Upstream fits take at least this many optimiser steps: incremental days replay "
+        "earlier days, then passes are added up to --max-epochs (default 30).",
+        show_default=False,
+    ),
+]
+MaxEpochsOption = Annotated[
+    int | None,
+    typer.Option("--max-epochs", help="Cap on those passes (default 10).", show_default=False),
+]
+ReplayDaysOption = Annotated[
+    int | None,
+    typer.Option(
+        "--replay-days",
+        help="Incremental days reach --min-steps by replaying up to this many earlier days "
+        "first (default 6).",
+        show_default=False,
+    ),
+]
+
+
+def _pipeline_config(given: dict):
+    """PipelineConfig from derm.yaml, the environment and a command's flags (`given`)."""
+    from derm_features.commands.settings import apply_environment, load_config
+    from derm_features.core.workdir import Workdir
+    from derm_features.jobs.pipeline import PipelineConfig, with_overrides
+
+    config, logs, workdir = given["config"], given["logs"], given["workdir"]
+    flags = {k: given[k] for k in PIPELINE_FLAGS if k in given}
+    train_flags = {k: given.get(k) for k in TRAIN_FLAGS if given.get(k) is not None}
+
+    file_cfg = load_config(config)
+    apply_environment(file_cfg)
+    base = PipelineConfig(
+        logs=Path(logs),
+        workdir=Workdir.resolve(workdir),
+        train=dict(file_cfg.get("train", {})),
+        model=dict(file_cfg.get("model", {})),
+        **{k: (tuple(v) if k == "models" else v) for k, v in file_cfg.get("pipeline", {}).items()},
+        **file_cfg.get("materialize", {}),
+    )
+    models = flags.pop("models", None)
+    flags.pop("threads", None)
+    cfg = with_overrides(
+        base, models=tuple(m.strip() for m in models.split(",")) if models else None, **flags
+    )
+    if train_flags:
+        cfg = with_overrides(cfg, train={**cfg.train, **train_flags})
+        from trainers.upstream.config import TrainConfig
+
+        TrainConfig.check_settings(**cfg.train)  # the flags' ranges, before any work
+    return cfg
+
+
+def _run(fn):
+    """Runs `fn`, turning the errors users can fix into one clear line and exit code 2."""
+    from derm_features.commands.options import fail
+    from derm_features.commands.settings import ConfigError
+    from derm_features.core.logs import LogContractError
+
+    try:
+        return fn()
+    except (ConfigError, LogContractError, ValueError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+
+
+def daily_cmd(
+    logs: LogsOption,
+    date: Annotated[str, typer.Option("--date", help="The day to process, YYYY-MM-DD.")],
+    workdir: WorkdirOption = None,
+    config: ConfigOption = None,
+    models: ModelsOption = None,
+    heuristic: HeuristicOption = None,
+    w: WOption = None,
+    engine: EngineOption = None,
+    online: OnlineOption = True,
+    index: IndexOption = True,
+    threads: ThreadsOption = None,
+    min_steps: MinStepsOption = None,
+    max_epochs: MaxEpochsOption = None,
+    replay_days: ReplayDaysOption = None,
+) -> None:
+    """Run one day for every upstream model: train, infer, materialize, push, index.
+
+    Incremental training from the newest snapshot, the day's tower outputs, materialization
+    of users and Pins (pool, offline rows, Redis push) and the Pin ANN index. Each step is
+    skipped when its marker for the day exists, so a re-run after a crash resumes where it
+    stopped.
+    """
+    given = dict(locals())  # the flags, before anything else is bound
+    from derm_features.commands.options import parse_day_option
+    from derm_features.jobs.pipeline import daily
+
+    day = parse_day_option(date, "--date")
+    cfg = _run(lambda: _pipeline_config(given))
+    result = _run(lambda: daily(cfg, day))
+    typer.echo(json.dumps(_summary(result), default=str))
+
+
+def backfill_cmd(
+    logs: LogsOption,
+    start: Annotated[str, typer.Option("--start", help="First day of the window fit, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--end", help="Last day to process, YYYY-MM-DD.")],
+    workdir: WorkdirOption = None,
+    config: ConfigOption = None,
+    window_days: Annotated[
+        int | None,
+        typer.Option("--window-days", help="Days of the from-scratch fit (7).", show_default=False),
+    ] = None,
+    models: ModelsOption = None,
+    heuristic: HeuristicOption = None,
+    w: WOption = None,
+    engine: EngineOption = None,
+    online: OnlineOption = True,
+    index: IndexOption = True,
+    threads: ThreadsOption = None,
+    min_steps: MinStepsOption = None,
+    max_epochs: MaxEpochsOption = None,
+    replay_days: ReplayDaysOption = None,
+) -> None:
+    """Fit the window from scratch, then run `derm daily` for every later day.
+
+    The window is the first --window-days days from --start. The fitted model infers every
+    window day, and the first pool (the window's last day) takes each entity's latest
+    embedding of the window; its offline rows are stamped at the window's end. Every day
+    after it up to --end runs the daily steps. Resumable like `derm daily`.
+    """
+    given = dict(locals())  # the flags, before anything else is bound
+    from derm_features.commands.options import parse_day_option
+    from derm_features.jobs.pipeline import backfill
+
+    first, last = parse_day_option(start, "--start"), parse_day_option(end, "--end")
+    cfg = _run(lambda: _pipeline_config(given))
+    result = _run(lambda: backfill(cfg, first, last))
+    typer.echo(json.dumps({day: _summary(r) for day, r in result.items()}, default=str))
+
+
+def _summary(per_model: dict) -> dict:
+    """A one-line view of a day's results: AUC and pool sizes per model."""
+    out = {}
+    for model, steps in per_model.items():
+        train = steps.get("train", {})
+        if train.get("skipped"):
+            out[model] = {"skipped": train.get("reason")}
+            continue
+        out[model] = {
+            "roc_auc": train.get("roc_auc"),
+            "model_version": train.get("model_version"),
+            **{
+                f"live_{e}": steps.get(f"materialize_{e}", {}).get("metrics", {}).get("live")
+                for e in ("user", "pin")
+            },
+        }
+    return out
+
+
+def status_cmd(workdir: WorkdirOption = None) -> None:
+    """Show per model and entity which days are trained, inferred, materialized and online.
+
+    Also the live pool size of the newest day and the newest model version.
+    """
+    from derm_features.core.workdir import Workdir
+    from derm_features.jobs.pipeline import status
+
+    wd = Workdir.resolve(workdir)
+
+    def days(values: list[str]) -> str:
+        if not values:
+            return "-"
+        return values[0] if len(values) == 1 else f"{values[0]}..{values[-1]} ({len(values)})"
+
+    typer.echo(f"work directory {wd.root}")
+    columns = ("trained", "inferred", "materialized", "online")
+    typer.echo(
+        f"{'model':5} {'entity':6} "
+        + " ".join(f"{c:>26}" for c in columns)
+        + f" {'live':>8}  version"
+    )
+    for s in status(wd):
+        st = s.steps
+        typer.echo(
+            f"{s.model:5} {s.entity:6} {days(st['trained']):>26} {days(st['inferred']):>26} "
+            f"{days(st['materialized']):>26} {days(st['online']):>26} "
+            f"{s.live if s.live is not None else '-':>8}  {s.model_version or '-'}"
+        )
+
+
+def report_cmd(workdir: WorkdirOption = None) -> None:
+    """Write a static HTML report under the work directory and print its path.
+
+    Training curves, embedding health over days and the downstream lift tables.
+    """
+    from derm_features.core.workdir import Workdir
+    from derm_features.jobs.report import write_report
+
+    typer.echo(str(write_report(Workdir.resolve(workdir))))
+
+
+def demo_cmd(
+    workdir: WorkdirOption = None,
+    days: Annotated[int, typer.Option("--days", help="Days of generated log.")] = 14,
+    users: Annotated[int, typer.Option("--users", help="Users in the generated world.")] = 20_000,
+    pins: Annotated[int, typer.Option("--pins", help="Pins in the generated world.")] = 5_000,
+    impressions_per_day: Annotated[
+        int, typer.Option("--impressions-per-day", help="Impressions per generated day.")
+    ] = 30_000,
+    window_days: Annotated[int, typer.Option("--window-days", help="Days of the window fit.")] = 7,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of everything.")] = 0,
+    threads: ThreadsOption = None,
+) -> None:
+    """Run everything end to end on a generated log and print the lift table.
+
+    Generate a log, feast apply, backfill (train, infer, materialize, push, index), then
+    downstream CTR and CVR with and without DERM beside the prior, the per-Pin rate and
+    logistic regressions, with 95 % bootstrap intervals; prints those tables and the path of
+    the HTML report. Resumable: a second run reuses what the first finished.
+    """
+    from derm_features.core.workdir import Workdir
+    from derm_features.jobs.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        workdir=Workdir.resolve(workdir),
+        days=days,
+        users=users,
+        pins=pins,
+        impressions_per_day=impressions_per_day,
+        window_days=window_days,
+        seed=seed,
+        threads=threads,
+    )
+    result = _run(lambda: run_demo(cfg))
+    typer.echo(result["table"])
+    typer.echo(f"report: {result['report']}")

@@ -1,0 +1,145 @@
+"""The work directory: where every artifact of a run lives (DESIGN.md, "Work directory").
+
+    <workdir>/
+      registry.db                                   Feast registry
+      logs/                                         generated logs (derm demo)
+      truth/                                        latent truth of generated logs (derm generate)
+      checkpoints/<model>/<YYYY-MM-DD>.ckpt         upstream snapshots
+      daily/<model>/<entity>/ds=<YYYY-MM-DD>/       raw tower outputs, one row per occurrence
+      pool/<model>/<entity>/ds=<YYYY-MM-DD>/        aggregated pool, one row per live entity
+      offline/<model>_<entity>_embedding/           Feast offline source (changed rows)
+      training_sets/<name>/ds=<YYYY-MM-DD>/         downstream training sets (from Feast)
+      index/<model>/ds=<YYYY-MM-DD>/                Pin ANN index built from that day's pool
+      metrics/                                      embedding-health and training metrics
+
+Every path in the project comes from a `Workdir`, so nothing else spells these out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MODELS = ("ctr", "cvr")
+ENTITIES = ("user", "pin")
+DEFAULT_WORKDIR = "./data"
+
+
+def workdir_root(explicit: str | os.PathLike | None = None) -> Path:
+    """`explicit`, else `DERM_WORKDIR`, else ``./data``; always absolute."""
+    chosen = explicit or os.environ.get("DERM_WORKDIR") or DEFAULT_WORKDIR
+    return Path(chosen).expanduser().resolve()
+
+
+def view_name(model: str, entity: str) -> str:
+    """The Feast feature view of a model's entity embedding, e.g. ``ctr_user_embedding``."""
+    check_model_entity(model, entity)
+    return f"{model}_{entity}_embedding"
+
+
+def join_key(entity: str) -> str:
+    """The entity's join key, ``user_id`` or ``pin_id``."""
+    if entity not in ENTITIES:
+        raise ValueError(f"entity must be one of {ENTITIES}, got '{entity}'")
+    return f"{entity}_id"
+
+
+def check_model_entity(model: str, entity: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got '{model}'")
+    if entity not in ENTITIES:
+        raise ValueError(f"entity must be one of {ENTITIES}, got '{entity}'")
+
+
+def ds(day: dt.date) -> str:
+    """The partition value of a day, ``ds=YYYY-MM-DD``."""
+    return f"ds={day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """Paths of one run's artifacts. Pure: creating one touches no disk."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, explicit: str | os.PathLike | None = None) -> Workdir:
+        return cls(workdir_root(explicit))
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def truth(self) -> Path:
+        """The generator's latent vectors and formulas (`derm_features.synthetic`)."""
+        return self.root / "truth"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def checkpoint(self, model: str, day: dt.date) -> Path:
+        check_model_entity(model, "user")
+        return self.root / "checkpoints" / model / f"{day.isoformat()}.ckpt"
+
+    def checkpoints_dir(self, model: str) -> Path:
+        check_model_entity(model, "user")
+        return self.root / "checkpoints" / model
+
+    def daily_dir(self, model: str, entity: str) -> Path:
+        check_model_entity(model, entity)
+        return self.root / "daily" / model / entity
+
+    def daily(self, model: str, entity: str, day: dt.date) -> Path:
+        return self.daily_dir(model, entity) / ds(day)
+
+    def pool_dir(self, model: str, entity: str) -> Path:
+        check_model_entity(model, entity)
+        return self.root / "pool" / model / entity
+
+    def pool(self, model: str, entity: str, day: dt.date) -> Path:
+        return self.pool_dir(model, entity) / ds(day)
+
+    def offline(self, model: str, entity: str) -> Path:
+        return self.root / "offline" / view_name(model, entity)
+
+    def index_dir(self, model: str) -> Path:
+        check_model_entity(model, "pin")
+        return self.root / "index" / model
+
+    def index(self, model: str, day: dt.date) -> Path:
+        """The Pin ANN index built from the Pin pool of `day` (`derm_features.serving.ann`)."""
+        return self.index_dir(model) / ds(day)
+
+    def training_set(self, name: str) -> Path:
+        """A downstream training set (Parquet, ``ds=`` partitions) built from Feast."""
+        return self.root / "training_sets" / name
+
+
+def parse_day(value: str, what: str = "date") -> dt.date:
+    """A ``YYYY-MM-DD`` string as a date, with an error that names the flag or field."""
+    try:
+        return dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a day as YYYY-MM-DD, got '{value}'") from None
+
+
+def days_in_dir(directory: Path) -> list[dt.date]:
+    """The days of the ``ds=YYYY-MM-DD`` partitions under `directory`, sorted."""
+    if not directory.is_dir():
+        return []
+    days = []
+    for child in directory.iterdir():
+        if child.is_dir() and child.name.startswith("ds="):
+            try:
+                days.append(dt.date.fromisoformat(child.name[3:]))
+            except ValueError:
+                continue
+    return sorted(days)

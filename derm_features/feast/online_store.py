@@ -1,0 +1,288 @@
+"""Feast's Redis online store for DERM embeddings: the client, the writer and the reader.
+
+Like Feast's own `infra/online_stores/redis.py`, one module holds what talks to the store;
+the byte layout both sides share lives in `derm_features.feast.redis_layout`.
+
+**Client.** `redis_client` is the store's own redis-py client; `dedicated_redis_client` a
+new one configured the same way; `fail_fast` and `unavailable_as_clear_error` turn a Redis
+outage into an `OnlineStoreUnavailable` naming the redacted address.
+
+**Writer** (the daily online push). `FeatureStore.get_online_features` reads what
+`push_rows` writes. Two deliberate differences from Feast's `write_to_online_store`:
+
+- Every row overwrites. Feast first reads each entity's `_ts:<view>` and skips rows
+  whose timestamp is not newer (feast-dev/feast#2795), so re-running a day, or replacing
+  a value after a reset, would silently keep the old one.
+- It is fast: values are serialized over whole batches with NumPy, and each chunk is
+  one pipelined round trip of HSETs (no read before write).
+
+`remove_entities` drops one view's fields from entities (the TTL of the pool): the hash
+holds every view of an entity, so Redis key expiry is no substitute.
+
+**Reader** (ranking requests: one user, many candidate Pins). `EmbeddingReader.read`
+returns the same values as `FeatureStore.get_online_features` as NumPy arrays, in one
+pipelined round trip: one HMGET per distinct entity, asking for just the `embedding` field
+of each requested view of that entity, decoded with `np.frombuffer`.
+
+Freshness: like Feast, the reader does not apply the views' ttl at read time (Feast's
+online reads do not enforce ttl). Expired entities are kept out of Redis instead: the
+daily materializer removes the view's fields of every entity that leaves the pool
+(`remove_entities`), so what Redis holds is the live pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
+
+import numpy as np
+import pyarrow as pa
+from feast import FeatureStore
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+from feast.value_type import ValueType
+
+from derm_features.feast.redis_layout import (
+    ViewLayout,
+    decode_float_lists,
+    encode_by_distinct_value,
+    encode_event_timestamps,
+    encode_float_lists,
+    entity_keys,
+    run_pipelined,
+    view_layout,
+)
+from derm_features.feast.redis_url import redacted_connection_string
+
+
+class OnlineStoreUnavailable(RuntimeError):
+    """Redis could not be reached or refused us; the message names the redacted address."""
+
+
+# ----------------------------------------------------------------------------- client
+
+
+def redis_client(store: FeatureStore):
+    """The redis-py client of `store`'s own Redis online store (its pool, TLS, password)."""
+    if not isinstance(store.config.online_store, RedisOnlineStoreConfig):
+        raise ValueError(f"the online store is not Redis: {store.config.online_store.type}")
+    online_store = store._get_provider().online_store
+    return online_store._get_client(store.config.online_store)
+
+
+def dedicated_redis_client(store: FeatureStore):
+    """A new redis-py client configured exactly like `store`'s (address, TLS, password,
+    cluster or sentinel: Feast's own `_get_client` builds it), with its own connections.
+
+    Why not share the store's: a TCP connection carries its congestion-control state. With
+    BBR (this machine's default, common on Linux servers) a connection that Feast's SDK
+    also uses is modelled on Feast's slow reply consumption, and the server then sends our
+    1 MB replies slowly: measured here, 1-2 % of 1 user + 500 Pin reads took ~120 ms
+    instead of ~4 ms on the shared connection, none on one of its own, and none on the
+    shared one with the machine switched to cubic (BENCHMARKS.md, online read).
+    """
+    online_store = store._get_provider().online_store
+    redis_client(store)  # the same checks
+    return type(online_store)()._get_client(store.config.online_store)
+
+
+# Serving reads fail within about this long when Redis is down, not after redis-py's default
+# retries with backoff (4-9 s measured here), which a ranking request cannot wait for.
+SERVING_SOCKET_TIMEOUT_S = 2.0
+
+
+def fail_fast(client, timeout_s: float = SERVING_SOCKET_TIMEOUT_S):
+    """Sets `client` to fail at once on a connection error (no retry, no backoff) and to
+    time out connects and reads after `timeout_s`, unless the operator set timeouts in the
+    connection string. A connection the server dropped is still replaced: the pool checks
+    each one as it hands it out. Returns the client."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client.set_retry(Retry(NoBackoff(), 0))
+    kwargs = client.connection_pool.connection_kwargs
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if kwargs.get(name) is None:  # keep what an operator configured
+            kwargs[name] = timeout_s
+    return client
+
+
+@contextlib.contextmanager
+def unavailable_as_clear_error(store: FeatureStore, action: str) -> Iterator[None]:
+    """Turn redis-py connection failures into `OnlineStoreUnavailable` naming the address.
+
+    The message shows the redacted address and the error class; any password that a
+    lower layer put into its message is masked.
+    """
+    import redis
+
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        connection_string = store.config.online_store.connection_string
+        detail = _mask_password(str(exc), connection_string)
+        raise OnlineStoreUnavailable(
+            f"{action}: Redis online store at {redacted_connection_string(connection_string)} "
+            f"is unavailable ({type(exc).__name__}: {detail})"
+        ) from None
+
+
+def _mask_password(text: str, connection_string: str) -> str:
+    for part in connection_string.split(","):
+        if part.startswith("password=") and len(part) > len("password="):
+            text = text.replace(part[len("password=") :], "***")
+    return text
+
+
+# ----------------------------------------------------------------------------- writer
+
+EVENT_TIMESTAMP = "event_timestamp"
+# Rows per pipelined round trip: ~4 MB of 256-d embeddings, enough to hide the latency.
+CHUNK_ROWS = 4096
+
+
+def push_rows(store: FeatureStore, view_name: str, rows: pa.Table) -> int:
+    """Write `rows` into `view_name`'s online store; returns the number of rows written.
+
+    `rows`: the view's join key (`user_id` / `pin_id`, int64), one column per feature of
+    the view (`embedding` as list or fixed_size_list of float32, `last_seen`,
+    `model_version`) and `event_timestamp`. Other columns are ignored. Each row replaces
+    the entity's values of this view whatever their timestamp; if an id repeats, its last
+    row wins. `key_ttl_seconds` of the store config, if set, is applied as Feast does.
+    Rows go in chunks of `CHUNK_ROWS`: if Redis fails midway, the chunks before stay
+    written, and re-running the push completes it (every write is idempotent).
+    """
+    layout = view_layout(store, view_name)
+    _check_columns(rows, view_name, [layout.join_key, *layout.feature_fields, EVENT_TIMESTAMP])
+    ttl = store.config.online_store.key_ttl_seconds
+    client = redis_client(store)
+    written = 0
+    with unavailable_as_clear_error(store, f"online push to '{view_name}'"):
+        for start in range(0, rows.num_rows, CHUNK_ROWS):
+            chunk = rows.slice(start, CHUNK_ROWS)
+            hset = hset_columns(layout, chunk)
+            if ttl:  # as Feast: every written key gets the ttl
+                run_pipelined(client, hset, [b"EXPIRE", hset[1], str(ttl).encode()])
+            else:
+                run_pipelined(client, hset)
+            written += chunk.num_rows
+    return written
+
+
+def hset_columns(layout: ViewLayout, chunk: pa.Table) -> list:
+    """`HSET key ts_field ts feature_field value ...` for each row of `chunk`, column-wise."""
+    columns: list = [b"HSET", entity_keys(layout, chunk.column(layout.join_key))]
+    columns += [layout.ts_field, encode_event_timestamps(chunk.column(EVENT_TIMESTAMP))]
+    for feature, field in layout.feature_fields.items():
+        column, value_type = chunk.column(feature), layout.feature_types[feature]
+        if value_type == ValueType.FLOAT_LIST:
+            values = encode_float_lists(column)
+        else:
+            values = encode_by_distinct_value(column, value_type)
+        columns += [field, values]
+    return columns
+
+
+def remove_entities(store: FeatureStore, view_name: str, entity_ids: pa.Array) -> int:
+    """Delete `view_name`'s fields (and its `_ts:` field) for `entity_ids`.
+
+    Other views of the same entity stay. Redis deletes a hash when its last field goes,
+    so an entity that had only this view disappears. Returns how many entities had any
+    field of this view.
+    """
+    layout = view_layout(store, view_name)
+    fields = layout.all_fields
+    client = redis_client(store)
+    touched = 0
+    with unavailable_as_clear_error(store, f"removing entities from '{view_name}'"):
+        for start in range(0, len(entity_ids), CHUNK_ROWS):
+            keys = entity_keys(layout, entity_ids[start : start + CHUNK_ROWS])
+            replies = run_pipelined(client, [b"HDEL", keys, *fields])
+            touched += sum(1 for deleted in replies if deleted)
+    return touched
+
+
+def _check_columns(rows: pa.Table, view_name: str, required: list[str]) -> None:
+    missing = [c for c in required if c not in rows.column_names]
+    if missing:
+        raise ValueError(
+            f"rows for '{view_name}' lack column(s) {missing}; they have {rows.column_names}"
+        )
+
+
+# ----------------------------------------------------------------------------- reader
+
+EMBEDDING_FEATURE = "embedding"
+
+
+class EmbeddingReader:
+    """Reads DERM embeddings of users and Pins from the online store of a `FeatureStore`.
+
+    Layouts are resolved from the registry once per view and kept. The Redis client is
+    configured like the store's (address, TLS, password) but has connections of its own,
+    not shared with Feast's SDK calls (`dedicated_redis_client` says why), and fails fast
+    when Redis is down (`fail_fast`: no retries, 2 s socket timeouts unless configured).
+    """
+
+    def __init__(self, store: FeatureStore, dims: dict[str, int] | None = None, client=None):
+        """`dims`: view -> D. Without it, D is learned from the first value read and kept,
+        so a request in which no entity of a never-read view is found gets shape (n, 0).
+        `client`: a redis-py client to read with (default: a fail-fast
+        `dedicated_redis_client`)."""
+        self._store = store
+        self.client = client if client is not None else fail_fast(dedicated_redis_client(store))
+        self._dims = dict(dims or {})
+        self._layouts: dict[str, ViewLayout] = {}
+
+    def layout(self, view: str) -> ViewLayout:
+        if view not in self._layouts:
+            self._layouts[view] = view_layout(self._store, view)
+        return self._layouts[view]
+
+    def read(
+        self,
+        user_ids: Sequence[int] | np.ndarray,
+        pin_ids: Sequence[int] | np.ndarray,
+        views: list[str],
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """view -> (values float32 [n, D], found bool [n]).
+
+        User views are read for `user_ids`, Pin views for `pin_ids`, in the order given
+        (repeats allowed). A missing entity gives a zero row and found=False.
+        """
+        ids_by_join_key = {"user_id": np.asarray(user_ids), "pin_id": np.asarray(pin_ids)}
+        # Views sharing a join key share the entity's hash: one HMGET reads them all.
+        views_by_join_key: dict[str, list[str]] = {}
+        for view in views:
+            views_by_join_key.setdefault(self.layout(view).join_key, []).append(view)
+
+        batches: list[list] = []
+        # (views, position of each requested id among the distinct ones, first reply, count)
+        plan: list[tuple[list[str], np.ndarray, int, int]] = []
+        n_commands = 0
+        for join_key, key_views in views_by_join_key.items():
+            if join_key not in ids_by_join_key:
+                raise ValueError(f"views {key_views} have join key '{join_key}', not user/pin")
+            ids = ids_by_join_key[join_key]
+            distinct, inverse = np.unique(ids, return_inverse=True)
+            fields = [self.layout(v).feature_fields[EMBEDDING_FEATURE] for v in key_views]
+            keys = entity_keys(self.layout(key_views[0]), distinct)
+            plan.append((key_views, inverse, n_commands, len(keys)))
+            batches.append([b"HMGET", keys, *fields])
+            n_commands += len(keys)
+
+        with unavailable_as_clear_error(self._store, "online embedding read"):
+            replies = run_pipelined(self.client, *batches) if n_commands else []
+
+        result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for key_views, inverse, first, count in plan:
+            entity_replies = replies[first : first + count]
+            for position, view in enumerate(key_views):
+                blobs = list(map(itemgetter(position), entity_replies))
+                values, found = decode_float_lists(blobs, self._dims.get(view))
+                if found.any():
+                    known = self._dims.setdefault(view, values.shape[1])
+                    if known != values.shape[1]:
+                        raise ValueError(f"'{view}' holds {values.shape[1]}-d values, not {known}")
+                result[view] = (values[inverse], found[inverse])
+        return result

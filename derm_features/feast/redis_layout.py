@@ -1,0 +1,327 @@
+"""Feast's Redis online-store layout, encoded and decoded in bulk.
+
+The one place that knows how Feast's Redis store (feast/infra/online_stores/redis.py,
+entity_key_serialization_version 3) lays out a row, so the writer and
+the reader (`derm_features.feast.online_store`) cannot drift apart:
+
+    key    = serialize_entity_key(entity) + project          one hash per entity, all views
+    field  = mmh3("<view>:<feature>") (4 bytes)  ->  ValueProto bytes of that feature
+    field  = "_ts:<view>"                        ->  google.protobuf.Timestamp bytes
+
+Feast's helpers build one proto per value, which is slow for 256 floats a row. Here an
+int64 entity key is a constant prefix + 8 little-endian bytes + the project, and a float
+list ValueProto is a small length header followed by the packed float32 payload, so both
+are built and parsed with NumPy over whole batches. Everything else (scalar features,
+timestamps) goes through Feast's own converters, once per distinct value.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from feast import FeatureStore, FeatureView, utils
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.type_map import python_values_to_proto_values
+from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
+
+# ValueProto field 16 (`float_list_val`, wire type 2) and FloatList field 1 (packed, wire
+# type 2), as protobuf encodes their tags. Tests check the result byte for byte.
+_FLOAT_LIST_VAL_TAG = b"\x82\x01"
+_PACKED_VALUES_TAG = b"\x0a"
+_FLOAT32_LE = np.dtype("<f4")
+
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """Where one feature view's values live in Feast's Redis layout."""
+
+    view: str  # the name Feast uses in field names (versioned when versioning is on)
+    join_key: str
+    key_prefix: bytes  # serialized entity key up to the 8 id bytes
+    key_suffix: bytes  # the project name
+    feature_fields: dict[str, bytes]  # feature name -> mmh3 hash field
+    feature_types: dict[str, ValueType]
+    ts_field: bytes  # b"_ts:<view>"
+
+    @property
+    def all_fields(self) -> list[bytes]:
+        """Every hash field this view owns (features and timestamp)."""
+        return [*self.feature_fields.values(), self.ts_field]
+
+
+def view_layout(store: FeatureStore, view_name: str) -> ViewLayout:
+    """The layout of `view_name` in `store`'s project. Only single int64 join keys."""
+    view: FeatureView = store.get_feature_view(view_name)
+    config = store.config
+    if config.entity_key_serialization_version != 3:
+        raise ValueError(
+            "derm writes Feast's Redis layout for entity_key_serialization_version 3, "
+            f"the config sets {config.entity_key_serialization_version}"
+        )
+    columns = view.entity_columns
+    if len(columns) != 1 or columns[0].dtype.to_value_type() != ValueType.INT64:
+        raise ValueError(f"view '{view_name}' must have exactly one int64 join key")
+    join_key = columns[0].name
+    fv_name = compute_versioned_name(view, config.registry.enable_online_feature_view_versioning)
+    return ViewLayout(
+        view=fv_name,
+        join_key=join_key,
+        key_prefix=_int64_key_prefix(join_key),
+        key_suffix=config.project.encode("utf-8"),
+        feature_fields={f.name: _mmh3(f"{fv_name}:{f.name}") for f in view.features},
+        feature_types={f.name: f.dtype.to_value_type() for f in view.features},
+        ts_field=f"_ts:{fv_name}".encode(),
+    )
+
+
+def _int64_key_prefix(join_key: str) -> bytes:
+    """The bytes Feast's `serialize_entity_key` puts before an int64 id's 8 bytes."""
+    probe = 0x0102030405060708
+    serialized = serialize_entity_key(
+        EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(int64_val=probe)]),
+        entity_key_serialization_version=3,
+    )
+    prefix, id_bytes = serialized[:-8], serialized[-8:]
+    if id_bytes != struct.pack("<q", probe):  # guards against a change in Feast's encoding
+        raise RuntimeError("Feast's entity key encoding changed; update feast_redis_layout")
+    return prefix
+
+
+def entity_keys(layout: ViewLayout, ids: np.ndarray | Sequence[int] | pa.Array) -> list[bytes]:
+    """The Redis key of each int64 id, in order."""
+    ids64 = np.ascontiguousarray(_as_numpy(ids), dtype="<i8")
+    n = len(ids64)
+    prefix = np.frombuffer(layout.key_prefix, dtype=np.uint8)
+    suffix = np.frombuffer(layout.key_suffix, dtype=np.uint8)
+    rows = np.empty((n, len(prefix) + 8 + len(suffix)), dtype=np.uint8)
+    rows[:, : len(prefix)] = prefix
+    rows[:, len(prefix) : len(prefix) + 8] = ids64.view(np.uint8).reshape(n, 8)
+    rows[:, len(prefix) + 8 :] = suffix
+    return _split_rows(rows)
+
+
+def _as_numpy(values) -> np.ndarray:
+    if isinstance(values, pa.ChunkedArray | pa.Array):
+        if values.null_count:
+            raise ValueError(f"{values.null_count} entity ids are null")
+        values = values.to_numpy(zero_copy_only=False)
+    array = np.asarray(values)
+    if len(array) and array.dtype.kind not in "iu":
+        raise ValueError(f"entity ids must be integers, got {array.dtype}")
+    return array
+
+
+def _split_rows(rows: np.ndarray) -> list[bytes]:
+    """One bytes object per row of a C-contiguous uint8 matrix (one copy, no per-byte work)."""
+    width = rows.shape[1]
+    blob = rows.tobytes()
+    return [blob[start : start + width] for start in range(0, len(blob), width)]
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative int."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def float_list_header(dim: int) -> bytes:
+    """The bytes of a `float_list_val` ValueProto of `dim` floats before its float32 payload."""
+    payload = 4 * dim
+    inner = _PACKED_VALUES_TAG + _varint(payload) if dim else b""
+    return _FLOAT_LIST_VAL_TAG + _varint(len(inner) + payload) + inner
+
+
+def encode_float_lists(embeddings: pa.Array | pa.ChunkedArray) -> list[bytes]:
+    """ValueProto bytes (`float_list_val`) of each row of a list / fixed_size_list of floats.
+
+    Equal to `ValueProto(float_list_val=FloatList(val=row)).SerializeToString()`, built from
+    the packed float32 payload: one NumPy copy when all rows have the same length.
+    """
+    if isinstance(embeddings, pa.ChunkedArray):
+        embeddings = embeddings.combine_chunks()
+    if embeddings.null_count:
+        raise ValueError(f"{embeddings.null_count} embedding rows are null")
+    n = len(embeddings)
+    lengths = pc.list_value_length(embeddings).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = embeddings.flatten()
+    if flat.null_count:
+        raise ValueError(f"{flat.null_count} embedding values are null")
+    floats = np.ascontiguousarray(flat.to_numpy(zero_copy_only=False), dtype=_FLOAT32_LE)
+    if n == 0:
+        return []
+    dim = int(lengths[0])
+    if np.all(lengths == dim):
+        header = np.frombuffer(float_list_header(dim), dtype=np.uint8)
+        rows = np.empty((n, len(header) + 4 * dim), dtype=np.uint8)
+        rows[:, : len(header)] = header
+        rows[:, len(header) :] = floats.view(np.uint8).reshape(n, 4 * dim)
+        return _split_rows(rows)
+    # Ragged lists (a Spark `list<float>` column may be): per row, never per element.
+    payload = floats.tobytes()
+    ends = np.cumsum(lengths) * 4
+    headers: dict[int, bytes] = {}
+    out = []
+    for length, end in zip(lengths.tolist(), ends.tolist(), strict=True):
+        if length not in headers:
+            headers[length] = float_list_header(length)
+        out.append(headers[length] + payload[end - 4 * length : end])
+    return out
+
+
+def decode_float_lists(
+    blobs: Sequence[bytes | None], dim: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values float32 [n, D], found bool [n]) from `float_list_val` ValueProto bytes.
+
+    A missing field (None) or an unset value (b"", what Feast writes for null) gives a
+    zero row and found=False. D comes from the data, else from `dim`, else 0. Rows of one
+    length are parsed with a single `np.frombuffer`; a row of another length is an error.
+    """
+    found = np.array(list(map(bool, blobs)), dtype=bool)
+    present = list(filter(None, blobs))
+    if present:
+        dim = _float_list_dim(present[0])
+    dim = dim or 0
+    values = np.zeros((len(blobs), dim), dtype=np.float32)
+    if not present:
+        return values, found
+    header_len = len(float_list_header(dim))
+    width = header_len + 4 * dim
+    joined = b"".join(present)
+    if len(joined) != width * len(present):
+        bad = sum(len(b) != width for b in present)
+        raise ValueError(f"{bad} embeddings do not have the dimension {dim} of the first one")
+    rows = np.frombuffer(joined, dtype=np.uint8).reshape(len(present), width)
+    values[found] = rows[:, header_len:].view(_FLOAT32_LE)
+    return values, found
+
+
+def _float_list_dim(blob: bytes) -> int:
+    """The number of floats in a `float_list_val` ValueProto (parses its header only)."""
+    if not blob.startswith(_FLOAT_LIST_VAL_TAG):
+        raise ValueError("value is not a float list (Feast Array(Float32))")
+    _, pos = _read_varint(blob, len(_FLOAT_LIST_VAL_TAG))
+    if pos == len(blob):
+        return 0
+    if blob[pos : pos + 1] != _PACKED_VALUES_TAG:
+        raise ValueError("float list is not packed")
+    payload, _ = _read_varint(blob, pos + 1)
+    return payload // 4
+
+
+def _read_varint(blob: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = blob[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def encode_by_distinct_value(column: pa.Array | pa.ChunkedArray, value_type: ValueType) -> list:
+    """ValueProto bytes of each row, converted by Feast's own `python_values_to_proto_values`.
+
+    Feast's converter runs once per distinct value (model_version, last_seen: a handful per
+    day), with the same NumPy input Feast's writer gives it, so the bytes are Feast's.
+    """
+    encoded = pc.dictionary_encode(column, null_encoding="encode")
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
+    protos = python_values_to_proto_values(distinct, value_type)
+    serialized = np.array([p.SerializeToString() for p in protos], dtype=object)
+    return serialized[encoded.indices.to_numpy(zero_copy_only=False)].tolist()
+
+
+def encode_event_timestamps(column: pa.Array | pa.ChunkedArray) -> list:
+    """`_ts:<view>` bytes of each row: Feast's conversion (microseconds, naive = UTC)."""
+    if column.null_count:
+        raise ValueError(f"{column.null_count} event_timestamp values are null")
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    serialized = []
+    for value in encoded.dictionary.to_pandas():  # pd.Timestamp, as in Feast's writer
+        ts = Timestamp()
+        ts.FromDatetime(utils.make_tzaware(value.to_pydatetime()))
+        serialized.append(ts.SerializeToString())
+    return np.array(serialized, dtype=object)[encoded.indices.to_numpy()].tolist()
+
+
+# A batch of n Redis commands given column-wise: each column is either one argument shared
+# by every command (bytes) or the n per-command arguments. Columns keep the per-row work
+# in C (zip / join) instead of building n argument lists in Python.
+CommandColumns = Sequence[bytes | Sequence[bytes]]
+
+
+def _bulk(arg: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+def _batch_size(batch: CommandColumns) -> int:
+    sizes = {len(column) for column in batch if not isinstance(column, bytes)}
+    if len(sizes) != 1:
+        raise ValueError(f"command columns must have one common length, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def pack_commands(batch: CommandColumns) -> bytes:
+    """The batch's commands in the RESP wire format, concatenated."""
+    n = _batch_size(batch)
+    framed = [
+        itertools.repeat(_bulk(column), n) if isinstance(column, bytes) else map(_bulk, column)
+        for column in batch
+    ]
+    header = itertools.repeat(b"*%d\r\n" % len(batch), n)
+    return b"".join(itertools.chain.from_iterable(zip(header, *framed, strict=False)))
+
+
+def run_pipelined(client, *batches: CommandColumns) -> list:
+    """Run the batches' commands in one round trip on one pooled connection; the replies.
+
+    redis-py's `Pipeline` spends most of its time per command in Python (packing, reply
+    callbacks); here the commands are packed into one buffer, sent with one write, and the
+    raw replies read back. The pool checks a connection when handing it out and reconnects
+    one the server dropped (a Redis restart). Clients without a single pool (Redis
+    Cluster) use redis-py's pipeline, which routes keys to nodes.
+    """
+    if not hasattr(client, "connection_pool"):
+        return _run_with_redis_py_pipeline(client, batches)
+    count = sum(_batch_size(batch) for batch in batches)
+    packed = b"".join(pack_commands(batch) for batch in batches)  # one write: no Nagle stall
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command([packed])
+        return [connection.read_response() for _ in range(count)]
+    except BaseException:
+        connection.disconnect()  # unread replies would corrupt the next user's reads
+        raise
+    finally:
+        pool.release(connection)
+
+
+def _run_with_redis_py_pipeline(client, batches: Sequence[CommandColumns]) -> list:
+    with client.pipeline(transaction=False) as pipe:
+        for batch in batches:
+            n = _batch_size(batch)
+            columns = [itertools.repeat(c, n) if isinstance(c, bytes) else c for c in batch]
+            for command in zip(*columns, strict=False):
+                pipe.execute_command(*command)
+        return pipe.execute()

@@ -1,0 +1,305 @@
+"""The daily job a platform team runs: train, infer, materialize, push, index — resumable.
+
+For each day and upstream model (ctr, cvr) the steps are
+
+    train        incremental fit from the newest snapshot (the window fit on backfill)
+    infer        that day's tower outputs for users and Pins
+    materialize  user and Pin pools, offline rows, Redis push (one step per entity)
+    index        the Pin ANN index of the day's Pin pool
+
+Each step writes its outputs atomically and then a marker,
+``<workdir>/steps/<model>/<step>/<YYYY-MM-DD>.json`` (the step's summary), last. A step
+whose marker exists is skipped, so a run killed anywhere resumes where it stopped; a step
+killed half-way is simply run again (every step is idempotent).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from derm_features.core.atomic import write_text_atomic
+from derm_features.core.logs import open_log
+from derm_features.core.workdir import ENTITIES, MODELS, Workdir, days_in_dir
+
+STEPS = ("train", "infer", "materialize_user", "materialize_pin", "index")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `derm daily` / `derm backfill` decide; filled from derm.yaml and flags."""
+
+    logs: Path
+    workdir: Workdir
+    models: tuple[str, ...] = MODELS
+    window_days: int = 7  # backfill: days of the from-scratch window fit
+    seed: int = 0
+    # upstream training (TrainConfig fields) and model shape (ModelConfig fields)
+    train: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    # materialization
+    heuristic: str = "ma"
+    w: float = 0.8
+    ttl_days: int = 90
+    renormalize: bool = True
+    engine: str = "local"
+    online: bool = True
+    index: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.models) - set(MODELS)
+        if unknown or not self.models:
+            raise ValueError(f"--models must be a non-empty subset of {MODELS}, got {self.models}")
+        if self.window_days < 1:
+            raise ValueError(f"--window-days must be >= 1, got {self.window_days}")
+
+
+def marker(workdir: Workdir, model: str, step: str, day: dt.date) -> Path:
+    """The completion marker of one step of one model on one day."""
+    return workdir.root / "steps" / model / step / f"{day.isoformat()}.json"
+
+
+def read_marker(workdir: Workdir, model: str, step: str, day: dt.date) -> dict | None:
+    path = marker(workdir, model, step, day)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_step(
+    workdir: Workdir, model: str, step: str, day: dt.date, work: Callable[[], dict]
+) -> tuple[dict, bool]:
+    """Runs `work` unless its marker exists; returns (summary, ran)."""
+    done = read_marker(workdir, model, step, day)
+    if done is not None:
+        return done, False
+    summary = work()
+    write_text_atomic(json.dumps(summary, default=str, indent=1), marker(workdir, model, step, day))
+    return summary, True
+
+
+def _model_cfg(cfg: PipelineConfig):
+    from trainers.upstream.config import ModelConfig
+
+    return ModelConfig.from_dict({**ModelConfig().to_dict(), **cfg.model}) if cfg.model else None
+
+
+def _train(cfg: PipelineConfig, model: str, **when) -> dict:
+    from trainers.upstream.config import TrainConfig
+    from trainers.upstream.train import train
+
+    model_cfg = _model_cfg(cfg) if "start" in when else None  # a day keeps its snapshot's
+    return train(
+        TrainConfig(
+            model=model,
+            logs=cfg.logs,
+            workdir=cfg.workdir.root,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            model_cfg=model_cfg,
+            **cfg.train,
+            **when,
+        )
+    )
+
+
+def _infer(cfg: PipelineConfig, model: str, day: dt.date, back_from: dt.date | None) -> dict:
+    """Inference of `day`; after a window fit (`back_from` set), back inference of every
+    day of the window, so that the first pool can cover all the window's entities."""
+    from trainers.upstream.config import InferConfig
+    from trainers.upstream.infer import infer
+
+    back = back_from is not None and back_from < day  # a one-day window has nothing before
+    return infer(
+        InferConfig(
+            model=model,
+            logs=cfg.logs,
+            date=day,
+            workdir=cfg.workdir.root,
+            progress=cfg.progress,
+            back_inference=back,
+            start=back_from if back else None,
+        )
+    )
+
+
+def _materialize(
+    cfg: PipelineConfig, model: str, entity: str, day: dt.date, fold_from: dt.date | None
+) -> dict:
+    from materialize.job import MaterializeConfig, materialize_day
+
+    # A day after a model was skipped (no snapshot) builds on the newest pool there is.
+    report = materialize_day(
+        MaterializeConfig(
+            workdir=cfg.workdir,
+            model=model,
+            entity=entity,
+            day=day,
+            heuristic=cfg.heuristic,
+            w=cfg.w,
+            ttl_days=cfg.ttl_days,
+            renormalize=cfg.renormalize,
+            engine=cfg.engine,
+            online=cfg.online,
+            allow_gap=True,
+            fold_from=fold_from,
+        )
+    )
+    online = report.online
+    return {
+        "metrics": report.metrics,
+        "pool": str(report.pool_dir),
+        "online": None if online is None else {"pushed": online.pushed, "removed": online.removed},
+    }
+
+
+def _index(cfg: PipelineConfig, model: str, day: dt.date) -> dict:
+    from derm_features.serving.ann import IndexConfig, build_index
+
+    index = build_index(IndexConfig(workdir=cfg.workdir, model=model, day=day, logs=cfg.logs))
+    return {"pins": index.manifest.count, "model_version": index.manifest.model_version}
+
+
+def _has_snapshot_before(workdir: Workdir, model: str, day: dt.date) -> bool:
+    from trainers.upstream.checkpoint import snapshot_days
+
+    return any(d < day for d in snapshot_days(workdir, model))
+
+
+def upstream_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt.date | None):
+    """Train and infer one model's day; `window_start` set means the from-scratch fit.
+
+    Returns the steps' summaries; only {"train": ...} when training was skipped.
+    """
+    wd = cfg.workdir
+    when = {"start": window_start, "end": day} if window_start else {"date": day}
+    if window_start is None and not _has_snapshot_before(wd, model, day):
+        # e.g. the window fit was skipped for lack of positives; not a marker: a later
+        # window fit makes this day runnable
+        reason = f"no {model} snapshot before {day} to warm-start from (window fit skipped?)"
+        return {"train": {"skipped": True, "reason": reason}}
+    trained, _ = run_step(wd, model, "train", day, lambda: _train(cfg, model, **when))
+    if trained.get("skipped"):
+        return {"train": trained}
+    inferred, _ = run_step(wd, model, "infer", day, lambda: _infer(cfg, model, day, window_start))
+    return {"train": trained, "infer": inferred}
+
+
+def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt.date | None):
+    """All steps of one model for one day: `upstream_day`, then materialize and index."""
+    wd = cfg.workdir
+    out = upstream_day(cfg, model, day, window_start)
+    if "infer" not in out:
+        return out
+    for entity in ENTITIES:
+        step = f"materialize_{entity}"
+        out[step], _ = run_step(
+            wd, model, step, day, lambda e=entity: _materialize(cfg, model, e, day, window_start)
+        )
+    if cfg.index:
+        out["index"], _ = run_step(wd, model, "index", day, lambda: _index(cfg, model, day))
+    return out
+
+
+def daily(cfg: PipelineConfig, day: dt.date) -> dict:
+    """`derm daily`: every step of every model for `day`, skipping what is already done."""
+    open_log(cfg.logs)  # the contract, once, before any work
+    return {model: run_model_day(cfg, model, day, None) for model in cfg.models}
+
+
+def backfill(cfg: PipelineConfig, start: dt.date, end: dt.date) -> dict:
+    """`derm backfill`: the window fit on the first `window_days` days, then the daily loop."""
+    from tqdm.auto import tqdm
+
+    if start > end:
+        raise ValueError(f"--start {start} is after --end {end}")
+    log = open_log(cfg.logs)
+    have = set(log.days())
+    missing = [d for d in _days(start, end) if d not in have]
+    if missing:
+        raise ValueError(
+            f"{cfg.logs}: no impressions on {', '.join(map(str, missing[:5]))}"
+            f"{' ...' if len(missing) > 5 else ''} (backfill needs every day of {start}..{end})"
+        )
+    window_end = min(end, start + dt.timedelta(days=cfg.window_days - 1))
+    results = {}
+    days = [window_end, *_days(window_end + dt.timedelta(days=1), end)]
+    for day in tqdm(days, desc="backfill", unit="day", disable=not cfg.progress):
+        window_start = start if day == window_end else None
+        results[str(day)] = {m: run_model_day(cfg, m, day, window_start) for m in cfg.models}
+    return results
+
+
+def _days(first: dt.date, last: dt.date) -> list[dt.date]:
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    model: str
+    entity: str
+    steps: dict[str, list[str]]  # step -> days done
+    pool_days: list[str]
+    live: int | None
+    model_version: str | None
+
+
+def status(workdir: Workdir) -> list[ModelStatus]:
+    """What `derm status` prints: per model and entity, which days each step has done."""
+    import pyarrow.dataset as pads
+
+    out = []
+    for model in MODELS:
+        steps = {}
+        for step in STEPS:
+            directory = workdir.root / "steps" / model / step
+            steps[step] = (
+                sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
+            )
+        version = None
+        if steps["train"]:
+            version = read_marker(
+                workdir, model, "train", dt.date.fromisoformat(steps["train"][-1])
+            ).get("model_version")
+        for entity in ENTITIES:
+            pools = days_in_dir(workdir.pool_dir(model, entity))
+            live = None
+            if pools:
+                live = pads.dataset(
+                    workdir.pool(model, entity, pools[-1]), format="parquet"
+                ).count_rows()
+            out.append(
+                ModelStatus(
+                    model=model,
+                    entity=entity,
+                    steps={
+                        "trained": steps["train"],
+                        "inferred": steps["infer"],
+                        "materialized": steps[f"materialize_{entity}"],
+                        "online": [
+                            d
+                            for d in steps[f"materialize_{entity}"]
+                            if (
+                                read_marker(
+                                    workdir,
+                                    model,
+                                    f"materialize_{entity}",
+                                    dt.date.fromisoformat(d),
+                                )
+                                or {}
+                            ).get("online")
+                        ],
+                    },
+                    pool_days=[d.isoformat() for d in pools],
+                    live=live,
+                    model_version=version,
+                )
+            )
+    return out
+
+
+def with_overrides(cfg: PipelineConfig, **overrides) -> PipelineConfig:
+    """`cfg` with the given fields replaced, skipping None (flags the user did not pass)."""
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,55 @@
+"""One engine interface: how pool(t-1) and day t's rows become pool(t) (paper appendix C).
+
+Every engine runs the same pure kernel (`materialize.kernel.merge_day`) over the same hash
+buckets of the entity id (`materialize.storage.bucket_of`) and hands the job the same
+`EngineOutput`; they differ only in where the buckets run. Like Feast's
+`compute_engines/`, each engine has its own small config and the caller never branches on
+the engine's type: it calls `make_engine(name, ...)` once and then `engine.merge(...)`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from materialize.kernel import KernelParams
+from materialize.storage import DailyInput
+
+STATS_COLUMNS = ("status", "cosine", "norm", "last_seen")
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What the job needs from an engine once the pool is written."""
+
+    changed: pa.Table  # <id>, embedding, last_seen, model_version (new and updated)
+    stats: pa.Table  # STATS_COLUMNS, one row per entity of either input
+
+
+class Engine(ABC):
+    """Merges one (model, entity, day) into pool(t) under a temporary directory."""
+
+    name: str
+
+    @abstractmethod
+    def merge(
+        self,
+        previous_pool: Path | None,
+        daily: DailyInput,
+        params: KernelParams,
+        dim: int,
+        buckets: int,
+        out_dir: Path,
+        progress: Callable[[int], None] = lambda n: None,
+    ) -> EngineOutput:
+        """Writes pool(t) as `buckets` bucket files plus its layout under `out_dir`.
+
+        previous_pool: pool(t-1)'s directory (bucketed with `buckets`), or None for a new
+        pool. daily: day t's validated raw rows (table and files). D = `dim`.
+        `progress(n)` is called as n more buckets are done. Returns the changed rows (new
+        and updated entities) and one stats row per entity of either input.
+        """
