@@ -1,1 +1,1 @@
-"""Feast definitions for DERM embeddings: declarative, one file per concern (like `feast init`)."""
+"""Feast definitions of DERM embeddings for `feast apply` (see embeddings.py)."""

@@ -24,7 +24,9 @@ import pyarrow.compute as pc
 
 from derm_features.core.atomic import atomic_dir, clean_stale_tmp
 from derm_features.core.provenance import compatible
-from derm_features.core.workdir import Workdir, check_model_entity, days_in_dir, join_key, view_name
+from derm_features.core.spec import join_key, view_name
+from derm_features.core.workdir import Workdir, days_in_dir
+from derm_features.feast.repo import check_ttl
 from materialize import health
 from materialize.engines import ENGINES, make_engine
 from materialize.kernel import HEURISTICS, KernelParams
@@ -49,9 +51,10 @@ class MaterializeConfig:
     model: str
     entity: str
     day: dt.date
-    heuristic: str = "ma"
-    w: float = 0.8
-    ttl_days: int = 90
+    # None: the spec's (workdir.spec); a value given here overrides it for this run
+    heuristic: str | None = None
+    w: float | None = None
+    ttl_days: int | None = None
     renormalize: bool = True
     engine: str = "local"
     spark_master: str = "local[2]"
@@ -66,7 +69,11 @@ class MaterializeConfig:
     fold_from: dt.date | None = None
 
     def __post_init__(self) -> None:
-        check_model_entity(self.model, self.entity)
+        spec = self.workdir.spec
+        spec.check_model_entity(self.model, self.entity)
+        for key in ("heuristic", "w", "ttl_days"):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, getattr(spec, key))
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got '{self.engine}'")
         if self.heuristic not in HEURISTICS:
@@ -151,8 +158,15 @@ def materialize_offline(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> DayReport:
-    """Steps 1-4: builds pool(t), the offline day file and the health row of day t."""
+    """Steps 1-4: builds pool(t), the offline day file and the health row of day t.
+
+    Raises MaterializeError before any work when the TTL differs from the registered views'.
+    """
     wd, key = config.workdir, config.id_column
+    try:
+        check_ttl(wd, config.ttl_days)
+    except ValueError as exc:
+        raise MaterializeError(str(exc)) from None
     previous = plan_day(config)
     daily = read_daily(config.daily_dirs(), key, config.model)
     previous_dir = wd.pool(config.model, config.entity, previous) if previous else None

@@ -43,7 +43,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-HEURISTICS = ("acc", "ma", "ap")
+from derm_features.core.spec import HEURISTICS
+
 T = TypeVar("T")
 
 # Status codes of the annotated table.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -70,9 +69,6 @@ def applied_workdir(workdir, redis_url) -> Workdir:
 @pytest.fixture(scope="session")
 def spark():
     """A local[2] Spark session on loopback, shared by the whole test session."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from materialize.engines.spark_session import local_spark
 
     session = local_spark("local[2]", shuffle_partitions=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import signal
@@ -224,9 +225,13 @@ def test_offline_timestamp_and_ttl_agree_with_feast(applied_workdir):
 
 
 def test_online_push_remove_and_replay_after_redis_down(applied_workdir, monkeypatch):
-    from derm_features.feast.repo import feature_store
+    from derm_features.core.spec import DermSpec
+    from derm_features.feast.repo import apply, feature_store
 
-    wd = applied_workdir
+    # A spec whose TTL is 0 days (one TTL for the pool and the views), so day 1 expires
+    # day 0's entities.
+    wd = dataclasses.replace(applied_workdir, spec=DermSpec(ttl_days=0))
+    apply(wd, quiet=True)
     e0 = add_day(wd, day(0), [1, 2], seed=0)
     materialize_day(config(wd, day(0), online=True))
     store = feature_store(wd)
@@ -243,10 +248,10 @@ def test_online_push_remove_and_replay_after_redis_down(applied_workdir, monkeyp
     good_url = os.environ["REDIS_URL"]
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/15")
     with pytest.raises(OnlineError, match="--online-only"):
-        materialize_day(config(wd, day(1), online=True, ttl_days=0))
+        materialize_day(config(wd, day(1), online=True))
     assert workdir_has_day(wd, day(1))
     monkeypatch.setenv("REDIS_URL", good_url)
-    report = push_online(config(wd, day(1), ttl_days=0))
+    report = push_online(config(wd, day(1)))
     assert (report.pushed, report.removed) == (1, 1)  # entity 1 expired with ttl 0
     values = online([1, 2])
     assert values[0] is None

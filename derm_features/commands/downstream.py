@@ -12,7 +12,13 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import WorkdirOption, fail, parse_day_option
+from derm_features.commands.options import (
+    ConfigOption,
+    WorkdirOption,
+    fail,
+    parse_day_option,
+    settings_or_exit,
+)
 
 
 def downstream_cmd(
@@ -30,6 +36,7 @@ def downstream_cmd(
     eval_start: Annotated[str, typer.Option(help="First eval day; must be after --train-end.")],
     eval_end: Annotated[str, typer.Option(help="Last eval day (inclusive).")],
     workdir: WorkdirOption = None,
+    config: ConfigOption = None,
     embeddings: Annotated[
         str,
         typer.Option(
@@ -93,7 +100,6 @@ def downstream_cmd(
     """
     from derm_features.core.atomic import write_text_atomic
     from derm_features.core.logs import LogContractError
-    from derm_features.core.workdir import Workdir
     from trainers.downstream.evaluation import markdown
     from trainers.downstream.job import (
         NO_DERM,
@@ -106,17 +112,18 @@ def downstream_cmd(
     from trainers.downstream.models import NetworkConfig
     from trainers.downstream.training_set import TrainingSetError, parse_embeddings
 
+    settings = settings_or_exit(config, workdir)
     try:
         default_epochs, default_batch = task_defaults(task)
         cfg = DownstreamConfig(
             task=task,
             logs=logs,
-            workdir=Workdir.resolve(workdir).root,
+            workdir=settings.workdir,
             train_start=parse_day_option(train_start, "--train-start"),
             train_end=parse_day_option(train_end, "--train-end"),
             eval_start=parse_day_option(eval_start, "--eval-start"),
             eval_end=parse_day_option(eval_end, "--eval-end"),
-            embeddings=parse_embeddings(embeddings),
+            embeddings=parse_embeddings(embeddings, spec=settings.spec),
             seed=seed,
             epochs=epochs or default_epochs,
             batch_size=batch_size or default_batch,
@@ -135,7 +142,7 @@ def downstream_cmd(
         raise fail(str(exc)) from None
     name = f"{task}_{'+'.join(cfg.embeddings) or 'none'}_s{seed}"
     table = markdown(comparison, name)
-    out = Workdir.resolve(workdir).metrics / "downstream"
+    out = settings.workdir.metrics / "downstream"
     write_text_atomic(table, out / f"{name}.md")
     write_text_atomic(json.dumps(comparison, indent=1, default=float), out / f"{name}.json")
     if comparison["warning"]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import fail
+from derm_features.commands.options import ConfigOption, fail, settings_or_exit
 
 
 def generate_cmd(
@@ -74,12 +74,18 @@ def validate_logs_cmd(
     path: Annotated[
         Path, typer.Argument(help="A Parquet file or a directory of them (hive ds= allowed).")
     ],
+    config: ConfigOption = None,
 ) -> None:
-    """Check an ad log against the contract; a rejection names file, column, row and rule."""
+    """Check an ad log against the contract; a rejection names file, column, row and rule.
+
+    The label columns are the DERM spec's (click and conversion, plus any label a model
+    in derm.yaml's spec: trains on). Exit code 1 for a log that breaks the contract.
+    """
     from derm_features.core.logs import LogContractError, open_log
 
+    spec = settings_or_exit(config, None).spec
     try:
-        log = open_log(path)
+        log = open_log(path, labels=spec.labels)
     except LogContractError as exc:
         raise fail(str(exc), code=1) from None
     counts = {}

@@ -6,35 +6,51 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import WorkdirOption
+from derm_features.commands.options import ConfigOption, WorkdirOption, settings_or_exit
 
 
 def materialize_cmd(
-    model: Annotated[str, typer.Option("--model", help="Upstream model: ctr or cvr.")],
+    model: Annotated[
+        str, typer.Option("--model", help="Upstream model of the DERM spec, e.g. ctr or cvr.")
+    ],
     entity: Annotated[str, typer.Option("--entity", help="Entity: user or pin.")],
     date: Annotated[str, typer.Option("--date", help="The day to materialize, YYYY-MM-DD.")],
     workdir: WorkdirOption = None,
+    config: ConfigOption = None,
     heuristic: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Aggregation: ma (moving average w*past + (1-w)*today), acc (keep "
             "the latest), ap (mean of the two latest daily embeddings; only ap keeps the "
-            "previous daily embedding in the pool)."
+            "previous daily embedding in the pool) [default: the spec's, ma]."
         ),
-    ] = "ma",
-    w: Annotated[float, typer.Option("--w", help="Weight of the past for ma (paper: 0.8).")] = 0.8,
+    ] = None,
+    w: Annotated[
+        float | None,
+        typer.Option("--w", help="Weight of the past for ma [default: the spec's, 0.8]."),
+    ] = None,
     ttl_days: Annotated[
-        int, typer.Option(help="Drop entities not seen for more than this many days.")
-    ] = 90,
+        int | None,
+        typer.Option(
+            help="Drop entities not seen for more than this many days [default: the spec's, "
+            "90]. Must equal the registered views' TTL: change it in the spec and `derm apply`."
+        ),
+    ] = None,
     engine: Annotated[
-        str, typer.Option(help="local (one machine, bucket by bucket) or spark.")
-    ] = "local",
+        str | None,
+        typer.Option(help="local (one machine, bucket by bucket) or spark [default: local]."),
+    ] = None,
     spark_master: Annotated[
         str, typer.Option(help="Spark master URL for --engine spark.")
     ] = "local[2]",
     online: Annotated[
-        bool, typer.Option("--online/--no-online", help="Push the day's changes to Redis.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--online/--no-online",
+            help="Push the day's changes to Redis [default: derm.yaml's, else on].",
+            show_default=False,
+        ),
+    ] = None,
     online_only: Annotated[
         bool,
         typer.Option(
@@ -53,12 +69,13 @@ def materialize_cmd(
         ),
     ] = False,
     renormalize: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--renormalize/--no-renormalize",
-            help="Scale aggregated embeddings back to unit L2 norm.",
+            help="Scale aggregated embeddings back to unit L2 norm [default: on].",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     fold_from: Annotated[
         str | None,
         typer.Option(
@@ -79,7 +96,6 @@ def materialize_cmd(
     from tqdm import tqdm
 
     from derm_features.commands.options import fail, parse_day_option
-    from derm_features.core.workdir import Workdir
     from materialize.health import format_metrics
     from materialize.job import (
         MaterializeConfig,
@@ -90,17 +106,30 @@ def materialize_cmd(
     from materialize.storage import MaterializeError
 
     day = parse_day_option(date, "--date")
+    settings = settings_or_exit(
+        config, workdir, heuristic=heuristic, w=w, ttl_days=ttl_days, engine=engine,
+        online=online, renormalize=renormalize,
+    )  # fmt: skip
+    spec, chosen = settings.spec, settings.materialize
+    online = chosen.get("online", True)
     try:
-        config = MaterializeConfig(
-            workdir=Workdir.resolve(workdir),
+        from derm_features.feast.repo import check_ttl
+
+        check_ttl(
+            settings.workdir,
+            spec.ttl_days,
+            "--ttl-days" if ttl_days is not None else "spec ttl_days",
+        )
+        job = MaterializeConfig(
+            workdir=settings.workdir,
             model=model,
             entity=entity,
             day=day,
-            heuristic=heuristic,
-            w=w,
-            ttl_days=ttl_days,
-            renormalize=renormalize,
-            engine=engine,
+            heuristic=spec.heuristic,
+            w=spec.w,
+            ttl_days=spec.ttl_days,
+            renormalize=chosen.get("renormalize", True),
+            engine=chosen.get("engine", "local"),
             spark_master=spark_master,
             online=online,
             allow_gap=allow_gap,
@@ -113,14 +142,14 @@ def materialize_cmd(
         if not online_only:
             with tqdm(desc=f"materialize {model}/{entity} {day}", unit="bucket") as bar:
                 report = materialize_offline(
-                    config, progress=bar.update, on_total=lambda n: setattr(bar, "total", n)
+                    job, progress=bar.update, on_total=lambda n: setattr(bar, "total", n)
                 )
             typer.echo(format_metrics(report.metrics))
             typer.echo(f"pool: {report.pool_dir}\noffline: {report.offline_file}")
             if report.reset:
                 typer.echo("model version changed: the pool was restarted (--reset-on-new-model)")
         if online or online_only:
-            result = push_online(config)
+            result = push_online(job)
             typer.echo(f"online: pushed {result.pushed:,} rows, removed {result.removed:,}")
     except MaterializeError as exc:
         raise fail(str(exc)) from None

@@ -12,7 +12,17 @@ WorkdirOption = Annotated[
     Path | None,
     typer.Option(
         "--workdir",
-        help="Work directory for every artifact of a run (default: $DERM_WORKDIR, else ./data).",
+        help="Work directory for every artifact of a run (default: $DERM_WORKDIR, else "
+        "derm.yaml's workdir, else ./data).",
+        show_default=False,
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Settings file: the DERM spec, model, train, materialize and pipeline sections "
+        "(default: ./derm.yaml when present).",
         show_default=False,
     ),
 ]
@@ -33,5 +43,15 @@ def parse_day_option(value: str, flag: str) -> dt.date:
 
     try:
         return parse_day(value, flag)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def settings_or_exit(config: Path | None, workdir: Path | None, **flags):
+    """`resolve_settings`, with any problem printed as one `error:` line and exit code 2."""
+    from derm_features.commands.settings import resolve_settings
+
+    try:
+        return resolve_settings(config, workdir, **flags)
     except ValueError as exc:
         raise fail(str(exc)) from None

@@ -8,14 +8,8 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import LogsOption, WorkdirOption
+from derm_features.commands.options import ConfigOption, LogsOption, WorkdirOption
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", help="Config file (default: ./derm.yaml when present).", show_default=False
-    ),
-]
 ModelsOption = Annotated[
     str | None,
     typer.Option("--models", help="Upstream models to run, e.g. ctr,cvr.", show_default=False),
@@ -28,6 +22,15 @@ WOption = Annotated[
     float | None,
     typer.Option("--w", help="Moving-average weight of the past (0.8).", show_default=False),
 ]
+TtlOption = Annotated[
+    int | None,
+    typer.Option(
+        "--ttl-days",
+        help="Pool TTL in days (default: the spec's, 90). Must equal the registered views' "
+        "TTL: to change it, edit derm.yaml's spec: and run `derm apply`.",
+        show_default=False,
+    ),
+]
 EngineOption = Annotated[
     str | None,
     typer.Option(
@@ -35,10 +38,20 @@ EngineOption = Annotated[
     ),
 ]
 OnlineOption = Annotated[
-    bool, typer.Option("--online/--no-online", help="Push each day's changes to Redis.")
+    bool | None,
+    typer.Option(
+        "--online/--no-online",
+        help="Push each day's changes to Redis (default: derm.yaml, else on).",
+        show_default=False,
+    ),
 ]
 IndexOption = Annotated[
-    bool, typer.Option("--index/--no-index", help="Build the Pin ANN index each day.")
+    bool | None,
+    typer.Option(
+        "--index/--no-index",
+        help="Build the Pin ANN index each day (default: derm.yaml, else on).",
+        show_default=False,
+    ),
 ]
 ThreadsOption = Annotated[
     int | None,
@@ -48,10 +61,6 @@ ThreadsOption = Annotated[
 ]
 
 
-# The command flags that override PipelineConfig (and derm.yaml); None means "not given".
-PIPELINE_FLAGS = ("models", "heuristic", "w", "engine", "online", "index", "threads", "window_days")
-# Flags that override derm.yaml's train: section (upstream TrainConfig fields).
-TRAIN_FLAGS = ("threads", "min_steps", "max_epochs", "replay_days")
 MinStepsOption = Annotated[
     int | None,
     typer.Option(
@@ -77,47 +86,35 @@ ReplayDaysOption = Annotated[
 
 
 def _pipeline_config(given: dict):
-    """PipelineConfig from derm.yaml, the environment and a command's flags (`given`)."""
-    from derm_features.commands.settings import apply_environment, load_config
-    from derm_features.core.workdir import Workdir
-    from derm_features.jobs.pipeline import PipelineConfig, with_overrides
+    """PipelineConfig from derm.yaml, the environment and a command's flags (`given`),
+    every value checked before any work (`resolve_settings`)."""
+    from derm_features.commands.settings import resolve_settings
+    from derm_features.feast.repo import check_ttl
+    from derm_features.jobs.pipeline import PipelineConfig
 
-    config, logs, workdir = given["config"], given["logs"], given["workdir"]
-    flags = {k: given[k] for k in PIPELINE_FLAGS if k in given}
-    train_flags = {k: given.get(k) for k in TRAIN_FLAGS if given.get(k) is not None}
-
-    file_cfg = load_config(config)
-    apply_environment(file_cfg)
-    base = PipelineConfig(
-        logs=Path(logs),
-        workdir=Workdir.resolve(workdir),
-        train=dict(file_cfg.get("train", {})),
-        model=dict(file_cfg.get("model", {})),
-        **{k: (tuple(v) if k == "models" else v) for k, v in file_cfg.get("pipeline", {}).items()},
-        **file_cfg.get("materialize", {}),
+    flags = {k: v for k, v in given.items() if k not in ("config", "workdir", "logs", "date")}
+    flags = {k: v for k, v in flags.items() if k not in ("start", "end")}
+    settings = resolve_settings(given["config"], given["workdir"], **flags)
+    ttl_source = "--ttl-days" if given.get("ttl_days") is not None else "the spec's ttl_days"
+    check_ttl(settings.workdir, settings.spec.ttl_days, ttl_source)  # before any training
+    return PipelineConfig(
+        logs=Path(given["logs"]),
+        workdir=settings.workdir,
+        train=settings.train,
+        model=settings.model,
+        **settings.pipeline,
+        **settings.materialize,
     )
-    models = flags.pop("models", None)
-    flags.pop("threads", None)
-    cfg = with_overrides(
-        base, models=tuple(m.strip() for m in models.split(",")) if models else None, **flags
-    )
-    if train_flags:
-        cfg = with_overrides(cfg, train={**cfg.train, **train_flags})
-        from trainers.upstream.config import TrainConfig
-
-        TrainConfig.check_settings(**cfg.train)  # the flags' ranges, before any work
-    return cfg
 
 
 def _run(fn):
     """Runs `fn`, turning the errors users can fix into one clear line and exit code 2."""
     from derm_features.commands.options import fail
-    from derm_features.commands.settings import ConfigError
     from derm_features.core.logs import LogContractError
 
     try:
         return fn()
-    except (ConfigError, LogContractError, ValueError, FileNotFoundError) as exc:
+    except (LogContractError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
 
 
@@ -129,9 +126,10 @@ def daily_cmd(
     models: ModelsOption = None,
     heuristic: HeuristicOption = None,
     w: WOption = None,
+    ttl_days: TtlOption = None,
     engine: EngineOption = None,
-    online: OnlineOption = True,
-    index: IndexOption = True,
+    online: OnlineOption = None,
+    index: IndexOption = None,
     threads: ThreadsOption = None,
     min_steps: MinStepsOption = None,
     max_epochs: MaxEpochsOption = None,
@@ -167,9 +165,10 @@ def backfill_cmd(
     models: ModelsOption = None,
     heuristic: HeuristicOption = None,
     w: WOption = None,
+    ttl_days: TtlOption = None,
     engine: EngineOption = None,
-    online: OnlineOption = True,
-    index: IndexOption = True,
+    online: OnlineOption = None,
+    index: IndexOption = None,
     threads: ThreadsOption = None,
     min_steps: MinStepsOption = None,
     max_epochs: MaxEpochsOption = None,
@@ -211,15 +210,15 @@ def _summary(per_model: dict) -> dict:
     return out
 
 
-def status_cmd(workdir: WorkdirOption = None) -> None:
+def status_cmd(workdir: WorkdirOption = None, config: ConfigOption = None) -> None:
     """Show per model and entity which days are trained, inferred, materialized and online.
 
     Also the live pool size of the newest day and the newest model version.
     """
-    from derm_features.core.workdir import Workdir
+    from derm_features.commands.options import settings_or_exit
     from derm_features.jobs.pipeline import status
 
-    wd = Workdir.resolve(workdir)
+    wd = settings_or_exit(config, workdir).workdir
 
     def days(values: list[str]) -> str:
         if not values:

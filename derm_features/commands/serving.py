@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import WorkdirOption
+from derm_features.commands.options import ConfigOption, WorkdirOption, settings_or_exit
 
 ModelOption = Annotated[
     str, typer.Option("--model", help="Upstream model whose embeddings to use: ctr or cvr.")
@@ -29,6 +29,7 @@ BetaOverride = Annotated[
 def index_cmd(
     date: Annotated[str, typer.Option("--date", help="Day (YYYY-MM-DD) of the Pin pool to index.")],
     workdir: WorkdirOption = None,
+    config: ConfigOption = None,
     model: ModelOption = "ctr",
     kind: Annotated[
         str,
@@ -74,12 +75,12 @@ def index_cmd(
     WORKDIR/index/<model>/ds=<date>/ (index, id map, manifest). It ranks by
     cos(u, p) + beta * log(1 + positives of p over the last --popularity-days days)."""
     from derm_features.commands.options import fail, parse_day_option
-    from derm_features.core.workdir import Workdir
     from derm_features.serving.ann import AnnIndexError, IndexConfig, build_index
 
     try:
-        config = IndexConfig(
-            Workdir.resolve(workdir),
+        settings = settings_or_exit(config, workdir)
+        index_cfg = IndexConfig(
+            settings.workdir,
             model,
             parse_day_option(date, "--date"),
             kind=kind,
@@ -91,12 +92,12 @@ def index_cmd(
             beta=beta,
             fit_k=fit_k,
         )
-        index = build_index(config)
+        index = build_index(index_cfg)
     except (AnnIndexError, ValueError) as exc:
         raise fail(str(exc)) from None
     m = index.manifest
     typer.echo(
-        f"index {config.workdir.index(model, config.day)}: {m.count} Pins, D={m.dim}, "
+        f"index {index_cfg.workdir.index(model, index_cfg.day)}: {m.count} Pins, D={m.dim}, "
         f"{m.kind}, {m.model_version}"
         + (f" ({m.skipped_zero_norm} zero-norm rows skipped)" if m.skipped_zero_norm else "")
     )
@@ -122,6 +123,7 @@ def _popularity_line(m) -> str:
 def retrieve_cmd(
     user: Annotated[int, typer.Option("--user", help="The user_id to retrieve Pins for.")],
     workdir: WorkdirOption = None,
+    config: ConfigOption = None,
     model: ModelOption = "ctr",
     k: Annotated[int, typer.Option("--k", help="How many Pins.", min=1, max=10_000)] = 100,
     date: Annotated[
@@ -142,12 +144,12 @@ def retrieve_cmd(
     for one user."""
     from derm_features.commands.options import fail, parse_day_option
     from derm_features.core.provenance import compatible
-    from derm_features.core.workdir import Workdir, parse_day
+    from derm_features.core.workdir import parse_day
     from derm_features.serving.ann import AnnIndexError, load_index, pool_vector
 
     if source not in ("pool", "redis"):
         raise fail(f"--from must be 'pool' or 'redis', got '{source}'")
-    wd = Workdir.resolve(workdir)
+    wd = settings_or_exit(config, workdir).workdir
     try:
         index = load_index(wd, model, parse_day_option(date, "--date") if date else None)
         day = parse_day(index.manifest.day)
@@ -177,7 +179,7 @@ def retrieve_cmd(
 
 def _online_user_vector(wd, model: str, user: int):
     from derm_features.commands.options import fail
-    from derm_features.core.workdir import view_name
+    from derm_features.core.spec import view_name
     from derm_features.feast.online_store import EmbeddingReader, OnlineStoreUnavailable
     from derm_features.feast.repo import feature_store
 
@@ -193,6 +195,7 @@ def _online_user_vector(wd, model: str, user: int):
 
 def serve_cmd(
     workdir: WorkdirOption = None,
+    config: ConfigOption = None,
     host: Annotated[
         str,
         typer.Option(
@@ -211,14 +214,17 @@ def serve_cmd(
     over HTTP. Redis comes from REDIS_URL (rediss:// for TLS; credentials only there);
     the newest Pin index of each model in WORKDIR is loaded at start."""
     from derm_features.commands.options import fail
-    from derm_features.core.workdir import Workdir
     from derm_features.serving.ann import AnnIndexError
     from derm_features.serving.server import ServeConfig, run
 
-    config = ServeConfig(
-        Workdir.resolve(workdir), host=host, port=port, access_log=access_log, beta=beta
+    serve_cfg = ServeConfig(
+        settings_or_exit(config, workdir).workdir,
+        host=host,
+        port=port,
+        access_log=access_log,
+        beta=beta,
     )
     try:
-        run(config)
+        run(serve_cfg)
     except AnnIndexError as exc:
         raise fail(str(exc)) from None

@@ -10,12 +10,19 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import LogsOption, WorkdirOption
+from derm_features.commands.options import (
+    ConfigOption,
+    LogsOption,
+    WorkdirOption,
+    settings_or_exit,
+)
 
 ModelOption = Annotated[
     str,
     typer.Option(
-        "--model", help="Upstream model: 'ctr' (trains on clicks) or 'cvr' (conversions)."
+        "--model",
+        help="Upstream model of the DERM spec, e.g. 'ctr' (trains on clicks) or 'cvr' "
+        "(conversions).",
     ),
 ]
 
@@ -36,6 +43,7 @@ def train_cmd(
     model: ModelOption,
     logs: LogsOption,
     workdir: WorkdirOption = None,
+    config: ConfigOption = None,
     start: Annotated[
         str | None, typer.Option(help="Window fit: first day (YYYY-MM-DD), with --end.")
     ] = None,
@@ -51,49 +59,63 @@ def train_cmd(
         ),
     ] = None,
     epochs: Annotated[
-        int, typer.Option(help="At least this many passes over the training days.")
-    ] = 1,
+        int | None,
+        typer.Option(help="At least this many passes over the training days [default: 1]."),
+    ] = None,
     min_steps: Annotated[
         int,
         typer.Option(
             help="Steps a fit should take: an incremental day replays earlier days "
             "(--replay-days), then any fit adds passes (up to --max-epochs); a small day is "
-            "otherwise one or two steps."
+            "otherwise one or two steps [default: 30]."
         ),
-    ] = 30,
-    max_epochs: Annotated[int, typer.Option(help="The cap on passes that --min-steps adds.")] = 10,
+    ] = None,
+    max_epochs: Annotated[
+        int | None, typer.Option(help="The cap on passes that --min-steps adds [default: 10].")
+    ] = None,
     replay_days: Annotated[
         int,
         typer.Option(
             help="Incremental day: reach --min-steps by also training on up to this many days "
-            "before --date (the fewest that suffice), before adding passes."
+            "before --date (the fewest that suffice), before adding passes [default: 6]."
         ),
-    ] = 6,
+    ] = None,
     batch_size: Annotated[
-        int, typer.Option(help="Rows per batch (also SSL in-batch negatives).")
-    ] = 1024,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-3,
-    seed: Annotated[int, typer.Option(help="Seeds weights, shuffle and dropout.")] = 0,
+        int | None,
+        typer.Option(help="Rows per batch (also SSL in-batch negatives) [default: 1024]."),
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate [default: 0.002].")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seeds weights, shuffle and dropout [default: 0].")
+    ] = None,
     shuffle_buffer: Annotated[
-        int, typer.Option(help="Rows shuffled together (bounds memory); 0 keeps log order.")
-    ] = 65_536,
+        int | None,
+        typer.Option(
+            help="Rows shuffled together (bounds memory); 0 keeps log order [default: 65536]."
+        ),
+    ] = None,
     num_workers: Annotated[
-        int, typer.Option(help="DataLoader worker processes decoding Parquet (0: in-process).")
-    ] = 0,
+        int | None,
+        typer.Option(
+            help="DataLoader worker processes decoding Parquet (0: in-process) [default: 0]."
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(help="torch CPU threads (default: torch's choice; 1 on a busy machine)."),
     ] = None,
     embedding_dim: Annotated[
         int | None,
-        typer.Option(help="D of the tower outputs (window fit; default 64, or the snapshot's)."),
+        typer.Option(
+            help="D of the tower outputs (window fit; default: the spec's embedding_dim, 64)."
+        ),
     ] = None,
     accelerator: Annotated[
-        str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
-    ] = "auto",
+        str | None, typer.Option(help="Lightning accelerator: auto, cpu, gpu [default: auto].")
+    ] = None,
     devices: Annotated[
-        str, typer.Option(help="Lightning devices: auto, a count, or ids.")
-    ] = "auto",
+        str | None, typer.Option(help="Lightning devices: auto, a count, or ids [default: auto].")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
 ) -> None:
     """Train the upstream DERM model: a window fit (--start/--end) or one incremental day (--date).
@@ -105,31 +127,39 @@ def train_cmd(
     from derm_features.core.logs import LogContractError
     from trainers.upstream.config import ModelConfig, TrainConfig
 
+    flags = {
+        "epochs": epochs, "min_steps": min_steps, "max_epochs": max_epochs,
+        "replay_days": replay_days, "batch_size": batch_size, "lr": lr,
+        "shuffle_buffer": shuffle_buffer, "num_workers": num_workers, "threads": threads,
+        "accelerator": accelerator,
+        "devices": None if devices is None else int(devices) if devices.isdigit() else devices,
+    }  # fmt: skip
+    settings = settings_or_exit(config, workdir, threads=threads, seed=seed)
+    train_values = {**settings.train, **{k: v for k, v in flags.items() if v is not None}}
     try:
+        TrainConfig.check_settings(**{k: flags[k] for k in flags if flags[k] is not None})
+        spec = settings.spec
         model_cfg = None
-        if embedding_dim is not None:
-            model_cfg = ModelConfig(embedding_dim=embedding_dim)
+        if start is not None or embedding_dim is not None:  # a day keeps its snapshot's
+            model_cfg = ModelConfig.from_dict(
+                {
+                    **ModelConfig().to_dict(),
+                    "embedding_dim": embedding_dim or spec.embedding_dim,
+                    "tasks": list(spec.labels),
+                    **settings.model,
+                }
+            )
         cfg = TrainConfig(
             model=model,
             logs=logs,
-            workdir=workdir,
+            workdir=settings.workdir,
             start=_day(start, "--start"),
             end=_day(end, "--end"),
             date=_day(date, "--date"),
-            batch_size=batch_size,
-            lr=lr,
-            epochs=epochs,
-            min_steps=min_steps,
-            max_epochs=max_epochs,
-            replay_days=replay_days,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
-            num_workers=num_workers,
-            threads=threads,
-            accelerator=accelerator,
-            devices=int(devices) if devices.isdigit() else devices,
+            seed=settings.pipeline.get("seed", 0),
             progress=progress,
             model_cfg=model_cfg,
+            **train_values,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -151,6 +181,7 @@ def infer_cmd(
     logs: LogsOption,
     date: Annotated[str, typer.Option(help="Snapshot day D: runs checkpoints/<model>/<D>.ckpt.")],
     workdir: WorkdirOption = None,
+    config: ConfigOption = None,
     back_inference: Annotated[
         bool,
         typer.Option(
@@ -172,12 +203,13 @@ def infer_cmd(
     from derm_features.core.logs import LogContractError
     from trainers.upstream.config import InferConfig
 
+    settings = settings_or_exit(config, workdir)
     try:
         cfg = InferConfig(
             model=model,
             logs=logs,
             date=_day(date, "--date"),
-            workdir=workdir,
+            workdir=settings.workdir,
             back_inference=back_inference,
             start=_day(start, "--start"),
             batch_size=batch_size,

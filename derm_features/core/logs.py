@@ -7,6 +7,8 @@ one row per impression:
     ts                timestamp (UTC or naive, read as UTC), never null
     click             0/1, never null
     conversion        0/1, null where unknown
+    <label>           0/1, null where unknown: each further label column the DERM spec
+                      names for an upstream model (e.g. `save`), required when named
     surface           optional string
     user_* pin_* ctx_* features, routed to the user, Pin and interaction towers;
                       the Arrow type picks the encoder:
@@ -33,6 +35,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 REQUIRED = ("user_id", "pin_id", "ts", "click", "conversion")
+BASE_LABELS = ("click", "conversion")
 TOWER_PREFIXES = {"user_": "user", "pin_": "pin", "ctx_": "ctx"}
 PARTITION_COLUMN = "ds"
 
@@ -60,16 +63,20 @@ class LogSchema:
     id_type: str  # "int64" | "string"
     features: tuple[FeatureSpec, ...]
     has_surface: bool = False
+    extra_labels: tuple[str, ...] = ()  # label columns beyond click and conversion
 
     def tower(self, tower: str) -> tuple[FeatureSpec, ...]:
         return tuple(f for f in self.features if f.tower == tower)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "id_type": self.id_type,
             "has_surface": self.has_surface,
             "features": [f.__dict__ for f in self.features],
         }
+        if self.extra_labels:
+            d["extra_labels"] = list(self.extra_labels)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> LogSchema:
@@ -77,6 +84,7 @@ class LogSchema:
             id_type=d["id_type"],
             has_surface=d.get("has_surface", False),
             features=tuple(FeatureSpec(**f) for f in d["features"]),
+            extra_labels=tuple(d.get("extra_labels", ())),
         )
 
 
@@ -92,7 +100,7 @@ class Log:
 
     def columns(self) -> list[str]:
         return (
-            ["user_id", "pin_id", "ts", "click", "conversion"]
+            ["user_id", "pin_id", "ts", *BASE_LABELS, *self.schema.extra_labels]
             + (["surface"] if self.schema.has_surface else [])
             + [f.name for f in self.schema.features]
         )
@@ -195,11 +203,16 @@ def classify_feature(name: str, t: pa.DataType) -> FeatureSpec | str:
     )
 
 
-def _schema_of_file(file: Path, schema: pa.Schema) -> LogSchema:
+def _schema_of_file(file: Path, schema: pa.Schema, extra_labels: tuple[str, ...] = ()) -> LogSchema:
     names = set(schema.names)
     for col in REQUIRED:
         if col not in names:
             raise LogContractError(f"{file}: column '{col}' is missing (required: {REQUIRED})")
+    for col in extra_labels:
+        if col not in names:
+            raise LogContractError(
+                f"{file}: label column '{col}' is missing (the DERM spec's label of a model)"
+            )
     id_types = set()
     for col in ("user_id", "pin_id"):
         t = schema.field(col).type
@@ -220,7 +233,7 @@ def _schema_of_file(file: Path, schema: pa.Schema) -> LogSchema:
         raise LogContractError(f"{file}: column 'ts' has type {ts}; it must be a timestamp")
     if ts.tz not in (None, "UTC", "utc", "Etc/UTC", "+00:00"):
         raise LogContractError(f"{file}: column 'ts' has time zone '{ts.tz}'; it must be UTC")
-    for col in ("click", "conversion"):
+    for col in (*BASE_LABELS, *extra_labels):
         t = schema.field(col).type
         if not (_is_int(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
             raise LogContractError(f"{file}: column '{col}' has type {t}; it must be 0/1 integers")
@@ -233,13 +246,18 @@ def _schema_of_file(file: Path, schema: pa.Schema) -> LogSchema:
         )
     features = []
     for f in schema:
-        if f.name in REQUIRED or f.name in ("surface", PARTITION_COLUMN):
+        if f.name in REQUIRED or f.name in (*extra_labels, "surface", PARTITION_COLUMN):
             continue
         spec = classify_feature(f.name, f.type)
         if isinstance(spec, str):
             raise LogContractError(f"{file}: column '{f.name}': {spec}")
         features.append(spec)
-    return LogSchema(id_type=id_types.pop(), features=tuple(features), has_surface=has_surface)
+    return LogSchema(
+        id_type=id_types.pop(),
+        features=tuple(features),
+        has_surface=has_surface,
+        extra_labels=tuple(extra_labels),
+    )
 
 
 def _first_bad_row(mask: pa.ChunkedArray | pa.Array) -> int | None:
@@ -258,7 +276,8 @@ def _check_values(file: Path, schema: LogSchema, batches: Iterator[pa.RecordBatc
                 raise LogContractError(
                     f"{file}: column '{col}' row {offset + row}: null is not allowed"
                 )
-        for col, nullable in (("click", False), ("conversion", True)):
+        labels = [("click", False), ("conversion", True)]
+        for col, nullable in labels + [(c, True) for c in schema.extra_labels]:
             arr = batch.column(col)
             if pa.types.is_null(arr.type) or pa.types.is_boolean(arr.type):
                 continue
@@ -289,18 +308,25 @@ def _check_values(file: Path, schema: LogSchema, batches: Iterator[pa.RecordBatc
         offset += batch.num_rows
 
 
-def validate_logs(path: str | Path, check_values: bool = True) -> LogSchema:
+def validate_logs(
+    path: str | Path, check_values: bool = True, labels: tuple[str, ...] = BASE_LABELS
+) -> LogSchema:
     """Checks a log against the contract and returns its schema; see `open_log`."""
-    return open_log(path, check_values=check_values).schema
+    return open_log(path, check_values=check_values, labels=labels).schema
 
 
-def open_log(path: str | Path, check_values: bool = True) -> Log:
+def open_log(
+    path: str | Path, check_values: bool = True, labels: tuple[str, ...] = BASE_LABELS
+) -> Log:
     """Validates a log (every file: schema, then values) and opens it as one dataset.
 
     All files must agree on id type and feature set: a feature missing from one file, or
-    typed differently there, is an error naming that file.
+    typed differently there, is an error naming that file. `labels`: the label columns of
+    the DERM spec's models (`DermSpec.labels`); those beyond click and conversion must be
+    present, 0/1 or null. Raises LogContractError naming file, column, row and rule.
     """
     path = Path(path)
+    extra_labels = tuple(label for label in labels if label not in BASE_LABELS)
     files = log_files(path)
     first: LogSchema | None = None
     for file in files:
@@ -308,7 +334,7 @@ def open_log(path: str | Path, check_values: bool = True) -> Log:
             arrow_schema = pq.read_schema(file)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is rejected the same way
             raise LogContractError(f"{file}: not a readable Parquet file ({exc})") from None
-        schema = _schema_of_file(file, arrow_schema)
+        schema = _schema_of_file(file, arrow_schema, extra_labels)
         if first is None:
             first = schema
         elif schema != first:

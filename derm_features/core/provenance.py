@@ -2,7 +2,7 @@
 
 A version string is ``<model>-<lineage>-d<D>@<YYYY-MM-DD>``:
 
-    model    ctr | cvr
+    model    the upstream model of the DERM spec (ctr, cvr, ...)
     lineage  8 hex chars, drawn when an upstream model is trained from scratch (window fit)
              and inherited by every incremental day trained from it
     D        the tower output dimension
@@ -19,7 +19,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-_PATTERN = re.compile(r"^(ctr|cvr)-([0-9a-f]{8})-d(\d+)@(\d{4}-\d{2}-\d{2})$")
+_PATTERN = re.compile(r"^([a-z][a-z0-9]*)-([0-9a-f]{8})-d(\d+)@(\d{4}-\d{2}-\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ModelVersion:
         m = _PATTERN.match(text or "")
         if not m:
             raise ValueError(
-                f"model_version '{text}' is not of the form <ctr|cvr>-<8 hex>-d<D>@<YYYY-MM-DD>"
+                f"model_version '{text}' is not of the form <model>-<8 hex>-d<D>@<YYYY-MM-DD>"
             )
         return cls(m[1], m[2], int(m[3]), dt.date.fromisoformat(m[4]))
 

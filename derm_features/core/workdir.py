@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-MODELS = ("ctr", "cvr")
-ENTITIES = ("user", "pin")
+from derm_features.core.spec import DermSpec, view_name
+
 DEFAULT_WORKDIR = "./data"
 
 
@@ -33,26 +33,6 @@ def workdir_root(explicit: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
-def view_name(model: str, entity: str) -> str:
-    """The Feast feature view of a model's entity embedding, e.g. ``ctr_user_embedding``."""
-    check_model_entity(model, entity)
-    return f"{model}_{entity}_embedding"
-
-
-def join_key(entity: str) -> str:
-    """The entity's join key, ``user_id`` or ``pin_id``."""
-    if entity not in ENTITIES:
-        raise ValueError(f"entity must be one of {ENTITIES}, got '{entity}'")
-    return f"{entity}_id"
-
-
-def check_model_entity(model: str, entity: str) -> None:
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got '{model}'")
-    if entity not in ENTITIES:
-        raise ValueError(f"entity must be one of {ENTITIES}, got '{entity}'")
-
-
 def ds(day: dt.date) -> str:
     """The partition value of a day, ``ds=YYYY-MM-DD``."""
     return f"ds={day.isoformat()}"
@@ -60,13 +40,29 @@ def ds(day: dt.date) -> str:
 
 @dataclass(frozen=True)
 class Workdir:
-    """Paths of one run's artifacts. Pure: creating one touches no disk."""
+    """Paths of one run's artifacts, laid out for a `DermSpec` (default: ctr and cvr).
+
+    Pure: creating one touches no disk. A model or entity outside the spec raises ValueError.
+    """
 
     root: Path
+    spec: DermSpec = field(default_factory=DermSpec)
+    # The Redis online store of this deployment (redis:// URL); None: $REDIS_URL, else
+    # redis://127.0.0.1:6379 (derm_features.feast.redis_url).
+    redis_url: str | None = None
 
     @classmethod
-    def resolve(cls, explicit: str | os.PathLike | None = None) -> Workdir:
-        return cls(workdir_root(explicit))
+    def resolve(
+        cls,
+        explicit: Workdir | str | os.PathLike | None = None,
+        spec: DermSpec | None = None,
+        redis_url: str | None = None,
+    ) -> Workdir:
+        """`explicit` (a Workdir is returned as it is), else $DERM_WORKDIR, else ./data,
+        made absolute, with `spec` (default: the default spec) and `redis_url`."""
+        if isinstance(explicit, Workdir):
+            return explicit
+        return cls(workdir_root(explicit), spec or DermSpec(), redis_url)
 
     @property
     def registry(self) -> Path:
@@ -86,32 +82,33 @@ class Workdir:
         return self.root / "metrics"
 
     def checkpoint(self, model: str, day: dt.date) -> Path:
-        check_model_entity(model, "user")
+        self.spec.check_model(model)
         return self.root / "checkpoints" / model / f"{day.isoformat()}.ckpt"
 
     def checkpoints_dir(self, model: str) -> Path:
-        check_model_entity(model, "user")
+        self.spec.check_model(model)
         return self.root / "checkpoints" / model
 
     def daily_dir(self, model: str, entity: str) -> Path:
-        check_model_entity(model, entity)
+        self.spec.check_model_entity(model, entity)
         return self.root / "daily" / model / entity
 
     def daily(self, model: str, entity: str, day: dt.date) -> Path:
         return self.daily_dir(model, entity) / ds(day)
 
     def pool_dir(self, model: str, entity: str) -> Path:
-        check_model_entity(model, entity)
+        self.spec.check_model_entity(model, entity)
         return self.root / "pool" / model / entity
 
     def pool(self, model: str, entity: str, day: dt.date) -> Path:
         return self.pool_dir(model, entity) / ds(day)
 
     def offline(self, model: str, entity: str) -> Path:
+        self.spec.check_model_entity(model, entity)
         return self.root / "offline" / view_name(model, entity)
 
     def index_dir(self, model: str) -> Path:
-        check_model_entity(model, "pin")
+        self.spec.check_model(model)
         return self.root / "index" / model
 
     def index(self, model: str, day: dt.date) -> Path:

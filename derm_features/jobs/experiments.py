@@ -34,7 +34,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from derm_features.core.workdir import ENTITIES, MODELS, Workdir
+from derm_features.core.workdir import Workdir
 from trainers.downstream.training_set import EMBEDDING_KEYS
 
 ALL = EMBEDDING_KEYS
@@ -184,7 +184,7 @@ def upstream(cfg: ExperimentConfig, workdir: Workdir, logs: Path) -> None:
         progress=False,
     )
     window_end = cfg.day(cfg.window_days - 1)
-    for model in MODELS:
+    for model in workdir.spec.model_names:
         for i in range(cfg.window_days - 1, cfg.days):
             day = cfg.day(i)
             _say(cfg, f"upstream {model} {day}: {'window fit' if day == window_end else 'day'}")
@@ -235,7 +235,7 @@ def training_sets(cfg: ExperimentConfig, workdir: Workdir, logs: Path, keys: tup
 
     out = []
     for start, end in (cfg.train_range, cfg.eval_range):
-        ts_cfg = TrainingSetConfig(logs, workdir.root, start, end, keys)
+        ts_cfg = TrainingSetConfig(logs, workdir, start, end, keys)
         if (ts_cfg.output_dir() / "meta.json").is_file():
             out.append(open_training_set(ts_cfg.output_dir()))
             continue
@@ -267,7 +267,7 @@ def downstream_config(cfg: ExperimentConfig, logs: Path, workdir: Workdir, keys=
     task = TABLES[cfg.table]
     epochs, batch_size = task_defaults(task)
     return DownstreamConfig(
-        task=task, logs=logs, workdir=workdir.root,
+        task=task, logs=logs, workdir=workdir,
         train_start=cfg.train_range[0], train_end=cfg.train_range[1],
         eval_start=cfg.eval_range[0], eval_end=cfg.eval_range[1],
         embeddings=tuple(keys), seed=seed, epochs=cfg.downstream_epochs or epochs,
@@ -457,7 +457,7 @@ def run_experiment(cfg: ExperimentConfig) -> ExperimentResult:
     else:
         subsets = TABLE2_SUBSETS if cfg.table == "table2" else TABLE4_SUBSETS
         about = f"DERM embedding subsets, {TABLES[cfg.table].upper()} task"
-        materialize(cfg, workdir, tuple((m, e) for m in MODELS for e in ENTITIES))
+        materialize(cfg, workdir, tuple((m, e) for m, e, _ in workdir.spec.views()))
         # one fetch and one encoding; each run reads its subset
         base = encoding(cfg, logs, workdir, training_sets(cfg, workdir, logs, ALL))
         baseline = downstream_runs(cfg, logs, workdir, base, ())

@@ -23,27 +23,27 @@ from pathlib import Path
 
 from derm_features.core.atomic import write_text_atomic
 from derm_features.core.logs import open_log
-from derm_features.core.workdir import ENTITIES, MODELS, Workdir, days_in_dir
+from derm_features.core.workdir import Workdir, days_in_dir
 
 STEPS = ("train", "infer", "materialize_user", "materialize_pin", "index")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Everything `derm daily` / `derm backfill` decide; filled from derm.yaml and flags."""
+    """Everything `derm daily` / `derm backfill` decide; filled from derm.yaml and flags.
+
+    The work directory carries the DERM spec: its models, D, heuristic, w and TTL.
+    """
 
     logs: Path
     workdir: Workdir
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] | None = None  # None: every model of the spec
     window_days: int = 7  # backfill: days of the from-scratch window fit
     seed: int = 0
     # upstream training (TrainConfig fields) and model shape (ModelConfig fields)
     train: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
-    # materialization
-    heuristic: str = "ma"
-    w: float = 0.8
-    ttl_days: int = 90
+    # materialization (heuristic, w and the TTL are the spec's)
     renormalize: bool = True
     engine: str = "local"
     online: bool = True
@@ -51,9 +51,14 @@ class PipelineConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        unknown = set(self.models) - set(MODELS)
+        spec_models = self.workdir.spec.model_names
+        if self.models is None:
+            object.__setattr__(self, "models", spec_models)
+        unknown = set(self.models) - set(spec_models)
         if unknown or not self.models:
-            raise ValueError(f"--models must be a non-empty subset of {MODELS}, got {self.models}")
+            raise ValueError(
+                f"--models must be a non-empty subset of {spec_models}, got {self.models}"
+            )
         if self.window_days < 1:
             raise ValueError(f"--window-days must be >= 1, got {self.window_days}")
 
@@ -81,9 +86,12 @@ def run_step(
 
 
 def _model_cfg(cfg: PipelineConfig):
+    """The window fit's network: the spec's D and labels, then derm.yaml's model: fields."""
     from trainers.upstream.config import ModelConfig
 
-    return ModelConfig.from_dict({**ModelConfig().to_dict(), **cfg.model}) if cfg.model else None
+    spec = cfg.workdir.spec
+    defaults = {"embedding_dim": spec.embedding_dim, "tasks": list(spec.labels)}
+    return ModelConfig.from_dict({**ModelConfig().to_dict(), **defaults, **cfg.model})
 
 
 def _train(cfg: PipelineConfig, model: str, **when) -> dict:
@@ -95,7 +103,7 @@ def _train(cfg: PipelineConfig, model: str, **when) -> dict:
         TrainConfig(
             model=model,
             logs=cfg.logs,
-            workdir=cfg.workdir.root,
+            workdir=cfg.workdir,
             seed=cfg.seed,
             progress=cfg.progress,
             model_cfg=model_cfg,
@@ -117,7 +125,7 @@ def _infer(cfg: PipelineConfig, model: str, day: dt.date, back_from: dt.date | N
             model=model,
             logs=cfg.logs,
             date=day,
-            workdir=cfg.workdir.root,
+            workdir=cfg.workdir,
             progress=cfg.progress,
             back_inference=back,
             start=back_from if back else None,
@@ -137,9 +145,6 @@ def _materialize(
             model=model,
             entity=entity,
             day=day,
-            heuristic=cfg.heuristic,
-            w=cfg.w,
-            ttl_days=cfg.ttl_days,
             renormalize=cfg.renormalize,
             engine=cfg.engine,
             online=cfg.online,
@@ -193,7 +198,7 @@ def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: d
     out = upstream_day(cfg, model, day, window_start)
     if "infer" not in out:
         return out
-    for entity in ENTITIES:
+    for entity in wd.spec.entity_names:
         step = f"materialize_{entity}"
         out[step], _ = run_step(
             wd, model, step, day, lambda e=entity: _materialize(cfg, model, e, day, window_start)
@@ -205,7 +210,7 @@ def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: d
 
 def daily(cfg: PipelineConfig, day: dt.date) -> dict:
     """`derm daily`: every step of every model for `day`, skipping what is already done."""
-    open_log(cfg.logs)  # the contract, once, before any work
+    open_log(cfg.logs, labels=cfg.workdir.spec.labels)  # the contract, before any work
     return {model: run_model_day(cfg, model, day, None) for model in cfg.models}
 
 
@@ -215,7 +220,7 @@ def backfill(cfg: PipelineConfig, start: dt.date, end: dt.date) -> dict:
 
     if start > end:
         raise ValueError(f"--start {start} is after --end {end}")
-    log = open_log(cfg.logs)
+    log = open_log(cfg.logs, labels=cfg.workdir.spec.labels)
     have = set(log.days())
     missing = [d for d in _days(start, end) if d not in have]
     if missing:
@@ -251,7 +256,7 @@ def status(workdir: Workdir) -> list[ModelStatus]:
     import pyarrow.dataset as pads
 
     out = []
-    for model in MODELS:
+    for model in workdir.spec.model_names:
         steps = {}
         for step in STEPS:
             directory = workdir.root / "steps" / model / step
@@ -263,7 +268,7 @@ def status(workdir: Workdir) -> list[ModelStatus]:
             version = read_marker(
                 workdir, model, "train", dt.date.fromisoformat(steps["train"][-1])
             ).get("model_version")
-        for entity in ENTITIES:
+        for entity in workdir.spec.entity_names:
             pools = days_in_dir(workdir.pool_dir(model, entity))
             live = None
             if pools:

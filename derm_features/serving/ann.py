@@ -54,7 +54,8 @@ import pyarrow.compute as pc
 
 from derm_features.core.atomic import atomic_dir, clean_stale_tmp
 from derm_features.core.provenance import ModelVersion, compatible
-from derm_features.core.workdir import Workdir, check_model_entity, days_in_dir, join_key
+from derm_features.core.spec import join_key
+from derm_features.core.workdir import Workdir, days_in_dir
 from derm_features.serving import popularity
 from materialize.kernel import embedding_matrix
 from materialize.storage import read_pool
@@ -104,7 +105,7 @@ class IndexConfig:
     fit_k: int = 100
 
     def __post_init__(self) -> None:
-        check_model_entity(self.model, "pin")
+        self.workdir.spec.check_model_entity(self.model, "pin")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got '{self.kind}'")
         for name in ("hnsw_m", "ef_construction", "ef_search", "fit_k"):
@@ -404,9 +405,9 @@ def build_index(config: IndexConfig) -> PinIndex:
     log_pop, what = None, None
     if logs is not None:
         start, end = popularity.window(config.day, config.popularity_days)
-        label = popularity.POSITIVE_LABEL[config.model]
+        label = config.workdir.spec.label(config.model)
         log_pop = popularity.log_popularity(
-            pin_ids, popularity.read_positives(logs, config.model, start, end)
+            pin_ids, popularity.read_positives(logs, label, start, end)
         )
         what = f"log(1 + {label} count over {start}..{end})"
     index = PinIndex.from_vectors(
@@ -468,8 +469,9 @@ def fit_index_beta(config: IndexConfig, logs: Path, dim: int) -> tuple[float, di
     if users is None or pins is None or users[2] != dim or pins[2] != dim:
         return 0.0, {**base, "note": f"not fitted: no user and Pin pools of D={dim} for {before}"}
     start, end = popularity.window(before, config.popularity_days)
-    log_pop = popularity.log_popularity(pins[0], popularity.read_positives(logs, model, start, end))
-    acted = popularity.read_positives(logs, model, day, day).by_user()
+    label = wd.spec.label(model)
+    log_pop = popularity.log_popularity(pins[0], popularity.read_positives(logs, label, start, end))
+    acted = popularity.read_positives(logs, label, day, day).by_user()
     row_of_user = {u: i for i, u in enumerate(users[0].tolist())}
     chosen = [u for u in sorted(acted) if u in row_of_user]
     if not chosen:

@@ -36,7 +36,6 @@ import pyarrow.compute as pc
 # A small grid: cosines lie in [-1, 1] and log-counts in [0, ~10], so beta around 0.01-1
 # moves the ranking; 10 is popularity order with cosine as tie-break.
 BETA_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 10.0)
-POSITIVE_LABEL = {"ctr": "click", "cvr": "conversion"}  # the upstream models' SSL positives
 
 
 @dataclass(frozen=True)
@@ -62,20 +61,20 @@ class Positives:
         }
 
 
-def read_positives(logs: Path, model: str, start: dt.date, end: dt.date) -> Positives:
-    """Rows of `logs` with start <= day(ts) <= end whose `model`'s label is 1.
+def read_positives(logs: Path, label: str, start: dt.date, end: dt.date) -> Positives:
+    """Rows of `logs` with start <= day(ts) <= end whose `label` column is 1 (the upstream
+    model's SSL positives: `DermSpec.label(model)`).
 
     String ids are hashed as the upstream trainer hashes them (`hash_ids_to_int64`), so the
     ids match the pools'. Raises LogContractError for a missing or malformed log and
-    ValueError for an unknown model.
+    ValueError for a label column the log lacks.
     """
     from derm_features.core.ids import hash_ids_to_int64
     from derm_features.core.logs import open_log
 
-    if model not in POSITIVE_LABEL:
-        raise ValueError(f"unknown model {model!r}: expected one of {sorted(POSITIVE_LABEL)}")
-    label = POSITIVE_LABEL[model]
-    log = open_log(logs, check_values=False)
+    log = open_log(logs, check_values=False, labels=(label,))
+    if label not in log.columns():
+        raise ValueError(f"{logs}: no label column '{label}'")
     table = log.scanner(start, end, columns=["user_id", "pin_id", label]).to_table()
     table = table.filter(pc.equal(table[label], pa.scalar(1, table[label].type)))
     return Positives(hash_ids_to_int64(table["user_id"]), hash_ids_to_int64(table["pin_id"]))

@@ -30,7 +30,7 @@ import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -40,7 +40,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from derm_features.core.workdir import MODELS, Workdir, view_name
+from derm_features.core.spec import view_name
+from derm_features.core.workdir import Workdir
 from derm_features.feast.online_store import (
     OnlineStoreUnavailable,
     unavailable_as_clear_error,
@@ -50,6 +51,7 @@ from derm_features.serving.ann import AnnIndexError, PinIndex, check_beta, load_
 log = logging.getLogger("derm.serve")
 
 MAX_IDS = 10_000  # user_ids + pin_ids of one request
+MAX_VIEWS = 64  # views named in one request (the spec's are checked by name)
 MAX_K = 1_000
 MAX_DIM = 4_096  # longest query vector accepted
 MAX_BODY_BYTES = 1 << 20  # 10k int64 ids in JSON take ~200 KB; a D=4096 vector ~80 KB
@@ -65,7 +67,8 @@ class ServeConfig:
     workdir: Workdir
     host: str = "127.0.0.1"  # loopback unless the operator says otherwise
     port: int = 8000
-    models: tuple[str, ...] = MODELS  # the newest index of each is loaded, if there is one
+    # the spec's models whose newest index is loaded, if there is one (None: all of them)
+    models: tuple[str, ...] | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     access_log: bool = False
     beta: float | None = None  # popularity weight for every query; None: each manifest's
@@ -76,7 +79,7 @@ class EmbeddingsRequest(BaseModel):
 
     user_ids: list[Int64] = Field(default_factory=list, max_length=MAX_IDS)
     pin_ids: list[Int64] = Field(default_factory=list, max_length=MAX_IDS)
-    views: list[str] = Field(min_length=1, max_length=len(MODELS) * 2)
+    views: list[str] = Field(min_length=1, max_length=MAX_VIEWS)
 
 
 class RetrieveRequest(BaseModel):
@@ -85,7 +88,7 @@ class RetrieveRequest(BaseModel):
     user_id: Int64 | None = None
     vector: list[FiniteFloat] | None = Field(default=None, min_length=1, max_length=MAX_DIM)
     k: int = Field(default=100, ge=1, le=MAX_K)
-    model: Literal["ctr", "cvr"] = "ctr"
+    model: str = Field(default="ctr", pattern=r"^[a-z][a-z0-9]*$")  # a model of the spec
     beta: FiniteFloat | None = None
 
 
@@ -211,7 +214,7 @@ def open_services(config: ServeConfig) -> Services:
         )
     store = feature_store(config.workdir)
     indexes = {}
-    for model in config.models:
+    for model in config.models or config.workdir.spec.model_names:
         try:
             indexes[model] = load_index(config.workdir, model)
         except AnnIndexError as exc:
@@ -222,13 +225,14 @@ def open_services(config: ServeConfig) -> Services:
         for entity in ("user", "pin")
     }
     reader = EmbeddingReader(store, dims=dims)  # its own fail-fast Redis client
-    for view in known_views():
+    for view in known_views(config.workdir):
         reader.layout(view)  # resolve from the registry once, not on the first request
     return Services(store, reader, redacted(), indexes)
 
 
-def known_views() -> list[str]:
-    return [view_name(m, e) for m in MODELS for e in ("user", "pin")]
+def known_views(workdir: Workdir) -> list[str]:
+    """The feature views of the work directory's DERM spec."""
+    return [view for _, _, view in workdir.spec.views()]
 
 
 def query_beta(body_beta: float | None, config: ServeConfig, index: PinIndex) -> float:
@@ -269,9 +273,11 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
     def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
         s = services_of(request)
         _check_ids(body)
-        unknown = [v for v in body.views if v not in known_views()]
+        unknown = [v for v in body.views if v not in known_views(config.workdir)]
         if unknown:
-            raise BadRequest(422, "views", f"views: unknown {unknown}; known: {known_views()}")
+            raise BadRequest(
+                422, "views", f"views: unknown {unknown}; known: {known_views(config.workdir)}"
+            )
         read = s.reader.read(body.user_ids, body.pin_ids, list(dict.fromkeys(body.views)))
         return json_response(
             {
@@ -285,6 +291,9 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
     @app.post("/retrieve")
     def retrieve(body: RetrieveRequest, request: Request) -> Response:
         s = services_of(request)
+        if body.model not in config.workdir.spec.models:
+            models = ", ".join(config.workdir.spec.model_names)
+            raise BadRequest(422, "model", f"model: '{body.model}' is not one of {models}")
         index = s.indexes.get(body.model)
         if index is None:
             raise BadRequest(404, "model", f"model: no Pin index loaded for '{body.model}'")
@@ -318,7 +327,7 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
             "status": "ok" if ok else "degraded",
             "redis": {"address": s.redis_address, "reachable": reachable, "error": error},
             "indexes": {m: asdict(i.manifest) for m, i in s.indexes.items()},
-            "views": known_views(),
+            "views": known_views(config.workdir),
         }
         return json_response(payload, 200 if ok else 503)
 

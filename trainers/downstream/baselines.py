@@ -22,7 +22,7 @@ import numpy as np
 from torch import Tensor
 
 from trainers.downstream.counts import FEATURES
-from trainers.upstream.model import TOWERS
+from trainers.features.tokens import TOWERS
 
 C_GRID = (0.01, 0.1, 1.0)  # inverse L2 strengths tried on the validation split
 PIN_RATE = {"click": FEATURES.index("pin_ctr"), "conversion": FEATURES.index("pin_cvr")}

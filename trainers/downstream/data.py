@@ -38,7 +38,7 @@ from trainers.downstream.training_set import (
     embedding_matrix,
     presence_column,
 )
-from trainers.upstream.data import BatchEncoder
+from trainers.features.encoding import BatchEncoder
 
 
 @dataclass(frozen=True)

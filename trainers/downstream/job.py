@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from derm_features.core.workdir import Workdir
 from trainers.downstream.models import NetworkConfig
 from trainers.downstream.training_set import (
     TrainingSet,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from derm_features.core.logs import LogSchema
-    from trainers.upstream.config import ModelConfig
+    from trainers.features.config import ModelConfig
 
 # (max epochs, batch size) per task; early stopping picks the epoch. CVR trains on clicks
 # only, a few thousand rows, so it needs smaller batches and more passes.
@@ -49,7 +50,7 @@ class DownstreamConfig:
 
     task: str  # "ctr" | "cvr"
     logs: Path
-    workdir: Path
+    workdir: Workdir | Path  # a Workdir carries the DERM spec
     train_start: dt.date
     train_end: dt.date
     eval_start: dt.date
@@ -129,7 +130,7 @@ def encode(cfg: DownstreamConfig, train_set: TrainingSet, eval_set: TrainingSet)
     from derm_features.core.logs import LogSchema, open_log
     from trainers.downstream.counts import CountHistory
     from trainers.downstream.data import TASKS, encode_training_set, time_split
-    from trainers.upstream.data import BatchEncoder
+    from trainers.features.encoding import BatchEncoder
 
     spec = TASKS[cfg.task]
     schema = LogSchema.from_dict(train_set.meta["schema"])
@@ -137,7 +138,9 @@ def encode(cfg: DownstreamConfig, train_set: TrainingSet, eval_set: TrainingSet)
     encoder = BatchEncoder(schema, feature_cfg)
     counts = None
     if cfg.network.count_features:
-        counts = CountHistory(open_log(cfg.logs), cfg.eval_end + dt.timedelta(days=1))
+        labels = Workdir.resolve(cfg.workdir).spec.labels
+        log = open_log(cfg.logs, labels=labels)
+        counts = CountHistory(log, cfg.eval_end + dt.timedelta(days=1))
     keys = cfg.embeddings
     train = encode_training_set(train_set, encoder, keys, spec.clicked_only, counts)
     evaluation = encode_training_set(eval_set, encoder, keys, spec.clicked_only, counts)
@@ -157,7 +160,7 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
     from trainers.downstream.data import TASKS, DownstreamDataModule, select_embeddings
     from trainers.downstream.models import MODELS
     from trainers.downstream.system import BestWeights, DownstreamSystem
-    from trainers.upstream.model import tower_layout
+    from trainers.features.tokens import tower_layout
 
     spec = TASKS[cfg.task]
     torch.set_num_threads(cfg.threads)

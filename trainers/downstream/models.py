@@ -1,6 +1,6 @@
 """The downstream ranking networks of paper section 3.2 and appendix D.
 
-Both read the batch contract of `trainers/upstream/data.py` (the log's own features, by
+Both read the batch contract of `trainers/features/encoding.py` (the log's own features, by
 tower) plus three tensors from `trainers/downstream/data.py`:
 
     derm          [B, sum(D_k)]  the chosen DERM embeddings, concatenated (zeros if missing)
@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from trainers.features.config import ModelConfig
+from trainers.features.tokens import TOWERS, FeatureTokens, TowerLayout
 from trainers.modules.crossnet import LowRankCrossNet
 from trainers.modules.dhen import DHEN
 from trainers.modules.mlp import MLP
 from trainers.modules.moe import MultiGateMixtureOfExperts
-from trainers.upstream.config import ModelConfig
-from trainers.upstream.model import TOWERS, FeatureTokens, TowerLayout
 
 
 @dataclass(frozen=True)

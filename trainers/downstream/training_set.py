@@ -41,10 +41,17 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from derm_features.core.ids import hash_ids_to_int64
-from derm_features.core.workdir import ENTITIES, Workdir, join_key, view_name
+from derm_features.core.spec import ENTITY_NAMES, DermSpec, join_key, view_name
+from derm_features.core.workdir import Workdir
 
-# Short names of the four DERM embeddings, as the CLI spells them: <model>_<entity>.
-EMBEDDING_KEYS = ("ctr_user", "ctr_pin", "cvr_user", "cvr_pin")
+
+def embedding_keys(spec: DermSpec) -> tuple[str, ...]:
+    """Short names of the spec's embeddings, as the CLI spells them: ``<model>_<entity>``."""
+    return tuple(f"{model}_{entity}" for model, entity, _ in spec.views())
+
+
+# The default spec's four: ctr_user, ctr_pin, cvr_user, cvr_pin.
+EMBEDDING_KEYS = embedding_keys(DermSpec())
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 META_FILE = "meta.json"
 
@@ -54,28 +61,37 @@ class TrainingSetError(ValueError):
 
 
 def embedding_view(key: str) -> tuple[str, str, str]:
-    """``"ctr_user"`` -> ``("ctr", "user", "ctr_user_embedding")``."""
-    if key not in EMBEDDING_KEYS:
-        raise TrainingSetError(f"unknown embedding '{key}': expected one of {EMBEDDING_KEYS}")
-    model, entity = key.split("_")
+    """``"ctr_user"`` -> ``("ctr", "user", "ctr_user_embedding")``.
+
+    Checks the form ``<model>_<entity>`` only; whether the spec has the model is checked by
+    `parse_embeddings` and `TrainingSetConfig` against their spec.
+    """
+    model, _, entity = key.rpartition("_")
+    if not model or "_" in model or entity not in ENTITY_NAMES:
+        raise TrainingSetError(
+            f"unknown embedding '{key}': expected <model>_<entity>, e.g. {EMBEDDING_KEYS}"
+        )
     return model, entity, view_name(model, entity)
 
 
-def parse_embeddings(text: str, flag: str = "--embeddings") -> tuple[str, ...]:
-    """``"none"`` -> (); ``"ctr_user,cvr_pin"`` -> those keys, in canonical order."""
+def parse_embeddings(
+    text: str, flag: str = "--embeddings", spec: DermSpec | None = None
+) -> tuple[str, ...]:
+    """``"none"`` -> (); ``"ctr_user,cvr_pin"`` -> those keys, in the spec's order."""
+    known = embedding_keys(spec or DermSpec())
     text = (text or "").strip()
     if text.lower() == "none":
         return ()
     keys = [k.strip() for k in text.split(",") if k.strip()]
     if not keys:
-        raise TrainingSetError(f"{flag} must be 'none' or a comma list of {EMBEDDING_KEYS}")
-    unknown = [k for k in keys if k not in EMBEDDING_KEYS]
+        raise TrainingSetError(f"{flag} must be 'none' or a comma list of {known}")
+    unknown = [k for k in keys if k not in known]
     if unknown:
         raise TrainingSetError(
             f"{flag}: unknown embedding(s) {unknown}; use 'none' or a comma list of "
-            f"{', '.join(EMBEDDING_KEYS)}"
+            f"{', '.join(known)}"
         )
-    return tuple(k for k in EMBEDDING_KEYS if k in keys)
+    return tuple(k for k in known if k in keys)
 
 
 def embedding_column(key: str) -> str:
@@ -150,20 +166,29 @@ class TrainingSetConfig:
     """One training set: the log days [start, end] joined with `embeddings` (keys)."""
 
     logs: Path
-    workdir: Path
+    workdir: Workdir | Path  # a Workdir carries its spec and Redis address
     start: dt.date
     end: dt.date
-    embeddings: tuple[str, ...] = EMBEDDING_KEYS
+    embeddings: tuple[str, ...] | None = None  # None: every embedding of the spec
     name: str = ""
     # Days whose (entity, day) pairs go to Feast in one call: fewer calls (each one scans
     # the offline sources) against the memory of the pairs' embeddings.
     days_per_fetch: int = 7
 
+    @property
+    def spec(self) -> DermSpec:
+        return Workdir.resolve(self.workdir).spec
+
     def __post_init__(self) -> None:
         if self.end < self.start:
             raise TrainingSetError(f"the end day {self.end} is before the start day {self.start}")
+        known = embedding_keys(self.spec)
+        if self.embeddings is None:
+            object.__setattr__(self, "embeddings", known)
         for key in self.embeddings:
             embedding_view(key)
+            if key not in known:
+                raise TrainingSetError(f"unknown embedding '{key}': expected one of {known}")
 
     @property
     def set_name(self) -> str:
@@ -289,7 +314,7 @@ def join_day(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> pa.Tab
 def fetch_chunk(log, store, keys, dims, days: list[dt.date]) -> dict[str, Lookup]:
     """The embeddings every event of `days` needs: one Feast call per entity kind."""
     lookups = {}
-    for entity in ENTITIES:
+    for entity in ENTITY_NAMES:
         entity_keys = tuple(k for k in keys if embedding_view(k)[1] == entity)
         if not entity_keys:
             continue
@@ -318,7 +343,7 @@ def build_training_set(
     from derm_features.feast.repo import feature_store
 
     workdir = Workdir.resolve(cfg.workdir)
-    log = open_log(cfg.logs)
+    log = open_log(cfg.logs, labels=cfg.spec.labels)
     dims = {k: view_dim(workdir, k) for k in cfg.embeddings}
     if cfg.embeddings and store is None:
         store = feature_store(workdir)

@@ -1,95 +1,21 @@
-"""Configuration of the upstream DERM job: ModelConfig (the network) and TrainConfig (the run)."""
+"""Configuration of the upstream DERM job: TrainConfig (a fit) and InferConfig (inference).
+
+The network's own config, ModelConfig, lives with the feature encoders it sizes
+(`trainers.features.config`) and is imported from here too."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-# Which label each upstream model trains its SSL positives and headline metric on.
-PRIMARY_TASKS = {"ctr": "click", "cvr": "conversion"}
+from derm_features.core.spec import DermSpec
+from derm_features.core.workdir import Workdir
+from trainers.features.config import ModelConfig
 
-
-@dataclass
-class ModelConfig:
-    """The upstream network. Saved in the checkpoint (`to_dict`) and rebuilt from it.
-
-    token_dim is d, the width of every feature token; embedding_dim is D, the width of the
-    user and Pin tower outputs (the same for both: the SSL loss takes their inner product).
-    """
-
-    token_dim: int = 32
-    embedding_dim: int = 64
-    # Hashed vocabulary of categorical and sequence features: one table shared by all
-    # features of the model, each feature salted so equal raw ids of two features differ.
-    num_buckets: int = 2**17
-    seq_len: int = 20
-    # One (m1, m2) pair per DHEN layer, each m in {"masknet", "transformer", "mlp"}.
-    dhen_layers: tuple[tuple[str, str], ...] = (("masknet", "transformer"), ("mlp", "transformer"))
-    interaction_layers: tuple[tuple[str, str], ...] = (
-        ("masknet", "transformer"),
-        ("mlp", "transformer"),
-    )
-    dhen_ensemble: str = "concat"  # "concat" (concat + linear) or "sum"
-    id_features: bool = True  # user_id / pin_id become the first categorical of their tower
-    tasks: tuple[str, ...] = ("click", "conversion")
-    ssl_lambda: float = 0.1
-    tau_init: float = 0.1
-    tau_min: float = 0.01
-    tau_max: float = 1.0
-    freq_buckets: int = 2**16
-    freq_alpha: float = 0.05
-    dropout: float = 0.1
-    num_heads: int = 2  # attention heads (DHEN transformer and sequence encoder)
-    seq_layers: int = 1  # transformer layers of each sequence encoder
-    mlp_hidden: int = 128  # hidden width of DHEN's MLP and MaskNet modules
-    masknet_blocks: int = 1
-    head_hidden: tuple[int, ...] = (64,)
-
-    def __post_init__(self) -> None:
-        # from_dict / JSON give lists; keep tuples so configs compare and hash the same
-        self.dhen_layers = tuple(tuple(p) for p in self.dhen_layers)
-        self.interaction_layers = tuple(tuple(p) for p in self.interaction_layers)
-        self.tasks = tuple(self.tasks)
-        self.head_hidden = tuple(self.head_hidden)
-        if not self.tasks:
-            raise ValueError("ModelConfig.tasks must name at least one task")
-        if not 0 < self.tau_min <= self.tau_init <= self.tau_max:
-            raise ValueError(
-                f"need 0 < tau_min <= tau_init <= tau_max, got "
-                f"{self.tau_min}, {self.tau_init}, {self.tau_max}"
-            )
-        if self.token_dim % self.num_heads:
-            raise ValueError(
-                f"token_dim {self.token_dim} must divide by num_heads {self.num_heads}"
-            )
-
-    def primary_task(self, model: str) -> str:
-        """The label an upstream model trains on: "ctr" -> "click", "cvr" -> "conversion"."""
-        if model not in PRIMARY_TASKS:
-            raise ValueError(f"unknown model {model!r}: expected one of {sorted(PRIMARY_TASKS)}")
-        task = PRIMARY_TASKS[model]
-        if task not in self.tasks:
-            raise ValueError(f"model {model!r} trains on {task!r}, not in tasks {self.tasks}")
-        return task
-
-    def to_dict(self) -> dict:
-        """JSON-safe (lists for tuples), for checkpoint hparams."""
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = [list(x) if isinstance(x, tuple) else x for x in v]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
-        return cls(**d)
+__all__ = ["InferConfig", "ModelConfig", "TrainConfig"]
 
 
 @dataclass
@@ -102,7 +28,7 @@ class TrainConfig:
 
     model: str  # "ctr" | "cvr"
     logs: Path
-    workdir: Path | None = None
+    workdir: Workdir | Path | None = None  # a Workdir carries its spec and Redis
     start: dt.date | None = None
     end: dt.date | None = None
     date: dt.date | None = None
@@ -128,9 +54,15 @@ class TrainConfig:
     progress: bool = True
     model_cfg: ModelConfig | None = None
 
+    @property
+    def spec(self) -> DermSpec:
+        """The DERM spec of the work directory (the default one for a plain path)."""
+        return Workdir.resolve(self.workdir).spec
+
     def __post_init__(self) -> None:
-        if self.model not in PRIMARY_TASKS:
-            raise ValueError(f"--model must be one of {sorted(PRIMARY_TASKS)}, got '{self.model}'")
+        models = self.spec.models
+        if self.model not in models:
+            raise ValueError(f"--model must be one of {sorted(models)}, got '{self.model}'")
         window = self.start is not None or self.end is not None
         if window and self.date is not None:
             raise ValueError("give either --start and --end (window fit) or --date (incremental)")
@@ -212,15 +144,21 @@ class InferConfig:
     model: str
     logs: Path
     date: dt.date
-    workdir: Path | None = None
+    workdir: Workdir | Path | None = None  # a Workdir carries its spec and Redis
     back_inference: bool = False
     start: dt.date | None = None
     batch_size: int = 4096
     progress: bool = True
 
+    @property
+    def spec(self) -> DermSpec:
+        """The DERM spec of the work directory (the default one for a plain path)."""
+        return Workdir.resolve(self.workdir).spec
+
     def __post_init__(self) -> None:
-        if self.model not in PRIMARY_TASKS:
-            raise ValueError(f"--model must be one of {sorted(PRIMARY_TASKS)}, got '{self.model}'")
+        models = self.spec.models
+        if self.model not in models:
+            raise ValueError(f"--model must be one of {sorted(models)}, got '{self.model}'")
         if self.back_inference and self.start is None:
             raise ValueError("--back-inference needs --start (the first day to rewrite)")
         if self.start is not None and not self.back_inference:

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 
 from derm_features.core.atomic import atomic_dir
 from derm_features.core.logs import open_log
-from derm_features.core.workdir import ENTITIES, Workdir, join_key
+from derm_features.core.spec import join_key
+from derm_features.core.workdir import Workdir
 
 
 def output_schema(entity: str, dim: int) -> pa.Schema:
@@ -65,7 +66,7 @@ def _prediction_writer(paths: dict[str, Path], dim: int, version: str):
 
         def write_on_batch_end(self, trainer, pl_module, prediction, *args) -> None:
             ts = prediction["ts"].cpu().numpy()
-            for entity in ENTITIES:
+            for entity in paths:
                 table = output_table(
                     entity,
                     prediction[join_key(entity)].cpu().numpy(),
@@ -79,7 +80,7 @@ def _prediction_writer(paths: dict[str, Path], dim: int, version: str):
             self.rows += len(ts)
 
         def close(self) -> None:
-            for entity in ENTITIES:
+            for entity in paths:
                 if entity not in self.writers:  # a day with no rows still gets its file
                     pq.write_table(output_schema(entity, dim).empty_table(), paths[entity])
                 else:
@@ -102,7 +103,7 @@ def infer(cfg) -> dict:
     from trainers.upstream.data import UpstreamDataModule
     from trainers.upstream.system import UpstreamSystem
 
-    log = open_log(cfg.logs)
+    log = open_log(cfg.logs, labels=cfg.spec.labels)
     workdir = Workdir.resolve(cfg.workdir)
     path = workdir.checkpoint(cfg.model, cfg.date)
     if not path.is_file():
@@ -113,7 +114,7 @@ def infer(cfg) -> dict:
         )
     snapshot = load_snapshot(path)
     check_fits(snapshot, log.schema, log.path, cfg.model)
-    system = UpstreamSystem(log.schema, snapshot.model_cfg, cfg.model)
+    system = UpstreamSystem(log.schema, snapshot.model_cfg, cfg.model, models=cfg.spec.models)
     system.load_state_dict(snapshot.state_dict)
     system.eval()
     version = str(snapshot.version)
@@ -128,7 +129,7 @@ def infer(cfg) -> dict:
             batch_size=cfg.batch_size,
             predict_range=(day, day),
         )
-        targets = {e: workdir.daily(cfg.model, e, day) for e in ENTITIES}
+        targets = {e: workdir.daily(cfg.model, e, day) for e in workdir.spec.entity_names}
         with atomic_dir(targets["user"]) as user_dir, atomic_dir(targets["pin"]) as pin_dir:
             tmp = {"user": user_dir / "part-0.parquet", "pin": pin_dir / "part-0.parquet"}
             writer = _prediction_writer(tmp, dim, version)
@@ -150,5 +151,5 @@ def infer(cfg) -> dict:
         "model_version": version,
         "back_inference": cfg.back_inference,
         "rows_per_day": written,
-        "outputs": {e: str(workdir.daily_dir(cfg.model, e)) for e in ENTITIES},
+        "outputs": {e: str(workdir.daily_dir(cfg.model, e)) for e in workdir.spec.entity_names},
     }

@@ -42,10 +42,14 @@ class UpstreamSystem(L.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         recall_k: int = 10,
+        models: dict[str, str] | None = None,
     ) -> None:
+        """`models`: the spec's model -> label map (default ctr -> click, cvr -> conversion);
+        `model_name`'s label is the primary task (SSL positives, headline metrics)."""
         super().__init__()
         self.model_cfg = model_cfg
-        self.primary = model_cfg.tasks.index(model_cfg.primary_task(model_name))
+        label_map = {} if models is None else {"models": models}
+        self.primary = model_cfg.tasks.index(model_cfg.primary_task(model_name, **label_map))
         self.lr, self.weight_decay, self.recall_k = lr, weight_decay, recall_k
         self.model = DERMModel(schema, model_cfg)
         self.frequency = StreamingFrequencyEstimator(model_cfg.freq_buckets, model_cfg.freq_alpha)

@@ -85,7 +85,7 @@ def train(cfg: TrainConfig) -> dict:
     from trainers.upstream.data import UpstreamDataModule, check_tasks
     from trainers.upstream.system import UpstreamSystem
 
-    log = open_log(cfg.logs)
+    log = open_log(cfg.logs, labels=cfg.spec.labels)
     workdir = Workdir.resolve(cfg.workdir)
     start, end = cfg.train_range
     if cfg.incremental:
@@ -97,9 +97,13 @@ def train(cfg: TrainConfig) -> dict:
         check_fits(snapshot, log.schema, log.path, cfg.model, cfg.model_cfg)
         model_cfg = cfg.model_cfg or snapshot.model_cfg
     else:
-        model_cfg = cfg.model_cfg or ModelConfig()
+        # every label of the spec gets a head; the model's own is its primary task
+        spec = cfg.spec
+        model_cfg = cfg.model_cfg or ModelConfig(
+            embedding_dim=spec.embedding_dim, tasks=spec.labels
+        )
     check_tasks(log.columns(), model_cfg, log.path)
-    primary = model_cfg.primary_task(cfg.model)
+    primary = model_cfg.primary_task(cfg.model, cfg.spec.models)
 
     rows, positives = label_counts(log, start, end, primary)
     summary = {"model": cfg.model, "train_start": str(start), "train_end": str(end)}
@@ -125,7 +129,13 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     system = UpstreamSystem(
-        log.schema, model_cfg, cfg.model, cfg.lr, cfg.weight_decay, cfg.recall_k
+        log.schema,
+        model_cfg,
+        cfg.model,
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.recall_k,
+        models=cfg.spec.models,
     )
     if snapshot is not None:
         # weights + temperature + estimator buffers; the optimiser starts fresh
