@@ -25,7 +25,7 @@ from derm_features.cli import app
 from derm_features.jobs.demo import DEMO_MODEL
 from derm_features.obd import CAMPAIGNS, POLICIES, read_obd
 
-SLICE = Path(__file__).parent / "fixtures" / "obd" / "logs"
+SLICE = Path(__file__).parents[1] / "fixtures" / "obd" / "logs"
 SLICE_DAYS = [dt.date(2019, 11, 24) + dt.timedelta(days=i) for i in range(7)]
 
 
