@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from derm_features.core.workdir import Workdir
     from derm_features.feast.repo import apply
-    from derm_features.synthetic.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic import GenerateConfig, generate_logs
     from trainers.downstream.evaluation import markdown
     from trainers.downstream.job import (
         NO_DERM,

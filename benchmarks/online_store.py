@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -23,9 +22,7 @@ def scratch_store(redis_url: str, name: str) -> Iterator[tuple[object, redis.Red
     """(FeatureStore, raw redis-py client): the feature repo applied in a new work directory
     under /tmp, online store = `redis_url`'s database, flushed on entry and on exit (the
     directory is removed on exit)."""
-    os.environ["REDIS_URL"] = redis_url
     root = Path(tempfile.mkdtemp(prefix=f"derm-bench-{name}-"))
-    os.environ["DERM_WORKDIR"] = str(root)
 
     from derm_features.core.workdir import Workdir
     from derm_features.feast.repo import apply, feature_store
@@ -33,7 +30,7 @@ def scratch_store(redis_url: str, name: str) -> Iterator[tuple[object, redis.Red
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     try:
-        workdir = Workdir(root)
+        workdir = Workdir(root, redis_url=redis_url)
         apply(workdir, quiet=True)
         yield feature_store(workdir), client
     finally:

@@ -52,7 +52,7 @@ from derm_features.serving.ann import (
     exact_search,
     l2_normalise,
 )
-from derm_features.synthetic.generate import GenerateConfig, generate_logs, interest_at
+from derm_features.synthetic import GenerateConfig, generate_logs, interest_at
 from materialize.job import MaterializeConfig, materialize_day
 from materialize.kernel import embedding_matrix
 from materialize.storage import read_pool

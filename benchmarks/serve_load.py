@@ -170,9 +170,8 @@ def main(cfg: LoadConfig) -> None:
     client = redis.Redis.from_url(url)
     client.flushdb()
     root = Path(tempfile.mkdtemp(prefix="derm-serve-load-"))
-    wd = Workdir(root)
-    env = {**os.environ, "REDIS_URL": url, "DERM_WORKDIR": str(root)}
-    os.environ.update(REDIS_URL=url, DERM_WORKDIR=str(root))
+    wd = Workdir(root, redis_url=url)
+    env = {**os.environ, "REDIS_URL": url, "DERM_WORKDIR": str(root)}  # for the servers
     processes = []
     try:
         apply(wd, quiet=True)

@@ -117,13 +117,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
     from derm_features.core.workdir import Workdir
     from derm_features.feast.repo import REPO_ROOT, apply, feature_store
     from trainers.downstream.training_set import TrainingSetConfig, build_training_set
 
     with tempfile.TemporaryDirectory(prefix="derm-bench-") as tmp:
-        workdir = Workdir(Path(tmp) / "workdir")
+        redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/14"
+        workdir = Workdir(Path(tmp) / "workdir", redis_url=redis_url)
         offline_rows = write_views(
             workdir, args.users, args.pins, args.dim, args.history_days + args.days,
             args.change, args.seed,

@@ -93,7 +93,7 @@ def main() -> None:
     tmp = None
     logs = args.logs
     if logs is None:
-        from derm_features.synthetic.generate import GenerateConfig, generate_logs
+        from derm_features.synthetic import GenerateConfig, generate_logs
 
         tmp = tempfile.TemporaryDirectory(prefix="derm-bench-")
         generate_logs(GenerateConfig(out=Path(tmp.name), days=2, progress=False))

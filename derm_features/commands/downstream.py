@@ -99,7 +99,9 @@ def downstream_cmd(
     comparison under "comparison".
     """
     from derm_features.core.atomic import write_text_atomic
-    from derm_features.core.logs import LogContractError
+
+    settings = settings_or_exit(config, workdir)
+    from derm_features.core.logs import LogContractError  # heavier imports after the checks
     from trainers.downstream.evaluation import markdown
     from trainers.downstream.job import (
         NO_DERM,
@@ -112,7 +114,6 @@ def downstream_cmd(
     from trainers.downstream.models import NetworkConfig
     from trainers.downstream.training_set import TrainingSetError, parse_embeddings
 
-    settings = settings_or_exit(config, workdir)
     try:
         default_epochs, default_batch = task_defaults(task)
         cfg = DownstreamConfig(

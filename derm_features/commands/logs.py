@@ -51,7 +51,7 @@ def generate_cmd(
     """
     from derm_features.commands.options import fail, parse_day_option
     from derm_features.core.workdir import workdir_root
-    from derm_features.synthetic.generate import GenerateConfig, generate_logs, validate_config
+    from derm_features.synthetic import GenerateConfig, generate_logs, validate_config
 
     config = GenerateConfig(
         out=workdir_root(out),

@@ -93,9 +93,15 @@ def materialize_cmd(
     Days go in order; re-running the newest day is idempotent. Prints the day's
     embedding-health metrics (also kept in WORKDIR/metrics/embedding_health.parquet).
     """
-    from tqdm import tqdm
-
     from derm_features.commands.options import fail, parse_day_option
+
+    day = parse_day_option(date, "--date")
+    settings = settings_or_exit(
+        config, workdir, heuristic=heuristic, w=w, ttl_days=ttl_days, engine=engine,
+        online=online, renormalize=renormalize,
+    )  # fmt: skip
+    from tqdm import tqdm  # heavier imports once the settings are checked
+
     from materialize.health import format_metrics
     from materialize.job import (
         MaterializeConfig,
@@ -105,11 +111,6 @@ def materialize_cmd(
     )
     from materialize.storage import MaterializeError
 
-    day = parse_day_option(date, "--date")
-    settings = settings_or_exit(
-        config, workdir, heuristic=heuristic, w=w, ttl_days=ttl_days, engine=engine,
-        online=online, renormalize=renormalize,
-    )  # fmt: skip
     spec, chosen = settings.spec, settings.materialize
     online = chosen.get("online", True)
     try:

@@ -12,15 +12,27 @@ from derm_features.commands.options import ConfigOption, LogsOption, WorkdirOpti
 
 ModelsOption = Annotated[
     str | None,
-    typer.Option("--models", help="Upstream models to run, e.g. ctr,cvr.", show_default=False),
+    typer.Option(
+        "--models",
+        help="The spec's upstream models to run (default: all of them), e.g. ctr,cvr.",
+        show_default=False,
+    ),
 ]
 HeuristicOption = Annotated[
     str | None,
-    typer.Option("--heuristic", help="Aggregation: ma (default), acc or ap.", show_default=False),
+    typer.Option(
+        "--heuristic",
+        help="Aggregation: ma, acc or ap (default: the spec's, ma).",
+        show_default=False,
+    ),
 ]
 WOption = Annotated[
     float | None,
-    typer.Option("--w", help="Moving-average weight of the past (0.8).", show_default=False),
+    typer.Option(
+        "--w",
+        help="Moving-average weight of the past (default: the spec's, 0.8).",
+        show_default=False,
+    ),
 ]
 TtlOption = Annotated[
     int | None,
@@ -89,12 +101,13 @@ def _pipeline_config(given: dict):
     """PipelineConfig from derm.yaml, the environment and a command's flags (`given`),
     every value checked before any work (`resolve_settings`)."""
     from derm_features.commands.settings import resolve_settings
-    from derm_features.feast.repo import check_ttl
-    from derm_features.jobs.pipeline import PipelineConfig
 
     flags = {k: v for k, v in given.items() if k not in ("config", "workdir", "logs", "date")}
     flags = {k: v for k, v in flags.items() if k not in ("start", "end")}
     settings = resolve_settings(given["config"], given["workdir"], **flags)
+    from derm_features.feast.repo import check_ttl  # heavier imports after the checks
+    from derm_features.jobs.pipeline import PipelineConfig
+
     ttl_source = "--ttl-days" if given.get("ttl_days") is not None else "the spec's ttl_days"
     check_ttl(settings.workdir, settings.spec.ttl_days, ttl_source)  # before any training
     return PipelineConfig(
@@ -110,11 +123,10 @@ def _pipeline_config(given: dict):
 def _run(fn):
     """Runs `fn`, turning the errors users can fix into one clear line and exit code 2."""
     from derm_features.commands.options import fail
-    from derm_features.core.logs import LogContractError
 
     try:
         return fn()
-    except (LogContractError, ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # LogContractError is a ValueError
         raise fail(str(exc)) from None
 
 
@@ -144,10 +156,11 @@ def daily_cmd(
     """
     given = dict(locals())  # the flags, before anything else is bound
     from derm_features.commands.options import parse_day_option
-    from derm_features.jobs.pipeline import daily
 
     day = parse_day_option(date, "--date")
     cfg = _run(lambda: _pipeline_config(given))
+    from derm_features.jobs.pipeline import daily
+
     result = _run(lambda: daily(cfg, day))
     typer.echo(json.dumps(_summary(result), default=str))
 
@@ -183,10 +196,11 @@ def backfill_cmd(
     """
     given = dict(locals())  # the flags, before anything else is bound
     from derm_features.commands.options import parse_day_option
-    from derm_features.jobs.pipeline import backfill
 
     first, last = parse_day_option(start, "--start"), parse_day_option(end, "--end")
     cfg = _run(lambda: _pipeline_config(given))
+    from derm_features.jobs.pipeline import backfill
+
     result = _run(lambda: backfill(cfg, first, last))
     typer.echo(json.dumps({day: _summary(r) for day, r in result.items()}, default=str))
 

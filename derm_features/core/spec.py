@@ -145,8 +145,8 @@ class DermSpec:
 
     @property
     def feast_ttl(self) -> dt.timedelta:
-        """The views' Feast ttl for a pool TTL of `ttl_days` (feature_repo/views.py says why
-        it is one day longer)."""
+        """The views' Feast ttl: `ttl_days` + 1 days (`derm_features.feast.definitions`
+        says why it is one day longer than the pool's)."""
         return dt.timedelta(days=self.ttl_days + 1)
 
     def to_dict(self) -> dict:

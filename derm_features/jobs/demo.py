@@ -55,7 +55,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from derm_features.feast.repo import apply
     from derm_features.jobs.pipeline import PipelineConfig, backfill
     from derm_features.jobs.report import write_report
-    from derm_features.synthetic.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic import GenerateConfig, generate_logs
     from trainers.downstream.evaluation import markdown
     from trainers.downstream.job import DownstreamConfig, compare_downstream, task_defaults
     from trainers.downstream.training_set import TrainingSetConfig, build_training_set

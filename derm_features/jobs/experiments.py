@@ -31,7 +31,7 @@ import datetime as dt
 import io
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from derm_features.core.workdir import Workdir
@@ -143,7 +143,7 @@ def _say(cfg: ExperimentConfig, message: str) -> None:
 
 def generate(cfg: ExperimentConfig, workdir: Workdir) -> Path:
     """The generated log (reused when it exists); returns its logs/ directory."""
-    from derm_features.synthetic.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic import GenerateConfig, generate_logs
 
     out = cfg.log_dir(workdir)
     if not (out / "logs").is_dir():
@@ -521,7 +521,11 @@ def check_pipeline(cfg: ExperimentConfig, workdir: Workdir) -> None:
 def heuristic_workdir(workdir: Workdir, heuristic: str, w: float) -> Workdir:
     """A work directory for one heuristic: its own pool, offline views and Feast registry,
     sharing the main one's daily tower outputs (a symlink), so upstream runs once."""
-    variant = Workdir(workdir.root / "table1" / heuristic_label(heuristic, w).replace(" ", "_"))
+    variant = Workdir(
+        workdir.root / "table1" / heuristic_label(heuristic, w).replace(" ", "_"),
+        replace(workdir.spec, heuristic=heuristic, w=w),
+        workdir.redis_url,
+    )
     link = variant.root / "daily"
     if not link.exists():
         variant.root.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ SMALL_TRAIN = {"batch_size": 512, "threads": 1}
 
 @pytest.fixture(scope="module")
 def small_log(tmp_path_factory) -> Path:
-    from derm_features.synthetic.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic import GenerateConfig, generate_logs
 
     out = tmp_path_factory.mktemp("pipeline_log")
     generate_logs(

@@ -93,7 +93,7 @@ def test_a_third_model_declared_in_derm_yaml_runs_end_to_end(tmp_path, redis_url
     -> Redis -> training set, through the CLI and derm.yaml only."""
     from derm_features.commands.settings import resolve_settings
     from derm_features.feast.online_store import EmbeddingReader
-    from derm_features.synthetic.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic import GenerateConfig, generate_logs
     from trainers.downstream.training_set import TrainingSetConfig, build_training_set
 
     generate_logs(

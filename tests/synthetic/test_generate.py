@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from derm_features.cli import app
 from derm_features.core.logs import open_log
-from derm_features.synthetic.generate import (
+from derm_features.synthetic import (
     GAP_DAYS,
     GenerateConfig,
     generate_logs,

@@ -111,7 +111,7 @@ def test_projection_layer_narrows_the_ctr_crossing():
 def test_derm_downstream_prints_the_metrics_json_line_last(applied_workdir, tmp_path):
     from test_training_set import write_offline
 
-    from derm_features.synthetic.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic import GenerateConfig, generate_logs
 
     out = tmp_path / "gen"
     start = dt.date(2026, 1, 1)

@@ -54,7 +54,7 @@ def day(i: int) -> dt.date:
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory) -> Path:
     """A seeded generated log: DIR/logs/ds=*/ and DIR/truth/."""
-    from derm_features.synthetic.generate import GenerateConfig, generate_logs
+    from derm_features.synthetic import GenerateConfig, generate_logs
 
     out = tmp_path_factory.mktemp("upstream_gen")
     generate_logs(
@@ -362,7 +362,7 @@ def affinity_spearman(
     generated: Path, state_dict: dict | None, eval_day: dt.date, cfg: ModelConfig = SMALL
 ) -> float:
     """Spearman of the towers' u.p with the generator's true click affinity on eval_day."""
-    from derm_features.synthetic.generate import true_affinity
+    from derm_features.synthetic import true_affinity
     from trainers.upstream.system import UpstreamSystem
 
     log = open_log(generated / "logs", check_values=False)
