@@ -79,7 +79,7 @@ def validate_logs_cmd(
     """Check an ad log against the contract; a rejection names file, column, row and rule.
 
     The label columns are the DERM spec's (click and conversion, plus any label a model
-    in derm.yaml's spec: trains on). Exit code 1 for a log that breaks the contract.
+    in derm.yaml's spec: trains on). Exit code 2 for a log that breaks the contract.
     """
     from derm_features.core.logs import LogContractError, open_log
 
@@ -87,7 +87,7 @@ def validate_logs_cmd(
     try:
         log = open_log(path, labels=spec.labels)
     except LogContractError as exc:
-        raise fail(str(exc), code=1) from None
+        raise fail(str(exc), code=2) from None
     counts = {}
     for f in log.schema.features:
         counts.setdefault(f.tower, []).append(f"{f.name}:{f.kind}")

@@ -139,20 +139,27 @@ def materialize_cmd(
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
+    from derm_features.core.locks import LockHeld, hold
+
     try:
-        if not online_only:
-            with tqdm(desc=f"materialize {model}/{entity} {day}", unit="bucket") as bar:
-                report = materialize_offline(
-                    job, progress=bar.update, on_total=lambda n: setattr(bar, "total", n)
-                )
-            typer.echo(format_metrics(report.metrics))
-            typer.echo(f"pool: {report.pool_dir}\noffline: {report.offline_file}")
-            if report.reset:
-                typer.echo("model version changed: the pool was restarted (--reset-on-new-model)")
-        if online or online_only:
-            result = push_online(job)
-            typer.echo(f"online: pushed {result.pushed:,} rows, removed {result.removed:,}")
+        with hold(settings.workdir, f"materialize_{model}_{entity}", f"derm materialize {day}"):
+            if not online_only:
+                with tqdm(desc=f"materialize {model}/{entity} {day}", unit="bucket") as bar:
+                    report = materialize_offline(
+                        job, progress=bar.update, on_total=lambda n: setattr(bar, "total", n)
+                    )
+                typer.echo(format_metrics(report.metrics))
+                typer.echo(f"pool: {report.pool_dir}\noffline: {report.offline_file}")
+                if report.reset:
+                    typer.echo(
+                        "model version changed: the pool was restarted (--reset-on-new-model)"
+                    )
+            if online or online_only:
+                result = push_online(job)
+                typer.echo(f"online: pushed {result.pushed:,} rows, removed {result.removed:,}")
     except MaterializeError as exc:
         raise fail(str(exc)) from None
     except OnlineError as exc:
         raise fail(str(exc), code=3) from None
+    except LockHeld as exc:
+        raise fail(str(exc), code=4) from None

@@ -102,8 +102,8 @@ def _pipeline_config(given: dict):
     every value checked before any work (`resolve_settings`)."""
     from derm_features.commands.settings import resolve_settings
 
-    flags = {k: v for k, v in given.items() if k not in ("config", "workdir", "logs", "date")}
-    flags = {k: v for k, v in flags.items() if k not in ("start", "end")}
+    own = ("config", "workdir", "logs", "date", "start", "end", "allow_gap", "force")
+    flags = {k: v for k, v in given.items() if k not in own}
     settings = resolve_settings(given["config"], given["workdir"], **flags)
     from derm_features.feast.repo import check_ttl  # heavier imports after the checks
     from derm_features.jobs.pipeline import PipelineConfig
@@ -117,17 +117,35 @@ def _pipeline_config(given: dict):
         model=settings.model,
         **settings.pipeline,
         **settings.materialize,
+        allow_gap=bool(given.get("allow_gap")),
+        force=bool(given.get("force")),
     )
 
 
-def _run(fn):
-    """Runs `fn`, turning the errors users can fix into one clear line and exit code 2."""
+def _run(fn, rerun: str = "derm daily"):
+    """Runs `fn`, turning the errors users can fix into one clear line: exit code 2 for bad
+    input, 3 when Redis is unreachable, 4 when another run holds the work directory."""
     from derm_features.commands.options import fail
 
     try:
         return fn()
     except (ValueError, FileNotFoundError) as exc:  # LogContractError is a ValueError
         raise fail(str(exc)) from None
+    except RuntimeError as exc:
+        # imported only now: a bad flag must fail before Feast and Arrow are even loaded
+        from derm_features.core.locks import LockHeld
+        from derm_features.feast.online_store import OnlineStoreUnavailable
+        from materialize.job import OnlineError
+
+        if isinstance(exc, OnlineStoreUnavailable):
+            message = f"{exc}; start it (or pass --no-online) and re-run `{rerun}`"
+            raise fail(message, 3) from None
+        if isinstance(exc, OnlineError):
+            first = str(exc).splitlines()[0]
+            raise fail(f"{first}; re-run `{rerun}` once Redis is back", 3) from None
+        if isinstance(exc, LockHeld):
+            raise fail(str(exc), 4) from None
+        raise
 
 
 def daily_cmd(
@@ -146,13 +164,33 @@ def daily_cmd(
     min_steps: MinStepsOption = None,
     max_epochs: MaxEpochsOption = None,
     replay_days: ReplayDaysOption = None,
+    allow_gap: Annotated[
+        bool,
+        typer.Option(
+            "--allow-gap",
+            help="Build on the newest pool even when days before DATE never ran (they can "
+            "then never enter the pools).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Recompute DATE's steps even when they are done (after the day's log was "
+            "corrected); DATE must be the newest materialized day or the next one.",
+        ),
+    ] = False,
 ) -> None:
     """Run one day for every upstream model: train, infer, materialize, push, index.
 
     Incremental training from the newest snapshot, the day's tower outputs, materialization
     of users and Pins (pool, offline rows, Redis push) and the Pin ANN index. Each step is
-    skipped when its marker for the day exists, so a re-run after a crash resumes where it
-    stopped.
+    skipped (and says so) when its marker for the day exists, so a re-run after a crash
+    resumes where it stopped; a day whose log changed since is reported (--force redoes it).
+
+    Before any training: settings checked, the Feast views registered if they are not, Redis
+    reachable when pushing (else exit 3), no earlier day missing from the pools (else exit 2,
+    see --allow-gap), and no other run on the work directory (else exit 4).
     """
     given = dict(locals())  # the flags, before anything else is bound
     from derm_features.commands.options import parse_day_option
@@ -161,7 +199,8 @@ def daily_cmd(
     cfg = _run(lambda: _pipeline_config(given))
     from derm_features.jobs.pipeline import daily
 
-    result = _run(lambda: daily(cfg, day))
+    rerun = f"derm daily --date {day}"
+    result = _run(lambda: daily(cfg, day), rerun)
     typer.echo(json.dumps(_summary(result), default=str))
 
 
@@ -201,7 +240,7 @@ def backfill_cmd(
     cfg = _run(lambda: _pipeline_config(given))
     from derm_features.jobs.pipeline import backfill
 
-    result = _run(lambda: backfill(cfg, first, last))
+    result = _run(lambda: backfill(cfg, first, last), "derm backfill")
     typer.echo(json.dumps({day: _summary(r) for day, r in result.items()}, default=str))
 
 

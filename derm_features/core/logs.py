@@ -3,8 +3,11 @@
 A log is a Parquet file or a directory of them (hive ``ds=YYYY-MM-DD`` partitions allowed),
 one row per impression:
 
-    user_id, pin_id   int64 or string, never null
-    ts                timestamp (UTC or naive, read as UTC), never null
+    user_id, pin_id   signed integers (int8..int64) or UTF-8 strings, never null; one type
+                      in every file (uint64 and invalid UTF-8 are refused by name)
+    ts                timestamp with time zone UTC (s, ms, us, or ns in whole
+                      microseconds), never null; a file under ``ds=D`` holds only rows
+                      whose ts falls on day D (the event time decides the day)
     click             0/1, never null
     conversion        0/1, null where unknown
     <label>           0/1, null where unknown: each further label column the DERM spec
@@ -216,6 +219,11 @@ def _schema_of_file(file: Path, schema: pa.Schema, extra_labels: tuple[str, ...]
     id_types = set()
     for col in ("user_id", "pin_id"):
         t = schema.field(col).type
+        if pa.types.is_uint64(t):
+            raise LogContractError(
+                f"{file}: column '{col}' has type uint64; ids must fit a signed int64 (cast "
+                "the column to int64 when every id is below 2^63) or be strings"
+            )
         if _is_int(t):
             id_types.add("int64")
         elif _is_str(t):
@@ -231,7 +239,12 @@ def _schema_of_file(file: Path, schema: pa.Schema, extra_labels: tuple[str, ...]
     ts = schema.field("ts").type
     if not pa.types.is_timestamp(ts):
         raise LogContractError(f"{file}: column 'ts' has type {ts}; it must be a timestamp")
-    if ts.tz not in (None, "UTC", "utc", "Etc/UTC", "+00:00"):
+    if ts.tz is None:
+        raise LogContractError(
+            f"{file}: column 'ts' has no time zone; it must be UTC (if the values are UTC, "
+            "write them as pa.timestamp('us', 'UTC'), e.g. pandas' tz_localize('UTC'))"
+        )
+    if ts.tz not in ("UTC", "utc", "Etc/UTC", "+00:00"):
         raise LogContractError(f"{file}: column 'ts' has time zone '{ts.tz}'; it must be UTC")
     for col in (*BASE_LABELS, *extra_labels):
         t = schema.field(col).type
@@ -265,10 +278,67 @@ def _first_bad_row(mask: pa.ChunkedArray | pa.Array) -> int | None:
     return idx[0].as_py() if len(idx) else None
 
 
+def _partition_day(file: Path) -> dt.date | None:
+    """D of the innermost ``ds=D`` directory a file sits in, if any."""
+    for part in reversed(file.parts[:-1]):
+        if part.startswith(f"{PARTITION_COLUMN}="):
+            try:
+                return dt.date.fromisoformat(part[len(PARTITION_COLUMN) + 1 :])
+            except ValueError:
+                raise LogContractError(
+                    f"{file}: directory '{part}' is not a day; partitions are ds=YYYY-MM-DD"
+                ) from None
+    return None
+
+
+def _check_ids_and_time(file: Path, batch: pa.RecordBatch, offset: int, day) -> None:
+    """Invalid UTF-8 string ids, sub-microsecond ts and rows outside their ds= day."""
+    for col in ("user_id", "pin_id"):
+        arr = batch.column(col)
+        if _is_str(arr.type):
+            try:
+                arr.validate(full=True)
+            except pa.ArrowInvalid:
+                values = arr.cast(pa.binary()).to_pylist()
+                row = next(i for i, v in enumerate(values) if v is not None and not _utf8(v))
+                raise LogContractError(
+                    f"{file}: column '{col}' row {offset + row}: not valid UTF-8 text; string "
+                    "ids must be UTF-8"
+                ) from None
+    ts = batch.column("ts")
+    if ts.type.unit == "ns":
+        nanos = pc.cast(ts, pa.int64())
+        row = _first_bad_row(
+            pc.not_equal(pc.subtract(nanos, pc.multiply(pc.divide(nanos, 1000), 1000)), 0)
+        )
+        if row is not None:
+            raise LogContractError(
+                f"{file}: column 'ts' row {offset + row}: {ts[row]} has sub-microsecond "
+                "precision; derm keeps microseconds: truncate ts to 'us'"
+            )
+    if day is not None and len(ts):
+        days = pc.cast(pc.cast(ts, pa.timestamp("us")), pa.date32())
+        row = _first_bad_row(pc.not_equal(days, pa.scalar(day, pa.date32())))
+        if row is not None:
+            raise LogContractError(
+                f"{file}: column 'ts' row {offset + row}: {ts[row]} is not on {day}, the day "
+                f"of its ds={day} partition; the event time decides the day (move the row)"
+            )
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _check_values(file: Path, schema: LogSchema, batches: Iterator[pa.RecordBatch]) -> None:
     """Row-level rules, vectorised per batch; raises on the first violation found."""
     offset = 0
     dense = [f.name for f in schema.features if f.kind in (DENSE, PRETRAINED)]
+    day = _partition_day(file)
     for batch in batches:
         for col in ("user_id", "pin_id", "ts", "click"):
             row = _first_bad_row(pc.is_null(batch.column(col)))
@@ -276,6 +346,7 @@ def _check_values(file: Path, schema: LogSchema, batches: Iterator[pa.RecordBatc
                 raise LogContractError(
                     f"{file}: column '{col}' row {offset + row}: null is not allowed"
                 )
+        _check_ids_and_time(file, batch, offset, day)
         labels = [("click", False), ("conversion", True)]
         for col, nullable in labels + [(c, True) for c in schema.extra_labels]:
             arr = batch.column(col)
@@ -336,8 +407,15 @@ def open_log(
             raise LogContractError(f"{file}: not a readable Parquet file ({exc})") from None
         schema = _schema_of_file(file, arrow_schema, extra_labels)
         if first is None:
-            first = schema
-        elif schema != first:
+            first, first_types = schema, arrow_schema
+        for col in ("user_id", "pin_id"):
+            if arrow_schema.field(col).type != first_types.field(col).type:
+                raise LogContractError(
+                    f"{file}: column '{col}' is {arrow_schema.field(col).type} here but "
+                    f"{first_types.field(col).type} in {files[0]}: every file of a log must "
+                    "store the ids with one type (cast them all to int64)"
+                )
+        if schema != first:
             ours = {f.name: f for f in schema.features}
             theirs = {f.name: f for f in first.features}
             diff = sorted(set(ours.items()) ^ set(theirs.items()))

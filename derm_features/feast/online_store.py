@@ -134,6 +134,15 @@ def _mask_password(text: str, connection_string: str) -> str:
     return text
 
 
+def check_reachable(store: FeatureStore, action: str) -> None:
+    """Raises OnlineStoreUnavailable (naming the redacted address and `action`) unless the
+    store's Redis answers a PING within the serving timeouts: checked before a job that
+    would otherwise train for minutes and then fail at its push."""
+    client = fail_fast(dedicated_redis_client(store))
+    with unavailable_as_clear_error(store, action):
+        client.ping()
+
+
 # ----------------------------------------------------------------------------- writer
 
 EVENT_TIMESTAMP = "event_timestamp"

@@ -8,15 +8,22 @@ For each day and upstream model (ctr, cvr) the steps are
     index        the Pin ANN index of the day's Pin pool
 
 Each step writes its outputs atomically and then a marker,
-``<workdir>/steps/<model>/<step>/<YYYY-MM-DD>.json`` (the step's summary), last. A step
-whose marker exists is skipped, so a run killed anywhere resumes where it stopped; a step
-killed half-way is simply run again (every step is idempotent).
+``<workdir>/steps/<model>/<step>/<YYYY-MM-DD>.json`` (the step's summary and a fingerprint
+of the day's log), last. A step whose marker exists is skipped and says so, so a run killed
+anywhere resumes where it stopped; a step killed half-way is simply run again (every step is
+idempotent). A day whose log changed since its steps ran is reported; `force` recomputes it.
+
+Before any training a run holds the work directory's pipeline lock (`core.locks`), checks
+that the spec's Feast views are registered (registering them if not) with the spec's TTL,
+that Redis answers when the push is on, and that no earlier day is missing from the pools.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,6 +56,8 @@ class PipelineConfig:
     online: bool = True
     index: bool = True
     progress: bool = True
+    allow_gap: bool = False  # daily: build on the newest pool when earlier days are missing
+    force: bool = False  # daily: recompute the day's steps even when their markers exist
 
     def __post_init__(self) -> None:
         spec_models = self.workdir.spec.model_names
@@ -73,14 +82,46 @@ def read_marker(workdir: Workdir, model: str, step: str, day: dt.date) -> dict |
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+class GapError(ValueError):
+    """Days between the newest pool and the day to run were never materialized."""
+
+
+def log_fingerprint(log, day: dt.date) -> str:
+    """A digest of the files holding `day`'s rows (path, size, modification time): a
+    corrected or re-delivered log of the day changes it."""
+    files = [f for f in log.files if not log.partitioned or f"ds={day.isoformat()}" in f.parts]
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
 def run_step(
-    workdir: Workdir, model: str, step: str, day: dt.date, work: Callable[[], dict]
+    workdir: Workdir,
+    model: str,
+    step: str,
+    day: dt.date,
+    work: Callable[[], dict],
+    inputs: str | None = None,
+    force: bool = False,
 ) -> tuple[dict, bool]:
-    """Runs `work` unless its marker exists; returns (summary, ran)."""
+    """Runs `work` unless its marker exists (or `force`); returns (summary, ran).
+
+    inputs: the fingerprint of the step's inputs, kept in the marker; a marker whose
+    fingerprint differs is reported on stderr (the step is not recomputed without `force`).
+    """
     done = read_marker(workdir, model, step, day)
-    if done is not None:
+    if done is not None and not force:
+        recorded = done.get("inputs")
+        if inputs is not None and recorded is not None and recorded != inputs:
+            print(
+                f"warning: {model} {step} {day}: its input changed since it ran (log "
+                f"fingerprint {recorded} -> {inputs}); kept the old result. Recompute the day "
+                "with `derm daily --force`",
+                file=sys.stderr,
+            )
         return done, False
     summary = work()
+    if inputs is not None:
+        summary = {**summary, "inputs": inputs}
     write_text_atomic(json.dumps(summary, default=str, indent=1), marker(workdir, model, step, day))
     return summary, True
 
@@ -136,22 +177,23 @@ def _infer(cfg: PipelineConfig, model: str, day: dt.date, back_from: dt.date | N
 def _materialize(
     cfg: PipelineConfig, model: str, entity: str, day: dt.date, fold_from: dt.date | None
 ) -> dict:
+    from derm_features.core.locks import hold
     from materialize.job import MaterializeConfig, materialize_day
 
     # A day after a model was skipped (no snapshot) builds on the newest pool there is.
-    report = materialize_day(
-        MaterializeConfig(
-            workdir=cfg.workdir,
-            model=model,
-            entity=entity,
-            day=day,
-            renormalize=cfg.renormalize,
-            engine=cfg.engine,
-            online=cfg.online,
-            allow_gap=True,
-            fold_from=fold_from,
-        )
+    job = MaterializeConfig(
+        workdir=cfg.workdir,
+        model=model,
+        entity=entity,
+        day=day,
+        renormalize=cfg.renormalize,
+        engine=cfg.engine,
+        online=cfg.online,
+        allow_gap=True,
+        fold_from=fold_from,
     )
+    with hold(cfg.workdir, f"materialize_{model}_{entity}", f"derm daily {day}"):
+        report = materialize_day(job)
     online = report.online
     return {
         "metrics": report.metrics,
@@ -173,45 +215,148 @@ def _has_snapshot_before(workdir: Workdir, model: str, day: dt.date) -> bool:
     return any(d < day for d in snapshot_days(workdir, model))
 
 
-def upstream_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt.date | None):
+def upstream_day(
+    cfg: PipelineConfig,
+    model: str,
+    day: dt.date,
+    window_start: dt.date | None,
+    inputs: str | None = None,
+):
     """Train and infer one model's day; `window_start` set means the from-scratch fit.
 
     Returns the steps' summaries; only {"train": ...} when training was skipped.
     """
     wd = cfg.workdir
+    step = _stepper(cfg, model, day, inputs)
     when = {"start": window_start, "end": day} if window_start else {"date": day}
     if window_start is None and not _has_snapshot_before(wd, model, day):
         # e.g. the window fit was skipped for lack of positives; not a marker: a later
         # window fit makes this day runnable
         reason = f"no {model} snapshot before {day} to warm-start from (window fit skipped?)"
         return {"train": {"skipped": True, "reason": reason}}
-    trained, _ = run_step(wd, model, "train", day, lambda: _train(cfg, model, **when))
+    trained = step("train", lambda: _train(cfg, model, **when))
     if trained.get("skipped"):
+        step.report()
         return {"train": trained}
-    inferred, _ = run_step(wd, model, "infer", day, lambda: _infer(cfg, model, day, window_start))
+    inferred = step("infer", lambda: _infer(cfg, model, day, window_start))
+    step.report()
     return {"train": trained, "infer": inferred}
 
 
-def run_model_day(cfg: PipelineConfig, model: str, day: dt.date, window_start: dt.date | None):
+class _stepper:
+    """Runs one model-day's steps through `run_step`, and says in one line which were
+    already done."""
+
+    def __init__(self, cfg: PipelineConfig, model: str, day: dt.date, inputs: str | None):
+        self.cfg, self.model, self.day, self.inputs = cfg, model, day, inputs
+        self.skipped: list[str] = []
+
+    def __call__(self, name: str, work: Callable[[], dict]) -> dict:
+        cfg = self.cfg
+        summary, ran = run_step(
+            cfg.workdir, self.model, name, self.day, work, self.inputs, cfg.force
+        )
+        if not ran:
+            self.skipped.append(name)
+        return summary
+
+    def report(self) -> None:
+        if self.skipped:
+            print(
+                f"{self.day} {self.model}: {', '.join(self.skipped)} already done (skipped; "
+                "`derm daily --force` recomputes a day)",
+                file=sys.stderr,
+            )
+            self.skipped = []
+
+
+def run_model_day(
+    cfg: PipelineConfig,
+    model: str,
+    day: dt.date,
+    window_start: dt.date | None,
+    inputs: str | None = None,
+):
     """All steps of one model for one day: `upstream_day`, then materialize and index."""
     wd = cfg.workdir
-    out = upstream_day(cfg, model, day, window_start)
+    out = upstream_day(cfg, model, day, window_start, inputs)
     if "infer" not in out:
         return out
+    step = _stepper(cfg, model, day, inputs)
     for entity in wd.spec.entity_names:
-        step = f"materialize_{entity}"
-        out[step], _ = run_step(
-            wd, model, step, day, lambda e=entity: _materialize(cfg, model, e, day, window_start)
+        out[f"materialize_{entity}"] = step(
+            f"materialize_{entity}",
+            lambda e=entity: _materialize(cfg, model, e, day, window_start),
         )
     if cfg.index:
-        out["index"], _ = run_step(wd, model, "index", day, lambda: _index(cfg, model, day))
+        out["index"] = step("index", lambda: _index(cfg, model, day))
+    step.report()
     return out
 
 
+def prepare(cfg: PipelineConfig) -> None:
+    """Checks and set-up before any training (each failure is one clear error):
+
+    - the spec's Feast views are registered in the work directory (registered now if not:
+      `apply` is idempotent), with the spec's TTL (ValueError otherwise);
+    - when the push is on, Redis answers (OnlineStoreUnavailable otherwise).
+    """
+    from derm_features.feast.repo import apply, check_ttl, registered_ttl_days
+
+    wd = cfg.workdir
+    registered = registered_ttl_days(wd)
+    if set(registered) != {view for _, _, view in wd.spec.views()}:
+        apply(wd, quiet=True)
+    check_ttl(wd, wd.spec.ttl_days, "the spec's ttl_days")
+    if cfg.online:
+        from derm_features.feast.online_store import check_reachable
+        from derm_features.feast.repo import feature_store
+
+        check_reachable(feature_store(wd), "derm daily")
+
+
+def check_no_gap(cfg: PipelineConfig, day: dt.date) -> None:
+    """Refuses (GapError) a day whose model pools end before the previous day, unless
+    `cfg.allow_gap`: the days in between could never enter the pools later. A day on which
+    a model was skipped for lack of positives is not a gap."""
+    if cfg.allow_gap:
+        return
+    wd = cfg.workdir
+    for model in cfg.models:
+        for entity in wd.spec.entity_names:
+            before = [d for d in days_in_dir(wd.pool_dir(model, entity)) if d < day]
+            if not before:
+                continue
+            missing = [
+                d
+                for d in _days(before[-1] + dt.timedelta(days=1), day - dt.timedelta(days=1))
+                if not (read_marker(wd, model, "train", d) or {}).get("skipped")
+            ]
+            if missing:
+                raise GapError(
+                    f"the {model} {entity} pool ends on {before[-1]}, but {missing[0]}"
+                    f"{'..' + str(missing[-1]) if len(missing) > 1 else ''} never ran: run "
+                    "`derm daily` for those days first (or `derm backfill`), or pass "
+                    f"--allow-gap to build on the pool of {before[-1]} and leave them out"
+                )
+
+
 def daily(cfg: PipelineConfig, day: dt.date) -> dict:
-    """`derm daily`: every step of every model for `day`, skipping what is already done."""
-    open_log(cfg.logs, labels=cfg.workdir.spec.labels)  # the contract, before any work
-    return {model: run_model_day(cfg, model, day, None) for model in cfg.models}
+    """`derm daily`: every step of every model for `day`, skipping what is already done.
+
+    Raises LockHeld, GapError, OnlineStoreUnavailable, LogContractError or ValueError
+    before any training when the run cannot succeed.
+    """
+    from derm_features.core.locks import hold
+
+    log = open_log(cfg.logs, labels=cfg.workdir.spec.labels)  # the contract, before any work
+    if day not in set(log.days()):
+        raise ValueError(f"{cfg.logs}: no impressions on {day}")
+    with hold(cfg.workdir, "pipeline", f"derm daily {day}"):
+        check_no_gap(cfg, day)
+        prepare(cfg)
+        inputs = log_fingerprint(log, day)
+        return {model: run_model_day(cfg, model, day, None, inputs) for model in cfg.models}
 
 
 def backfill(cfg: PipelineConfig, start: dt.date, end: dt.date) -> dict:
@@ -231,9 +376,16 @@ def backfill(cfg: PipelineConfig, start: dt.date, end: dt.date) -> dict:
     window_end = min(end, start + dt.timedelta(days=cfg.window_days - 1))
     results = {}
     days = [window_end, *_days(window_end + dt.timedelta(days=1), end)]
-    for day in tqdm(days, desc="backfill", unit="day", disable=not cfg.progress):
-        window_start = start if day == window_end else None
-        results[str(day)] = {m: run_model_day(cfg, m, day, window_start) for m in cfg.models}
+    from derm_features.core.locks import hold
+
+    with hold(cfg.workdir, "pipeline", f"derm backfill {start}..{end}"):
+        prepare(cfg)
+        for day in tqdm(days, desc="backfill", unit="day", disable=not cfg.progress):
+            window_start = start if day == window_end else None
+            inputs = log_fingerprint(log, day)
+            results[str(day)] = {
+                m: run_model_day(cfg, m, day, window_start, inputs) for m in cfg.models
+            }
     return results
 
 

@@ -189,5 +189,5 @@ def test_cli_exit_code_and_message(tmp_path):
     assert "follows the log contract" in ok.output
     bad = write(good_table().drop_columns(["ts"]), tmp_path / "bad.parquet")
     res = runner.invoke(app, ["validate-logs", str(bad)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2  # like every other command (issue 13)
     assert "'ts'" in res.output and "missing" in res.output
