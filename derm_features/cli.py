@@ -35,6 +35,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from derm_features import __version__
+
+        typer.echo(f"derm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """DERM embeddings on Feast (run `derm COMMAND --help` for each command)."""
+
+
 def main() -> None:
     app()
 

@@ -19,3 +19,13 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+
+
+def progress_bars(enabled: bool) -> list:
+    """Lightning's progress bar, drawn on stderr so that stdout keeps only a command's result
+    (its last line is the JSON summary a scheduler parses); [] when disabled."""
+    if not enabled:
+        return []
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    return [RichProgressBar(console_kwargs={"stderr": True})]

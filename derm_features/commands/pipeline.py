@@ -263,15 +263,30 @@ def _summary(per_model: dict) -> dict:
     return out
 
 
-def status_cmd(workdir: WorkdirOption = None, config: ConfigOption = None) -> None:
+def status_cmd(
+    workdir: WorkdirOption = None,
+    config: ConfigOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object (for schedulers and scripts).")
+    ] = False,
+) -> None:
     """Show per model and entity which days are trained, inferred, materialized and online.
 
-    Also the live pool size of the newest day and the newest model version.
+    Also the live pool size of the newest day and the newest model version. Exits 2 when
+    the work directory does not exist (a mistyped --workdir is not an empty one).
     """
-    from derm_features.commands.options import settings_or_exit
+    import dataclasses
+
+    from derm_features.commands.options import fail, settings_or_exit
     from derm_features.jobs.pipeline import status
 
     wd = settings_or_exit(config, workdir).workdir
+    if not wd.root.is_dir():
+        raise fail(f"--workdir {wd.root}: no such work directory")
+    if as_json:
+        rows = [dataclasses.asdict(s) for s in status(wd)]
+        typer.echo(json.dumps({"workdir": str(wd.root), "views": rows}))
+        return
 
     def days(values: list[str]) -> str:
         if not values:

@@ -40,6 +40,13 @@ def repo_config(workdir: Workdir):
     data = yaml.safe_load(os.path.expandvars(feature_store_yaml().read_text())) or {}
     data["registry"] = {**(data.get("registry") or {}), "path": str(workdir.registry)}
     online = dict(data.get("online_store") or {})
+    if online.get("key_ttl_seconds"):
+        # Carried entities are not re-pushed every day, so their keys would expire in Redis
+        # while the pool and the offline store still hold them.
+        raise ValueError(
+            f"{feature_store_yaml()}: online_store.key_ttl_seconds is not supported: derm "
+            "removes expired entities from Redis itself (spec ttl_days); drop the key"
+        )
     online["connection_string"] = feast_connection_string(workdir.redis_url)
     data["online_store"] = online
     return RepoConfig(repo_path=REPO_ROOT, **data)

@@ -81,3 +81,17 @@ def test_redis_url_forms(monkeypatch):
     assert redacted() == "rediss://user:***@cache.example:6380/2"
     monkeypatch.delenv("REDIS_URL")
     assert feast_connection_string() == "127.0.0.1:6379"
+
+
+def test_key_ttl_seconds_is_refused_with_a_reason(tmp_path, monkeypatch):
+    """Carried entities are not re-pushed daily: Redis key expiry would drop live ones."""
+    import pytest
+
+    from derm_features.core.workdir import Workdir
+
+    text = (REPO_ROOT / "feature_store.yaml").read_text()
+    config = tmp_path / "feature_store.yaml"
+    config.write_text(text.replace("online_store:\n", "online_store:\n  key_ttl_seconds: 3600\n"))
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(config))
+    with pytest.raises(ValueError, match="key_ttl_seconds is not supported"):
+        feature_store(Workdir(tmp_path / "wd"))

@@ -156,7 +156,7 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
     import torch
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from trainers import quiet_lightning
+    from trainers import progress_bars, quiet_lightning
     from trainers.downstream.data import TASKS, DownstreamDataModule, select_embeddings
     from trainers.downstream.models import MODELS
     from trainers.downstream.system import BestWeights, DownstreamSystem
@@ -197,7 +197,11 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
         num_sanity_val_steps=0,
         reload_dataloaders_every_n_epochs=1,
         val_check_interval=1.0 / cfg.val_checks_per_epoch,
-        callbacks=[EarlyStopping("val_logloss", patience=cfg.patience, mode="min"), best],
+        callbacks=[
+            EarlyStopping("val_logloss", patience=cfg.patience, mode="min"),
+            best,
+            *progress_bars(progress),
+        ],
     )
     trainer.fit(system, datamodule=DownstreamDataModule(train, val, cfg.batch_size, cfg.seed))
     info = {

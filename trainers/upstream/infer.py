@@ -93,7 +93,7 @@ def infer(cfg) -> dict:
     """Runs one `derm infer` (cfg: InferConfig); returns a summary dict."""
     import lightning as L
 
-    from trainers import quiet_lightning
+    from trainers import progress_bars, quiet_lightning
     from trainers.upstream.checkpoint import (
         CheckpointError,
         check_fits,
@@ -138,7 +138,7 @@ def infer(cfg) -> dict:
                 accelerator="auto",
                 devices=1,  # one writer per output file; inference is cheap next to training
                 logger=False,
-                callbacks=[writer],
+                callbacks=[writer, *progress_bars(cfg.progress)],
                 enable_progress_bar=cfg.progress,
                 enable_model_summary=False,
                 enable_checkpointing=False,

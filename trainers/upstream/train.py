@@ -51,7 +51,7 @@ def make_trainer(cfg: TrainConfig, workdir: Workdir, run_name: str, epochs: int)
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from trainers import quiet_lightning
+    from trainers import progress_bars, quiet_lightning
 
     logger = CSVLogger(save_dir=workdir.metrics / "upstream", name=cfg.model, version=run_name)
     quiet_lightning()
@@ -65,6 +65,7 @@ def make_trainer(cfg: TrainConfig, workdir: Workdir, run_name: str, epochs: int)
         log_every_n_steps=10,
         enable_checkpointing=False,  # we save our own snapshot (see checkpoint.py)
         enable_progress_bar=cfg.progress,
+        callbacks=progress_bars(cfg.progress),
         enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1,  # reseeds the shuffle buffer every epoch
         num_sanity_val_steps=0,
