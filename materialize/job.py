@@ -264,7 +264,8 @@ def push_online(config: MaterializeConfig, store=None) -> OnlineReport:
             f"offline part of {config.model}/{config.entity} {config.day} is complete, but the "
             f"online push failed: {type(exc).__name__}: {exc}\n"
             f"replay it with: derm materialize --workdir {wd.root} --model {config.model} "
-            f"--entity {config.entity} --date {config.day} --online-only"
+            f"--entity {config.entity} --date {config.day} --online-only (or --resync when "
+            "Redis lost its data: a restart without persistence)"
         ) from exc
     return OnlineReport(pushed, removed)
 

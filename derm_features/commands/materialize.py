@@ -58,6 +58,14 @@ def materialize_cmd(
             "(after Redis was unreachable; exit code 3 names this option)."
         ),
     ] = False,
+    resync: Annotated[
+        bool,
+        typer.Option(
+            help="Push the whole live pool of DATE (the newest day) to Redis: after Redis "
+            "lost its data (a restart without persistence), when --online-only would restore "
+            "only DATE's changes."
+        ),
+    ] = False,
     allow_gap: Annotated[
         bool, typer.Option(help="Build on the newest earlier pool when day t-1 is missing.")
     ] = False,
@@ -143,6 +151,17 @@ def materialize_cmd(
 
     try:
         with hold(settings.workdir, f"materialize_{model}_{entity}", f"derm materialize {day}"):
+            if resync:
+                from materialize.resync import newest_pool_day, resync_online
+
+                newest = newest_pool_day(settings.workdir, model, entity)
+                if newest != day:
+                    raise MaterializeError(
+                        f"--resync pushes the newest pool {newest}, not {day}: pass --date {newest}"
+                    )
+                pushed = resync_online(settings.workdir, model, entity)
+                typer.echo(f"online: re-synced {pushed:,} live entities of the {day} pool")
+                return
             if not online_only:
                 with tqdm(desc=f"materialize {model}/{entity} {day}", unit="bucket") as bar:
                     report = materialize_offline(

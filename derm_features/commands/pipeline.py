@@ -269,6 +269,14 @@ def status_cmd(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object (for schedulers and scripts).")
     ] = False,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online/--no-online",
+            help="Also sample each newest pool against Redis: 'found/sampled' far below "
+            "sampled means Redis lost data (re-sync with `derm materialize --resync`).",
+        ),
+    ] = True,
 ) -> None:
     """Show per model and entity which days are trained, inferred, materialized and online.
 
@@ -283,9 +291,21 @@ def status_cmd(
     wd = settings_or_exit(config, workdir).workdir
     if not wd.root.is_dir():
         raise fail(f"--workdir {wd.root}: no such work directory")
+    reader, online_note = None, ""
+    if online and wd.registry.is_file():
+        from derm_features.feast.online_store import EmbeddingReader, check_reachable
+        from derm_features.feast.repo import feature_store
+
+        store = feature_store(wd)
+        try:
+            check_reachable(store, "derm status")
+            reader = EmbeddingReader(store)
+        except RuntimeError as exc:  # OnlineStoreUnavailable
+            online_note = f"online: not checked ({exc})"
+    states = status(wd, reader)
     if as_json:
-        rows = [dataclasses.asdict(s) for s in status(wd)]
-        typer.echo(json.dumps({"workdir": str(wd.root), "views": rows}))
+        rows = [dataclasses.asdict(s) for s in states]
+        typer.echo(json.dumps({"workdir": str(wd.root), "views": rows, "note": online_note}))
         return
 
     def days(values: list[str]) -> str:
@@ -298,15 +318,27 @@ def status_cmd(
     typer.echo(
         f"{'model':5} {'entity':6} "
         + " ".join(f"{c:>26}" for c in columns)
-        + f" {'live':>8}  version"
+        + f" {'live':>8} {'in Redis':>9}  version"
     )
-    for s in status(wd):
+    for s in states:
         st = s.steps
         typer.echo(
             f"{s.model:5} {s.entity:6} {days(st['trained']):>26} {days(st['inferred']):>26} "
             f"{days(st['materialized']):>26} {days(st['online']):>26} "
-            f"{s.live if s.live is not None else '-':>8}  {s.model_version or '-'}"
+            f"{s.live if s.live is not None else '-':>8} {s.online_found or '-':>9}  "
+            f"{s.model_version or '-'}"
         )
+        found, _, sampled = (s.online_found or "").partition("/")
+        if sampled and int(found) < int(sampled):
+            typer.secho(
+                f"  {s.model} {s.entity}: Redis holds only {found} of {sampled} sampled live "
+                f"entities; re-sync: derm materialize --workdir {wd.root} --model {s.model} "
+                f"--entity {s.entity} --date {s.pool_days[-1]} --resync",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+    if online_note:
+        typer.echo(online_note, err=True)
 
 
 def report_cmd(workdir: WorkdirOption = None) -> None:

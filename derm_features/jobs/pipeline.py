@@ -401,11 +401,19 @@ class ModelStatus:
     pool_days: list[str]
     live: int | None
     model_version: str | None
+    # Of a sample of the newest pool's entities, how many Redis holds ("found/sampled");
+    # None when not checked. Far below sampled: Redis lost data (`derm materialize --resync`).
+    online_found: str | None = None
 
 
-def status(workdir: Workdir) -> list[ModelStatus]:
-    """What `derm status` prints: per model and entity, which days each step has done."""
+def status(workdir: Workdir, reader=None) -> list[ModelStatus]:
+    """What `derm status` prints: per model and entity, which days each step has done.
+
+    reader: an `EmbeddingReader` to also sample the newest pools against Redis.
+    """
     import pyarrow.dataset as pads
+
+    from materialize.resync import online_coverage
 
     out = []
     for model in workdir.spec.model_names:
@@ -452,6 +460,9 @@ def status(workdir: Workdir) -> list[ModelStatus]:
                     pool_days=[d.isoformat() for d in pools],
                     live=live,
                     model_version=version,
+                    online_found=None
+                    if reader is None or not pools
+                    else "{}/{}".format(*online_coverage(workdir, model, entity, reader)),
                 )
             )
     return out
