@@ -86,6 +86,9 @@ def test_truncated_bucket_file_is_refused_by_name(two_days):
     size = path.stat().st_size
     path.write_bytes(path.read_bytes()[: size - 100])
     refused(two_days, rf"bucket=1/part-00000.parquet is {size - 100} bytes, its manifest says")
+    # The README's recovery: re-run the damaged (newest) day, then day 1 goes through.
+    materialize_offline(config(two_days, DAY))
+    assert materialize_offline(config(two_days, DAY1)).metrics["live"] == 31
 
 
 def test_missing_bucket_file_is_refused_not_read_as_empty(two_days):
