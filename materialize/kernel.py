@@ -313,6 +313,16 @@ class _Vectors:
     prev_daily: np.ndarray | None  # `ap` only: [n_out, D] the daily embeddings to keep
 
 
+def _divide_rows(out: np.ndarray, divisors: np.ndarray) -> None:
+    """out[k] /= divisors[k] in place (out [n, D] float32, divisors [n] float64, > 0).
+    A norm beyond float32's range (components near its maximum) divides in float64: as a
+    float32 divisor it would be inf and publish a zero row."""
+    huge = divisors > _SAFE_SQUARES[1]
+    out /= np.where(huge, 1.0, divisors).astype(np.float32)[:, None]
+    if huge.any():
+        out[huge] = (out[huge].astype(np.float64) / divisors[huge][:, None]).astype(np.float32)
+
+
 def _fall_back(
     out: np.ndarray,
     bad: np.ndarray,
@@ -406,7 +416,7 @@ def _merge_vectors(
             bad[:u] = ~(lengths[:u] > DEGENERATE_RATIO * inputs)
             degenerate[i:j] = bad
             if params.renormalize:
-                out /= np.where(bad, 1.0, lengths).astype(np.float32)[:, None]
+                _divide_rows(out, np.where(bad, 1.0, lengths))
                 block_scale, published = lengths.copy(), np.ones(j - i)
             else:
                 block_scale, published = np.ones(j - i), lengths.copy()

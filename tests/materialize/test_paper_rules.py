@@ -260,6 +260,16 @@ def test_huge_vectors_publish_their_direction_not_zero():
         assert value(out[1], 1, "degenerate") is False
 
 
+def test_vectors_near_float32_max_publish_their_direction_not_zero():
+    """Components of 3e38 (valid float32): |E| = 8.5e38 is beyond float32's range."""
+    v = np.full(DIM, 3e38, np.float32)
+    v[0] = -3e38
+    out = run_days([{1: v}], heuristic="acc")
+    expected = v.astype(np.float64) / np.linalg.norm(v.astype(np.float64))
+    np.testing.assert_allclose(row(out[0], 1), expected, rtol=1e-6)
+    assert value(out[0], 1, "norm") == pytest.approx(3e38 * np.sqrt(DIM), rel=1e-6)
+
+
 def test_tiny_vectors_publish_their_direction_not_zero():
     """x1e-25: float32 squares underflow to 0 (the old kernel's norm was 0)."""
     a = unit_rows(np.random.default_rng(27), 1)[0] * np.float32(1e-25)
