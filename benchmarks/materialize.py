@@ -138,9 +138,10 @@ def prepare_workdir(root: Path, pool: pa.Table, daily: pa.Table) -> Workdir:
     previous = wd.pool("ctr", "user", DAY - dt.timedelta(days=1))
     buckets = buckets_for(pool.num_rows, pool.schema.field("embedding").type.list_size)
     bucket = bucket_of(pool["user_id"], buckets)
-    for k in range(buckets):
-        write_pool_bucket(previous, k, pool.filter(pa.array(bucket == k)))
-    write_layout(previous, buckets)
+    files = [
+        write_pool_bucket(previous, k, pool.filter(pa.array(bucket == k))) for k in range(buckets)
+    ]
+    write_layout(previous, buckets, files)
     write_daily(wd, "ctr", "user", DAY, daily)
     return wd
 

@@ -4,9 +4,11 @@
 replaces its row. Counts follow the kernel's statuses; the day-to-day cosine is taken
 between pool(t-1) and pool(t) over the entities updated on day t (carried entities are
 identical by construction and would only pull the mean towards 1). Norm statistics are
-over the values written that day (new and updated), taken before re-normalisation (the
-stored values are unit then): a tower output has norm ~1, an average of disagreeing
+over the aggregates E(t) of that day (new and updated), before re-normalisation (the
+published values are unit then): a tower output has norm ~1, an average of disagreeing
 vectors less, so a falling norm_min flags entities whose embedding swings day to day.
+`degenerate` counts the day's entities whose E(t) cancelled (or was not finite): they
+kept their previous published value instead of publishing a zero (`materialize.kernel`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ KEY = ("model", "entity", "day")
 def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
     """The health row of one day from the engines' per-entity stats.
 
-    stats: `status`, `cosine`, `norm`, `last_seen`, one row per entity of pool(t-1) or daily(t).
+    stats: `status`, `cosine`, `norm`, `degenerate`, `last_seen`, one row per entity of
+    pool(t-1) or daily(t).
     coverage: the share of day t's active entities that pool(t-1) already held, i.e. that
     serving had an embedding for on day t.
     """
@@ -43,6 +46,7 @@ def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
             ("expired", EXPIRED),
         )
     }
+    counts["degenerate"] = int(pc.sum(stats["degenerate"]).as_py() or 0)
     live = counts["new"] + counts["updated"] + counts["carried"]
     active = counts["new"] + counts["updated"]
     cosine = pc.drop_null(stats["cosine"]).to_numpy(zero_copy_only=False)
@@ -82,6 +86,7 @@ HEALTH_SCHEMA = pa.schema(
         ("updated", pa.int64()),
         ("carried", pa.int64()),
         ("expired", pa.int64()),
+        ("degenerate", pa.int64()),
         ("active", pa.int64()),
         ("coverage", pa.float64()),
         ("cosine_mean", pa.float64()),
@@ -100,7 +105,7 @@ def record(metrics_dir: Path, row: dict) -> Path:
     path = metrics_dir / HEALTH_FILE
     new = pa.Table.from_pylist([row], schema=HEALTH_SCHEMA)
     if path.exists():
-        old = pq.read_table(path).cast(HEALTH_SCHEMA)
+        old = _with_schema(pq.read_table(path))
         same = pc.and_(
             pc.and_(pc.equal(old["model"], row["model"]), pc.equal(old["entity"], row["entity"])),
             pc.equal(old["day"], pa.scalar(row["day"], pa.date32())),
@@ -111,9 +116,19 @@ def record(metrics_dir: Path, row: dict) -> Path:
     return path
 
 
+def _with_schema(table: pa.Table) -> pa.Table:
+    """`table` in HEALTH_SCHEMA; a column that a table written by an older derm lacks
+    (e.g. `degenerate`) is null, not zero: it was not counted then."""
+    columns = [
+        table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in HEALTH_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=HEALTH_SCHEMA)
+
+
 def read_health(metrics_dir: Path) -> pa.Table:
     path = metrics_dir / HEALTH_FILE
-    return pq.read_table(path) if path.exists() else HEALTH_SCHEMA.empty_table()
+    return _with_schema(pq.read_table(path)) if path.exists() else HEALTH_SCHEMA.empty_table()
 
 
 def format_metrics(row: dict) -> str:
@@ -126,7 +141,12 @@ def format_metrics(row: dict) -> str:
         [
             f"embedding health {row['model']}/{row['entity']} {row['day']}:",
             f"  live {row['live']:,}  new {row['new']:,}  updated {row['updated']:,}  "
-            f"carried {row['carried']:,}  expired {row['expired']:,}",
+            f"carried {row['carried']:,}  expired {row['expired']:,}"
+            + (
+                f"  degenerate {row['degenerate']:,} (kept their previous value)"
+                if row.get("degenerate")
+                else ""
+            ),
             f"  coverage of active entities {num(row['coverage'], '.1%')}  "
             f"day-to-day cosine mean {num(row['cosine_mean'])} p5 {num(row['cosine_p5'])}",
             f"  norm mean {num(row['norm_mean'])} min {num(row['norm_min'])} "

@@ -1,8 +1,10 @@
 """One day of materialization: order rules, provenance, the kernel, writes, metrics, online.
 
     materialize_day(config)
-      1. plan      which pool is day t-1's (order rules, `plan_day`)
-      2. read      daily(t), validated; nothing is written if it is bad
+      1. plan      which pool is day t-1's (order rules, `plan_day`), checked against its
+                   manifest (`storage.verify_pool`); a damaged one is refused by name
+      2. read      daily(t), validated; nothing is written if it is bad (no rows: a
+                   carry-over-only day)
       3. merge     the kernel through an engine (local or Spark) -> pool(t) in a temp dir
       4. write     offline day file (atomic), then pool(t) renamed into place, then metrics
       5. online    push day t's changed rows, remove expired entities (`push_online`)
@@ -23,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from derm_features.core.atomic import atomic_dir, clean_stale_tmp
-from derm_features.core.provenance import compatible
+from derm_features.core.provenance import ModelVersion, compatible
 from derm_features.core.spec import join_key, view_name
 from derm_features.core.workdir import Workdir, days_in_dir
 from derm_features.feast.repo import check_ttl
@@ -31,14 +33,15 @@ from materialize import health
 from materialize.engines import ENGINES, make_engine
 from materialize.kernel import HEURISTICS, KernelParams
 from materialize.storage import (
+    DailyInput,
     MaterializeError,
     buckets_for,
     offline_rows,
-    pool_buckets,
     pool_versions,
     read_daily,
     read_offline_day,
     read_pool,
+    verify_pool,
     write_offline_day,
 )
 
@@ -168,25 +171,26 @@ def materialize_offline(
     except ValueError as exc:
         raise MaterializeError(str(exc)) from None
     previous = plan_day(config)
-    daily = read_daily(config.daily_dirs(), key, config.model)
     previous_dir = wd.pool(config.model, config.entity, previous) if previous else None
+    # pool(t-1) is checked against its manifest before any work (PoolIntegrityError).
+    layout = verify_pool(previous_dir) if previous_dir is not None else None
+    daily = read_daily(config.daily_dirs(), key, config.model)
+    pooled = pool_versions(previous_dir) if previous_dir is not None else []
 
     reset = False
-    if previous_dir is not None and daily.versions:
-        pooled = pool_versions(previous_dir)
-        if pooled and not compatible(pooled[0], daily.versions[0]):
-            if not config.reset_on_new_model:
-                raise MaterializeError(
-                    f"daily outputs of {config.day} come from model version "
-                    f"'{daily.versions[0]}', incompatible with pool {previous} "
-                    f"('{pooled[0]}': another lineage or D); averaging them is meaningless. "
-                    "Pass --reset-on-new-model to restart the pool from this day"
-                )
-            previous_dir, reset = None, True
+    if daily.versions and pooled and not compatible(pooled[0], daily.versions[0]):
+        if not config.reset_on_new_model:
+            raise MaterializeError(
+                f"daily outputs of {config.day} come from model version "
+                f"'{daily.versions[0]}', incompatible with pool {previous} "
+                f"('{pooled[0]}': another lineage or D); averaging them is meaningless. "
+                "Pass --reset-on-new-model to restart the pool from this day"
+            )
+        previous_dir, reset = None, True
 
-    dim = daily.dim
-    if previous_dir is not None:
-        buckets = pool_buckets(previous_dir)
+    dim = _day_dim(config, daily, pooled)
+    if layout is not None and previous_dir is not None:
+        buckets = layout.buckets
     else:
         buckets = config.buckets or buckets_for(daily.table.num_rows, max(dim, 1))
     if on_total is not None:
@@ -213,6 +217,21 @@ def materialize_offline(
         metrics["expired"] = len(_ids(wd.pool(config.model, config.entity, previous), key))
     health.record(wd.metrics, metrics)
     return DayReport(metrics, previous, pool_dir, offline_file, reset)
+
+
+def _day_dim(config: MaterializeConfig, daily: DailyInput, pooled: list[str]) -> int:
+    """D of day t: the daily outputs', or for a day without rows (a carry-over-only day:
+    every entity is carried, TTL applies) pool(t-1)'s. A day without rows and without a
+    pool to carry has nothing to materialize and is refused."""
+    if daily.table.num_rows:
+        return daily.dim
+    if pooled:
+        return ModelVersion.parse(pooled[-1]).dim
+    raise MaterializeError(
+        f"the daily outputs of {config.model}/{config.entity} {config.day} have no rows and "
+        "there is no earlier pool to carry over: nothing to materialize (infer a day with "
+        "rows first)"
+    )
 
 
 def _ids(pool_dir: Path, key: str) -> pa.Array:

@@ -16,18 +16,32 @@ Rules, in order:
 - Merge (C.2): `acc` keeps the day's embedding; `ma` gives ``w * E(t-1) + (1 - w) * E_daily``;
   `ap` averages the two latest daily embeddings (today's and the pool's `prev_daily`).
   An entity seen for the first time takes its daily embedding under every heuristic.
-- Carry-over: an entity with no daily row keeps its value, `prev_daily` and `last_seen`.
+- The pool keeps the paper's aggregate exactly: E(t) = `aggregate_scale` * `embedding`,
+  and day t+1 merges E(t), never a re-normalised value, so many days of `ma` follow the
+  paper's recursion (to float32 rounding). `embedding` is the *published* value (offline
+  rows, Redis, the Pin index all read it).
+- Re-normalisation (`renormalize`, default on): the published value is E(t) / |E(t)|
+  (`aggregate_scale` = |E(t)|). Tower outputs are unit vectors (paper A.1) and consumers
+  take inner products or build an ANN index over them; an average of unit vectors is
+  shorter the more they disagree, so without it an entity's norm would drift with its
+  instability rather than its affinity. Off: the published value is E(t) itself
+  (`aggregate_scale` = 1), the paper's plain weighted sum.
+- Degenerate merges: where E(t) is not finite or its norm is at most `DEGENERATE_RATIO`
+  of the norms that went into it (`ma` w=0.5 over e then -e, `ap` over e and -e: the sum
+  cancels and its direction is rounding noise), nothing new is published: the entity keeps
+  its previous published value (or, if that is itself zero, as in pools written before
+  this rule, today's daily embedding), `aggregate_scale` still records |E(t)|, and the
+  row is flagged `degenerate` (counted in the health table). Norms are taken in float64
+  where float32 would overflow or underflow (`row_norms`), so x1e30 inputs merge fine.
+- Carry-over: an entity with no daily row keeps its value, `aggregate_scale`,
+  `prev_daily` and `last_seen`.
 - `prev_daily` is kept under `ap` only and is null under `acc` and `ma` (it would double
   the vectors a pool carries). An entity whose pool row has no `prev_daily` (a pool built
   with another heuristic) takes its daily embedding under `ap`, like a new entity.
 - TTL: a carried entity whose `last_seen` is more than `ttl_days` days before t is
   expired (dropped); exactly `ttl_days` old is kept.
-- Re-normalisation (`renormalize`, default on): every value written is scaled to unit L2
-  norm. Tower outputs are unit vectors (paper A.1) and consumers take inner products or
-  build an ANN index over them; an average of two unit vectors is shorter by how much
-  they disagree, so without it an entity's norm would drift with its instability rather
-  than its affinity, and users with a volatile history would score lower everywhere.
-  Turn it off to keep the paper's plain weighted sum.
+- Pools written before `aggregate_scale` existed read as scale 1: their stored
+  (re-normalised) value is taken as E(t-1) once, and the recursion is exact from then on.
 """
 
 from __future__ import annotations
@@ -55,6 +69,9 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 # `prev_daily` is only needed by `ap` and is null otherwise, so it is a variable-size list:
 # a null list row costs an offset, a null fixed-size list row would cost D floats.
 PREV_DAILY_TYPE = pa.list_(pa.float32())
+# A merged value whose norm is at most this share of the norms that went into it has
+# cancelled: float32 inputs carry ~6e-8 relative rounding, so its direction is noise.
+DEGENERATE_RATIO = 1e-6
 
 
 @dataclass(frozen=True)
@@ -83,12 +100,17 @@ def day_start(day: dt.date) -> dt.datetime:
 
 
 def pool_schema(id_type: pa.DataType, dim: int) -> pa.Schema:
-    """The pool's columns (DESIGN.md); embeddings are fixed-size lists where we write them."""
+    """The pool's columns (DESIGN.md); embeddings are fixed-size lists where we write them.
+
+    `embedding` is the published value, `aggregate_scale` (float64) the factor that makes
+    it the paper's aggregate: E(t) = aggregate_scale * embedding.
+    """
     vector = pa.list_(pa.float32(), dim)
     return pa.schema(
         [
             ("__id__", id_type),
             ("embedding", vector),
+            ("aggregate_scale", pa.float64()),
             ("last_seen", TIMESTAMP),
             ("prev_daily", PREV_DAILY_TYPE),
             ("model_version", pa.string()),
@@ -97,11 +119,18 @@ def pool_schema(id_type: pa.DataType, dim: int) -> pa.Schema:
 
 
 def annotated_schema(id_column: str, id_type: pa.DataType, dim: int) -> pa.Schema:
-    """`merge_day`'s output: the pool columns plus status, day-to-day cosine and norm."""
+    """`merge_day`'s output: the pool columns plus status, day-to-day cosine, the norm of
+    E(t) (float64: it may exceed float32's range) and the `degenerate` flag."""
     fields = list(pool_schema(id_type, dim))
     fields[0] = pa.field(id_column, id_type)
     return pa.schema(
-        [*fields, ("status", pa.int8()), ("cosine", pa.float32()), ("norm", pa.float32())]
+        [
+            *fields,
+            ("status", pa.int8()),
+            ("cosine", pa.float32()),
+            ("norm", pa.float64()),
+            ("degenerate", pa.bool_()),
+        ]
     )
 
 
@@ -181,13 +210,37 @@ def dedup_last_of_day(daily: pa.Table, id_column: str, dim: int) -> pa.Table:
     return daily.take(pa.array(last_of_day_rows(daily, id_column, dim)))
 
 
-def _norms(matrix: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.einsum("ij,ij->i", matrix, matrix)).astype(np.float32)
+# Squared float32 norms inside this range are exact to float32 rounding; outside it
+# float32 squares overflow (|x| above ~1e19) or underflow (below ~1e-19) and are redone
+# in float64. 256-d float32 rows square-sum to at most 2.9e79, well inside float64.
+_SAFE_SQUARES = (1e-30, 1e30)
 
 
-def _row_cosine(a: np.ndarray, b: np.ndarray, b_norms: np.ndarray) -> np.ndarray:
-    dot = np.einsum("ij,ij->i", a, b)
-    denom = _norms(a) * b_norms
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise a . b of two (n, D) float32 matrices, as float64 (n,).
+
+    One float32 pass (the hot path); rows whose float32 result is outside `_SAFE_SQUARES`
+    in magnitude (or not finite) are recomputed in float64, so x1e30 vectors or tiny ones
+    get their true value instead of inf or 0.
+    """
+    dots = np.einsum("ij,ij->i", a, b).astype(np.float64)
+    magnitude = np.abs(dots)
+    redo = ~((magnitude > _SAFE_SQUARES[0]) & (magnitude < _SAFE_SQUARES[1]))
+    if redo.any():
+        dots[redo] = np.einsum("ij,ij->i", a[redo].astype(np.float64), b[redo].astype(np.float64))
+    return dots
+
+
+def row_norms(matrix: np.ndarray) -> np.ndarray:
+    """L2 norm of each row of an (n, D) float32 matrix, float64 (n,), never overflowing
+    for finite input (see `_row_dots`); NaN or inf where a row holds one."""
+    return np.sqrt(_row_dots(matrix, matrix))
+
+
+def _row_cosine(a: np.ndarray, b: np.ndarray, a_norms: np.ndarray, b_norms: np.ndarray):
+    """Row-wise cosine of two (n, D) float32 matrices given their norms; 0 where a norm is 0."""
+    denom = a_norms * b_norms
+    dot = _row_dots(a, b)
     return np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0).astype(np.float32)
 
 
@@ -220,6 +273,15 @@ def _matrix_and_valid(column: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np
     return matrix, valid
 
 
+def aggregate_scales(pool: pa.Table) -> np.ndarray:
+    """[n] float64: E(t) = scale * embedding for each pool row. A pool written before the
+    column existed (or a null) reads as 1: its stored value is taken as the aggregate."""
+    if "aggregate_scale" not in pool.column_names:
+        return np.ones(pool.num_rows, dtype=np.float64)
+    column = pc.fill_null(pc.cast(pool["aggregate_scale"], pa.float64()), 1.0)
+    return column.to_numpy()
+
+
 def _list_vectors(matrix: np.ndarray, valid: np.ndarray) -> pa.ListArray:
     """An (n, dim) matrix as list<float32> with null rows where not `valid` (no copy)."""
     n, dim = matrix.shape
@@ -243,16 +305,62 @@ def default_threads() -> int:
 
 @dataclass(frozen=True)
 class _Vectors:
-    embedding: np.ndarray  # [n_seen + len(rest), D]: the day's merged rows, then the rest
-    norm: np.ndarray  # [n_seen]: L2 norm of each merged row before re-normalisation
-    cosine: np.ndarray  # [n_updated]: cosine of each updated row with its pool(t-1) value
+    embedding: np.ndarray  # [n_seen + len(rest), D] float32: published rows, then the rest
+    scale: np.ndarray  # [n_seen + len(rest)] float64: E = scale * embedding
+    norm: np.ndarray  # [n_seen] float64: |E(t)| of each of the day's rows
+    degenerate: np.ndarray  # [n_seen] bool: E(t) cancelled or not finite; nothing new published
+    cosine: np.ndarray  # [n_updated]: cosine of each updated row's published values t-1, t
     prev_daily: np.ndarray | None  # `ap` only: [n_out, D] the daily embeddings to keep
+
+
+def _divide_rows(out: np.ndarray, divisors: np.ndarray) -> None:
+    """out[k] /= divisors[k] in place (out [n, D] float32, divisors [n] float64, > 0).
+    A norm beyond float32's range (components near its maximum) divides in float64: as a
+    float32 divisor it would be inf and publish a zero row."""
+    huge = divisors > _SAFE_SQUARES[1]
+    out /= np.where(huge, 1.0, divisors).astype(np.float32)[:, None]
+    if huge.any():
+        out[huge] = (out[huge].astype(np.float64) / divisors[huge][:, None]).astype(np.float32)
+
+
+def _fall_back(
+    out: np.ndarray,
+    bad: np.ndarray,
+    norm: np.ndarray,
+    scale: np.ndarray,
+    published: np.ndarray,
+    prev: np.ndarray,
+    prev_norm: np.ndarray,
+    daily: np.ndarray,
+) -> None:
+    """Degenerate rows of a block publish a value they already had (module docstring).
+
+    out [n, D] float32: the block's published values; bad [n]: degenerate rows; norm [n]
+    float64: |E(t)|; scale, published [n] float64: each row's `aggregate_scale` and
+    published norm (all four updated in place for the bad rows). The first len(prev) rows
+    are updated entities whose published value of day t-1 is `prev` (norms `prev_norm`);
+    daily [n_bad, D]: the bad rows' daily embeddings (validated: finite, non-zero).
+    A bad updated row keeps `prev` if it is finite and non-zero, any other takes its
+    daily embedding. Its scale is |E(t)| / |published|, so the pool still holds E(t)'s
+    norm (a cancelled sum's direction is noise anyway); where E(t) is not finite (only
+    a corrupt pool can cause that) the state restarts from the published value (scale 1).
+    """
+    rows = np.flatnonzero(bad)
+    replacement = daily
+    updated = rows[rows < len(prev)]
+    keep = updated[np.isfinite(prev_norm[updated]) & (prev_norm[updated] > 0)]
+    replacement[np.isin(rows, keep)] = prev[keep]
+    out[rows] = replacement
+    published[rows] = row_norms(replacement)
+    finite = np.isfinite(norm[rows])
+    scale[rows] = np.where(finite, norm[rows] / published[rows], 1.0)
 
 
 def _merge_vectors(
     daily_emb: np.ndarray,
     rows: np.ndarray,
     pool_emb: np.ndarray,
+    pool_scale: np.ndarray,
     at: np.ndarray,
     rest: np.ndarray,
     pool_prev: np.ndarray | None,
@@ -265,19 +373,25 @@ def _merge_vectors(
     the calling thread while the worker threads run.
 
     daily_emb [n_daily, D], rows [n_seen]: the day's row of each entity seen today,
-    updated ones first; pool_emb [n_pool, D], at [n_updated]: the pool row of each updated
+    updated ones first; pool_emb [n_pool, D] (published values), pool_scale [n_pool]
+    (E(t-1) = pool_scale * pool_emb), at [n_updated]: the pool row of each updated
     entity; rest: pool rows carried (or expired), copied after the day's rows.
     Each thread takes a contiguous share of the day's rows and of the rest and works
     through it in `_BLOCK_ROWS` blocks; NumPy releases the GIL in every call used here.
+    Arithmetic is float32 (E's components never exceed its inputs' in magnitude, so no
+    overflow), norms float64 (`row_norms`). Paper C.2; rules in the module docstring.
     `np.take(..., mode="clip")`: the default mode buffers `out`; indices are in range.
     """
     dim = pool_emb.shape[1]
     n_seen, n_updated = len(rows), len(at)
     n_out = n_seen + len(rest)
     embedding = np.empty((n_out, dim), dtype=np.float32)
-    norm = np.empty(n_seen, dtype=np.float32)
+    scale = np.empty(n_out, dtype=np.float64)
+    norm = np.empty(n_seen, dtype=np.float64)
+    degenerate = np.zeros(n_seen, dtype=bool)
     cosine = np.empty(n_updated, dtype=np.float32)
     ap = params.heuristic == "ap"
+    w = np.float32(params.w)  # float32 arithmetic: |E|'s components never exceed its inputs'
     prev_daily = np.empty((n_out, dim), dtype=np.float32) if ap else None
 
     def merge_seen(begin: int, end: int) -> None:
@@ -290,25 +404,47 @@ def _merge_vectors(
             if ap:
                 prev_daily[i:j] = out  # today's daily embeddings, before merging
             u = max(0, min(j, n_updated) - i)  # the block's updated rows come first
-            if u:
-                prev = previous[:u]
-                np.take(pool_emb, at[i : i + u], axis=0, out=prev, mode="clip")
-                merged = out[:u]
-                if params.heuristic == "ma":
-                    merged *= 1.0 - params.w
-                    merged += np.multiply(prev, params.w, out=scratch[:u])
-                elif ap:
-                    # A pool written without `ap` holds no previous daily: take today's.
-                    both = np.flatnonzero(pool_prev_valid[at[i : i + u]])
-                    merged[both] = 0.5 * (pool_prev[at[i : i + u][both]] + merged[both])
-            lengths = _norms(out)
-            norm[i:j] = lengths  # before re-normalising: how much the average shrank
+            prev = previous[:u]  # their published values of day t-1
+            np.take(pool_emb, at[i : i + u], axis=0, out=prev, mode="clip")
+            prev_norm = row_norms(prev)
+            inputs = _merge_updated(out[:u], prev, prev_norm, at[i : i + u], scratch[:u])
+            lengths = row_norms(out)  # |E(t)|, float64
+            norm[i:j] = lengths
+            # Cancelled (at most DEGENERATE_RATIO of its inputs) or not finite. A row that
+            # is today's daily embedding (new, `acc`) only fails this when it is zero.
+            bad = ~(lengths > 0)
+            bad[:u] = ~(lengths[:u] > DEGENERATE_RATIO * inputs)
+            degenerate[i:j] = bad
             if params.renormalize:
-                nonzero = lengths > 0
-                out /= np.where(nonzero, lengths, np.float32(1.0))[:, None]
-                lengths = nonzero.astype(np.float32)  # unit now (a zero row stays zero)
+                _divide_rows(out, np.where(bad, 1.0, lengths))
+                block_scale, published = lengths.copy(), np.ones(j - i)
+            else:
+                block_scale, published = np.ones(j - i), lengths.copy()
+            if bad.any():
+                _fall_back(out, bad, lengths, block_scale, published, prev, prev_norm,
+                           daily_emb[rows[i:j][bad]])  # fmt: skip
+            scale[i:j] = block_scale
             if u:
-                cosine[i : i + u] = _row_cosine(prev, out[:u], lengths[:u])
+                cosine[i : i + u] = _row_cosine(prev, out[:u], prev_norm, published[:u])
+
+    def _merge_updated(merged, prev, prev_norm, at_rows, scratch) -> np.ndarray:
+        """E(t) of updated rows in place of their daily values (`merged`, [u, D]); returns
+        the norms [u] float64 of what went into each (for the cancellation test)."""
+        inputs = row_norms(merged)
+        if params.heuristic == "ma":
+            # E(t-1) = scale * published(t-1): the exact aggregate, not the unit value.
+            past = np.abs(pool_scale[at_rows])
+            inputs = params.w * past * prev_norm + (1 - params.w) * inputs
+            merged *= np.float32(1.0) - w
+            merged += np.multiply(prev, (w * past).astype(np.float32)[:, None], out=scratch)
+        elif ap:
+            # A pool written without `ap` holds no previous daily: take today's.
+            both = np.flatnonzero(pool_prev_valid[at_rows])
+            older = pool_prev[at_rows[both]]
+            inputs[both] = 0.5 * (row_norms(older) + inputs[both])
+            # 0.5a + 0.5b (exact halvings), not 0.5(a + b): a + b can overflow float32.
+            merged[both] = np.float32(0.5) * older + np.float32(0.5) * merged[both]
+        return inputs
 
     def copy_rest(begin: int, end: int) -> None:
         for i in range(begin, end, _BLOCK_ROWS):
@@ -316,6 +452,7 @@ def _merge_vectors(
             np.take(
                 pool_emb, rest[i:j], axis=0, out=embedding[n_seen + i : n_seen + j], mode="clip"
             )
+            scale[n_seen + i : n_seen + j] = pool_scale[rest[i:j]]
             if ap:
                 np.take(
                     pool_prev,
@@ -334,13 +471,14 @@ def _merge_vectors(
     if threads == 1 or len(tasks) <= 1:
         for fn, begin, end in tasks:
             fn(begin, end)
-        return _Vectors(embedding, norm, cosine, prev_daily), meanwhile()
-    with ThreadPoolExecutor(threads) as executor:
-        futures = [executor.submit(*task) for task in tasks]
-        other = meanwhile()  # the scalar columns, while the workers move vectors
-        for future in futures:
-            future.result()
-    return _Vectors(embedding, norm, cosine, prev_daily), other
+        other = meanwhile()
+    else:
+        with ThreadPoolExecutor(threads) as executor:
+            futures = [executor.submit(*task) for task in tasks]
+            other = meanwhile()  # the scalar columns, while the workers move vectors
+            for future in futures:
+                future.result()
+    return _Vectors(embedding, scale, norm, degenerate, cosine, prev_daily), other
 
 
 def _shares(n: int, parts: int) -> list[tuple[int, int]]:
@@ -355,7 +493,8 @@ def merge_day(
 ) -> pa.Table:
     """Day t's annotated table from pool(t-1) and the raw daily rows of day t.
 
-    pool:  `<id>`, `embedding`, `last_seen`, `prev_daily`, `model_version` (pool(t-1) rows)
+    pool:  `<id>`, `embedding`, `aggregate_scale`, `last_seen`, `prev_daily`,
+           `model_version` (pool(t-1) rows; `aggregate_scale` absent or null reads as 1)
     daily: `<id>`, `ts`, `embedding`, `model_version` (raw; several rows per entity allowed)
     Returns `annotated_schema` in four blocks: updated and new entities (each sorted by
     id), then carried and expired ones (each in pool order). The output is a function of
@@ -364,10 +503,10 @@ def merge_day(
     Cost: every vector is written once, straight into its block of one output matrix
     (`_merge_vectors`: cache-sized row blocks on `threads` threads, default
     `default_threads()`; the Spark engine passes 1, its tasks already fill the cores).
-    `cosine` and `norm` are set for the day's rows only (null otherwise); `norm` is the
-    merged value's length before re-normalisation (with it on, what is stored is unit by
-    construction): near 1 for a tower output, lower the more `ma`/`ap` averaged vectors
-    that disagree.
+    `cosine` (of the published values of t-1 and t) is set for updated rows, `norm` and
+    `degenerate` for the day's rows (null otherwise). `norm` is |E(t)|, the paper's
+    aggregate before re-normalisation: near 1 for a tower output, lower the more
+    `ma`/`ap` averaged vectors that disagree.
     """
     key = params.id_column
     id_type = pool.schema.field(key).type if pool.num_rows else daily.schema.field(key).type
@@ -397,6 +536,7 @@ def merge_day(
 
     daily_emb = embedding_matrix(daily["embedding"], dim)
     pool_emb = embedding_matrix(pool["embedding"], dim)
+    pool_scale = aggregate_scales(pool)
     if params.heuristic == "ap":
         pool_prev, pool_prev_valid = _matrix_and_valid(pool["prev_daily"], dim)
     else:
@@ -426,6 +566,7 @@ def merge_day(
         daily_emb,
         rows,
         pool_emb,
+        pool_scale,
         at,
         rest,
         pool_prev,
@@ -440,13 +581,18 @@ def merge_day(
     else:  # prev_daily only serves `ap`: null, the pool schema unchanged
         columns["prev_daily"] = pa.nulls(n_out, PREV_DAILY_TYPE)
     columns["embedding"] = vectors(vecs.embedding)
-    # cosine: updated rows only; norm: the day's rows only (null elsewhere).
+    columns["aggregate_scale"] = pa.array(vecs.scale)
+    # cosine: updated rows only; norm, degenerate: the day's rows only (null elsewhere).
     cosine = np.zeros(n_out, dtype=np.float32)
     cosine[:n_updated] = vecs.cosine
     columns["cosine"] = pa.array(cosine, mask=np.arange(n_out) >= n_updated)
-    norm = np.zeros(n_out, dtype=np.float32)
+    not_seen = np.arange(n_out) >= n_seen
+    norm = np.zeros(n_out, dtype=np.float64)
     norm[:n_seen] = vecs.norm
-    columns["norm"] = pa.array(norm, mask=np.arange(n_out) >= n_seen)
+    columns["norm"] = pa.array(norm, mask=not_seen)
+    degenerate = np.zeros(n_out, dtype=bool)
+    degenerate[:n_seen] = vecs.degenerate
+    columns["degenerate"] = pa.array(degenerate, mask=not_seen)
     schema = annotated_schema(key, id_type, dim)
     return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
@@ -460,7 +606,7 @@ class DayResult:
     expired_ids: pa.Array
 
 
-POOL_COLUMNS = ("embedding", "last_seen", "prev_daily", "model_version")
+POOL_COLUMNS = ("embedding", "aggregate_scale", "last_seen", "prev_daily", "model_version")
 
 
 def split_annotated(annotated: pa.Table, id_column: str) -> DayResult:

@@ -2,12 +2,17 @@
 
     daily/<model>/<entity>/ds=<day>/*.parquet        input, validated here (`read_daily`)
     pool/<model>/<entity>/ds=<day>/bucket=<k>/*.parquet   one row per live entity
-    pool/.../ds=<day>/_layout.json                   {"buckets": n}: entity k lives in bucket k
+    pool/.../ds=<day>/_layout.json                   the manifest: bucket count, and each
+                                                     file's bucket, rows, bytes and crc32
     offline/<model>_<entity>_embedding/day=<day>.parquet   that day's changed rows (Feast)
 
 The pool is split into hash buckets of the entity id (`bucket_of`), so an engine can merge
 one bucket of pool(t-1) with the same bucket of daily(t) at a time and memory stays bounded
-by a bucket. Both engines write this layout; Spark adds its own part-file names.
+by a bucket. Both engines write this layout. A pool of day t-1 is verified against its
+manifest before day t reads it (`verify_pool`, `read_pool_bucket`): a missing, truncated or
+unlisted file, or a garbled manifest, is refused by name (`PoolIntegrityError`), never read
+as an empty bucket. Pools written before manifests (`{"buckets": n}` only) are read with an
+`UnverifiedPoolWarning` as long as every bucket has a readable file.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from derm_features.core.atomic import write_parquet_atomic, write_text_atomic
 from derm_features.core.provenance import ModelVersion, compatible
-from materialize.kernel import TIMESTAMP, day_start, embedding_matrix, sorted_by
+from materialize.kernel import TIMESTAMP, day_start, row_norms, sorted_by
 
 DAILY_COLUMNS = ("ts", "embedding", "model_version")
 LAYOUT_FILE = "_layout.json"
@@ -131,13 +137,34 @@ def _check_daily_file(path: Path, table: pa.Table, id_column: str, model: str) -
     wrong = int(np.count_nonzero(lengths != dim))
     if wrong:
         return [f"{wrong} row(s) whose embedding length is not D={dim} (from model_version)"]
-    matrix = embedding_matrix(table["embedding"], dim)
-    finite = np.isfinite(matrix).all(axis=1)
-    if not finite.all():
-        problems.append(f"{int((~finite).sum())} row(s) with NaN or inf in 'embedding'")
-    zero = finite & (np.einsum("ij,ij->i", matrix, matrix) == 0)
-    if zero.any():
-        problems.append(f"{int(zero.sum())} row(s) with a zero-norm 'embedding'")
+    return problems + _vector_problems(table["embedding"], dim)
+
+
+def _vector_problems(column: pa.ChunkedArray, dim: int) -> list[str]:
+    """Rows of a daily `embedding` column that no merge can use, each rule with its count
+    and first row (0-based, in the file): values that are NaN or inf, or beyond float32's
+    range (the pool's type), and zero norms. Norms are float64 (`row_norms`), so a finite
+    vector of huge values (x1e30) is accepted and merges like any other."""
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    values = flat.astype(np.float64, copy=False).reshape(-1, dim)
+    problems = []
+
+    def report(bad: np.ndarray, what: str) -> None:
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            problems.append(
+                f"{int(bad.sum())} row(s) {what} in column 'embedding' (first: row {first})"
+            )
+
+    finite = np.isfinite(values).all(axis=1)
+    report(~finite, "with NaN or inf")
+    too_large = finite & (np.abs(values) > np.finfo(np.float32).max).any(axis=1)
+    report(too_large, "with values beyond float32's range")
+    usable = finite & ~too_large
+    norms = np.full(len(values), np.nan)
+    norms[usable] = row_norms(values[usable].astype(np.float32))
+    report(usable & ~np.isfinite(norms), "with a non-finite norm")
+    report(usable & (norms == 0), "with a zero-norm vector")
     return problems
 
 
@@ -203,51 +230,261 @@ def _check_compatible(versions: list[str], where: str) -> None:
 
 # ---------------------------------------------------------------- pool
 
-
-def pool_buckets(pool_dir: Path) -> int:
-    """The bucket count a pool was written with."""
-    return int(json.loads((pool_dir / LAYOUT_FILE).read_text())["buckets"])
+LAYOUT_FORMAT = 2  # 1 (implicit): {"buckets": n} only, written before manifests existed
 
 
-def write_layout(pool_dir: Path, buckets: int) -> None:
-    write_text_atomic(json.dumps({"buckets": buckets}) + "\n", pool_dir / LAYOUT_FILE)
+class PoolIntegrityError(MaterializeError):
+    """A pool on disk does not match its manifest (or has none that can be read)."""
 
 
-def _dataset(pool_dir: Path) -> pads.Dataset:
-    return pads.dataset(pool_dir, format="parquet", partitioning="hive")
+class UnverifiedPoolWarning(UserWarning):
+    """A pool written before manifests existed was read without checksums."""
 
 
-def read_pool_bucket(pool_dir: Path, bucket: int) -> pa.Table:
-    """The rows of one bucket of a pool (no `bucket` column)."""
-    files = sorted((pool_dir / f"bucket={bucket}").glob("*.parquet"))
-    tables = [pq.read_table(f) for f in files if not f.name.startswith((".", "_"))]
-    if not tables:
-        return pq.read_schema(_any_pool_file(pool_dir)).empty_table()
+@dataclass(frozen=True)
+class PoolFile:
+    """One Parquet file of a pool, as its manifest records it."""
+
+    bucket: int
+    path: str  # relative to the pool directory, e.g. "bucket=3/part-00000.parquet"
+    rows: int
+    bytes: int
+    crc32: str  # zlib.crc32 of the whole file, 8 hex digits
+
+    def as_json(self) -> dict:
+        return {
+            "bucket": self.bucket,
+            "path": self.path,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "crc32": self.crc32,
+        }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A pool's `_layout.json`: its bucket count and, since format 2, every file."""
+
+    buckets: int
+    files: tuple[PoolFile, ...] | None  # None: a format-1 pool (no manifest)
+
+    def bucket_files(self, bucket: int) -> tuple[PoolFile, ...]:
+        return tuple(f for f in self.files or () if f.bucket == bucket)
+
+
+def _crc32(data: bytes | memoryview) -> str:
+    """8 hex digits; crc32 rather than a cryptographic hash: it detects torn or truncated
+    files (what a crash or a bad copy leaves) at ~2 GB/s here, 2x sha256."""
+    return f"{zlib.crc32(data):08x}"
+
+
+def write_pool_bucket(pool_dir: Path, bucket: int, table: pa.Table) -> PoolFile:
+    """One bucket of the pool being built (inside `atomic_dir`, so not atomic on its own).
+
+    Returns the file's manifest entry (rows, bytes and crc32 of what was written; the file
+    is read back from the page cache for the checksum).
+    """
+    relative = f"bucket={bucket}/part-00000.parquet"
+    path = pool_dir / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, **VECTOR_PARQUET)
+    data = path.read_bytes()
+    return PoolFile(bucket, relative, table.num_rows, len(data), _crc32(data))
+
+
+def write_layout(pool_dir: Path, buckets: int, files: Sequence[PoolFile]) -> None:
+    """Writes the pool's manifest (format 2): the bucket count and every file with its rows,
+    bytes and crc32. Every bucket must have a file (an empty bucket has an empty one)."""
+    missing = sorted(set(range(buckets)) - {f.bucket for f in files})
+    if missing:
+        raise RuntimeError(f"pool {pool_dir}: no file written for bucket(s) {missing}")
+    layout = {
+        "format": LAYOUT_FORMAT,
+        "buckets": buckets,
+        "files": [f.as_json() for f in sorted(files, key=lambda f: (f.bucket, f.path))],
+    }
+    write_text_atomic(json.dumps(layout, indent=1) + "\n", pool_dir / LAYOUT_FILE)
+
+
+def read_layout(pool_dir: Path) -> Layout:
+    """The manifest of a pool; raises `PoolIntegrityError` naming the file when it is
+    missing, not JSON, or not a manifest. A format-1 file ({"buckets": n}) gives
+    `files=None`."""
+    path = pool_dir / LAYOUT_FILE
+    where = f"pool {pool_dir}: {LAYOUT_FILE}"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PoolIntegrityError(f"{where} is missing; {_REBUILD}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoolIntegrityError(f"{where} is unreadable ({exc}); {_REBUILD}") from None
+    try:
+        buckets = raw["buckets"]
+        if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
+            raise ValueError(f"'buckets' must be a positive integer, got {buckets!r}")
+        if "files" not in raw:
+            return Layout(buckets, None)
+        files = tuple(
+            PoolFile(
+                int(f["bucket"]), str(f["path"]), int(f["rows"]), int(f["bytes"]), str(f["crc32"])
+            )
+            for f in raw["files"]
+        )
+        outside = [f.path for f in files if not 0 <= f.bucket < buckets]
+        if outside:
+            raise ValueError(f"files outside buckets 0..{buckets - 1}: {outside}")
+        unlisted = sorted(set(range(buckets)) - {f.bucket for f in files})
+        if unlisted:
+            raise ValueError(f"no file listed for bucket(s) {unlisted}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PoolIntegrityError(f"{where} is not a pool manifest ({exc}); {_REBUILD}") from None
+    return Layout(buckets, files)
+
+
+# What to do about a damaged pool, in every integrity message.
+_REBUILD = (
+    "restore this pool from a backup, or re-materialize its day (and every later day) from "
+    "the daily outputs, oldest first"
+)
+
+
+def _legacy_files(pool_dir: Path, layout: Layout, bucket: int) -> list[Path]:
+    """The Parquet files of one bucket of a format-1 pool (no manifest): each bucket must
+    have at least one, since every engine writes a file for every bucket."""
+    directory = pool_dir / f"bucket={bucket}"
+    files = sorted(f for f in directory.glob("*.parquet") if not f.name.startswith((".", "_")))
+    if not files:
+        raise PoolIntegrityError(
+            f"pool {pool_dir}: bucket {bucket} of {layout.buckets} has no Parquet file "
+            f"({directory}); {_REBUILD}"
+        )
+    return files
+
+
+_WARNED: set[Path] = set()  # format-1 pools already warned about in this process
+
+
+def _warn_unverified(pool_dir: Path) -> None:
+    if pool_dir in _WARNED:
+        return
+    _WARNED.add(pool_dir)
+    warnings.warn(
+        f"pool {pool_dir} was written before pool manifests (no row counts or checksums in "
+        f"{LAYOUT_FILE}): read unverified; the next day's pool gets a manifest",
+        UnverifiedPoolWarning,
+        stacklevel=3,
+    )
+
+
+def verify_pool(pool_dir: Path) -> Layout:
+    """Checks a pool before any work reads it; returns its layout.
+
+    Format 2: every listed file exists with its recorded size and its Parquet footer
+    holds the recorded rows, and no unlisted Parquet file sits in a bucket (checksums are
+    verified when a bucket is read whole, `read_pool_bucket`). Format 1: every bucket has
+    a readable Parquet file, with a warning that nothing else can be checked.
+    Raises `PoolIntegrityError` naming the pool, the file and what does not match.
+    """
+    layout = read_layout(pool_dir)
+    if layout.files is None:
+        _warn_unverified(pool_dir)
+        for bucket in range(layout.buckets):
+            for path in _legacy_files(pool_dir, layout, bucket):
+                _footer_rows(pool_dir, path)
+        return layout
+    for f in layout.files:
+        _check_size(pool_dir, f)
+        rows = _footer_rows(pool_dir, pool_dir / f.path)
+        if rows != f.rows:
+            raise PoolIntegrityError(
+                f"pool {pool_dir}: {f.path} holds {rows} rows, its manifest says {f.rows}; "
+                f"{_REBUILD}"
+            )
+    listed = {f.path for f in layout.files}
+    extra = sorted(
+        str(p.relative_to(pool_dir))
+        for p in pool_dir.glob("bucket=*/*.parquet")
+        if not p.name.startswith((".", "_")) and str(p.relative_to(pool_dir)) not in listed
+    )
+    if extra:
+        raise PoolIntegrityError(
+            f"pool {pool_dir}: Parquet file(s) not in its manifest: {extra}; {_REBUILD}"
+        )
+    return layout
+
+
+def _check_size(pool_dir: Path, f: PoolFile) -> None:
+    path = pool_dir / f.path
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise PoolIntegrityError(
+            f"pool {pool_dir}: {f.path} (bucket {f.bucket}, {f.rows} rows) is missing; {_REBUILD}"
+        ) from None
+    if size != f.bytes:
+        raise PoolIntegrityError(
+            f"pool {pool_dir}: {f.path} is {size} bytes, its manifest says {f.bytes} "
+            f"(truncated or overwritten); {_REBUILD}"
+        )
+
+
+def _footer_rows(pool_dir: Path, path: Path) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PoolIntegrityError(
+            f"pool {pool_dir}: {path.relative_to(pool_dir)} is not readable Parquet ({exc}); "
+            f"{_REBUILD}"
+        ) from None
+
+
+def _read_verified(pool_dir: Path, f: PoolFile) -> pa.Table:
+    """One manifest-listed file, read whole, its size, crc32 and rows checked."""
+    _check_size(pool_dir, f)
+    data = (pool_dir / f.path).read_bytes()
+    if _crc32(data) != f.crc32:
+        raise PoolIntegrityError(
+            f"pool {pool_dir}: {f.path} has crc32 {_crc32(data)}, its manifest says "
+            f"{f.crc32} (corrupted); {_REBUILD}"
+        )
+    table = pq.read_table(pa.BufferReader(data))
+    if table.num_rows != f.rows:
+        raise PoolIntegrityError(
+            f"pool {pool_dir}: {f.path} holds {table.num_rows} rows, its manifest says "
+            f"{f.rows}; {_REBUILD}"
+        )
+    return table
+
+
+def read_pool_bucket(pool_dir: Path, bucket: int, layout: Layout | None = None) -> pa.Table:
+    """The rows of one bucket of a pool (no `bucket` column), verified against the
+    manifest (`layout`, read from `pool_dir` when not given): size, crc32 and rows of each
+    file. Never an empty table for a missing file: raises `PoolIntegrityError`."""
+    layout = layout or read_layout(pool_dir)
+    if layout.files is None:
+        tables = [pq.read_table(p) for p in _legacy_files(pool_dir, layout, bucket)]
+    else:
+        tables = [_read_verified(pool_dir, f) for f in layout.bucket_files(bucket)]
     return pa.concat_tables(tables)
 
 
-def _any_pool_file(pool_dir: Path) -> Path:
-    for f in sorted(pool_dir.glob("bucket=*/*.parquet")):
-        if not f.name.startswith((".", "_")):
-            return f
-    raise MaterializeError(f"pool {pool_dir} holds no Parquet file")
-
-
 def read_pool(pool_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    """A whole pool (or some of its columns), without the `bucket` partition column."""
-    table = _dataset(pool_dir).to_table(columns=columns)
-    return table.drop_columns(["bucket"]) if "bucket" in table.column_names else table
+    """A whole pool (or some of its columns), without the `bucket` partition column.
+
+    Reads exactly the files of its manifest after `verify_pool`'s checks (sizes and row
+    counts; a column subset is not checksummed, as it does not read whole files).
+    """
+    layout = verify_pool(pool_dir)
+    if layout.files is None:
+        paths = [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
+    else:
+        paths = [pool_dir / f.path for f in layout.files]
+    tables = [pq.read_table(p, columns=columns) for p in paths]
+    return pa.concat_tables(tables)
 
 
 def pool_versions(pool_dir: Path) -> list[str]:
     return sorted(pc.unique(read_pool(pool_dir, ["model_version"])["model_version"]).to_pylist())
-
-
-def write_pool_bucket(pool_dir: Path, bucket: int, table: pa.Table) -> None:
-    """One bucket of the pool being built (inside `atomic_dir`, so not atomic on its own)."""
-    path = pool_dir / f"bucket={bucket}" / "part-00000.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, **VECTOR_PARQUET)
 
 
 # ---------------------------------------------------------------- offline source

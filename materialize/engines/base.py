@@ -19,7 +19,7 @@ import pyarrow as pa
 from materialize.kernel import KernelParams
 from materialize.storage import DailyInput
 
-STATS_COLUMNS = ("status", "cosine", "norm", "last_seen")
+STATS_COLUMNS = ("status", "cosine", "norm", "degenerate", "last_seen")
 
 
 @dataclass(frozen=True)

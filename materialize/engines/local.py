@@ -30,6 +30,7 @@ from materialize.storage import (
     DailyInput,
     bucket_of,
     read_pool_bucket,
+    verify_pool,
     write_layout,
     write_pool_bucket,
 )
@@ -47,7 +48,9 @@ def run_local(
     """Merges day t bucket by bucket and writes pool(t) under `out_dir`.
 
     previous_pool: pool(t-1)'s directory (bucketed with `buckets`), or None for a new pool.
-    daily: the validated raw rows of day t. `progress(1)` is called after each bucket.
+    daily: the validated raw rows of day t (may have no rows: a carry-over-only day).
+    `progress(1)` is called after each bucket. Raises `PoolIntegrityError` when a bucket
+    of pool(t-1) does not match its manifest (nothing of pool(t) is kept then).
     """
     key = params.id_column
     id_type = daily.schema.field(key).type
@@ -58,14 +61,16 @@ def run_local(
     daily_vectors = embedding_matrix(daily["embedding"], dim)
     daily_rest = daily.drop_columns(["embedding"])
 
+    layout = verify_pool(previous_pool) if previous_pool is not None else None
+
     def read(k: int) -> pa.Table:
         if previous_pool is None:
             return empty_pool(key, id_type, dim)
-        return read_pool_bucket(previous_pool, k)
+        return read_pool_bucket(previous_pool, k, layout)
 
     # Parquet I/O overlaps the merge: bucket k+1 is read and bucket k-1 written (Arrow
     # releases the GIL) while bucket k merges; at most three buckets are in memory.
-    changed, stats = [], []
+    changed, stats, files = [], [], []
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
         next_pool = reader.submit(read, 0)
         written = None
@@ -81,7 +86,7 @@ def run_local(
             del pool_k
             result = split_annotated(annotated, key)
             if written is not None:
-                written.result()  # one write in flight; raises the write's error here
+                files.append(written.result())  # one write in flight; raises its error here
                 progress(1)
             written = writer.submit(write_pool_bucket, out_dir, k, result.pool)
             # A copy of the day's rows, so the bucket's vectors are freed once written.
@@ -89,9 +94,9 @@ def run_local(
             stats.append(annotated.select(list(STATS_COLUMNS)))
             del annotated, result
         if written is not None:
-            written.result()
+            files.append(written.result())
             progress(1)
-    write_layout(out_dir, buckets)
+    write_layout(out_dir, buckets, files)
     changed_all = pa.concat_tables(changed)
     return EngineOutput(
         changed=sorted_by(changed_all, key),

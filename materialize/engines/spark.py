@@ -32,14 +32,20 @@ from materialize.kernel import KernelParams, empty_pool, merge_day, sorted_by, s
 from materialize.storage import (
     VECTOR_PARQUET,
     DailyInput,
+    Layout,
+    PoolFile,
+    PoolIntegrityError,
     bucket_of,
     read_pool_bucket,
+    verify_pool,
     write_layout,
     write_pool_bucket,
 )
 
 SIDE_DIR = "_engine"  # changed rows and stats per bucket, inside pool(t)'s temp dir
-_DONE_DDL = "bucket int, rows long"
+# One row per bucket back to the driver: the bucket's pool file, for the manifest.
+# `error`: a pool(t-1) bucket that failed verification, raised on the driver by name.
+_DONE_DDL = "bucket int, path string, rows long, bytes long, crc32 string, error string"
 
 
 def _with_bucket(key: str, buckets: int):
@@ -55,29 +61,53 @@ def _with_bucket(key: str, buckets: int):
     return add
 
 
+def _done_row(bucket: int, written: PoolFile | None = None, error: str | None = None):
+    """A task's one-row answer (`_DONE_DDL`): its pool file's manifest entry, or an error."""
+    return pa.table(
+        {
+            "bucket": pa.array([bucket], pa.int32()),
+            "path": [written.path if written else ""],
+            "rows": pa.array([written.rows if written else 0], pa.int64()),
+            "bytes": pa.array([written.bytes if written else 0], pa.int64()),
+            "crc32": [written.crc32 if written else ""],
+            "error": pa.array([error], pa.string()),
+        }
+    )
+
+
 def _merge_bucket(
-    previous_pool: Path | None, out_dir: Path, params: KernelParams, dim: int, id_type
+    previous_pool: Path | None,
+    layout: Layout | None,
+    out_dir: Path,
+    params: KernelParams,
+    dim: int,
+    id_type,
 ):
     """The task of one bucket: its daily rows (plus one marker row with a null id, so that
-    buckets without daily rows run too) -> pool(t)'s bucket file, changed rows, stats."""
+    buckets without daily rows run too) -> pool(t)'s bucket file, changed rows, stats.
+    It returns the bucket file's manifest entry; pool(t-1)'s bucket is verified against
+    `layout` (its manifest, read once on the driver) as it is read."""
     key = params.id_column
 
     def merge(table: pa.Table) -> pa.Table:
         bucket = table["bucket"][0].as_py()
         daily = table.filter(pc.is_valid(table[key])).drop_columns(["bucket"])
         if previous_pool is not None:
-            pool = read_pool_bucket(previous_pool, bucket)
+            try:
+                pool = read_pool_bucket(previous_pool, bucket, layout)
+            except PoolIntegrityError as exc:
+                return _done_row(bucket, error=str(exc))
         else:
             pool = empty_pool(key, id_type, dim)
         # One thread: Spark already runs a task per core.
         annotated = merge_day(pool, daily, params, dim, threads=1)
         result = split_annotated(annotated, key)
-        write_pool_bucket(out_dir, bucket, result.pool)
+        written = write_pool_bucket(out_dir, bucket, result.pool)
         side = out_dir / SIDE_DIR
         name = f"bucket={bucket}.parquet"
         write_parquet_atomic(result.changed, side / "changed" / name, **VECTOR_PARQUET)
         write_parquet_atomic(annotated.select(list(STATS_COLUMNS)), side / "stats" / name)
-        return pa.table({"bucket": pa.array([bucket], pa.int32()), "rows": [annotated.num_rows]})
+        return _done_row(bucket, written)
 
     return merge
 
@@ -112,12 +142,17 @@ def run_spark(
     )
     side = out_dir / SIDE_DIR
     shutil.rmtree(side, ignore_errors=True)
-    merge = _merge_bucket(previous_pool, out_dir, params, dim, pa.int64())
+    layout = verify_pool(previous_pool) if previous_pool is not None else None
+    merge = _merge_bucket(previous_pool, layout, out_dir, params, dim, pa.int64())
     done = daily.unionByName(markers).groupBy("bucket").applyInArrow(merge, _DONE_DDL).toArrow()
     missing = set(range(buckets)) - set(done["bucket"].to_pylist())
     if missing:  # a bucket without its task would silently drop entities
         raise RuntimeError(f"Spark ran no task for bucket(s) {sorted(missing)}")
-    write_layout(out_dir, buckets)
+    errors = [e for e in done["error"].to_pylist() if e]
+    if errors:  # the task's own message; the temp dir is removed by the caller
+        raise PoolIntegrityError(errors[0])
+    files = [PoolFile(**row) for row in done.drop_columns(["error"]).to_pylist()]
+    write_layout(out_dir, buckets, files)
     changed = pq.read_table(side / "changed")
     stats = pq.read_table(side / "stats")
     shutil.rmtree(side)

@@ -167,12 +167,15 @@ def test_split_keeps_expired_rows_out_of_pool_and_changed():
 
 
 def _reference_day(pool: dict, daily: dict, day: dt.date, w: float, ttl_days: int) -> dict:
-    """The `ma` rules entity by entity in plain Python: id -> (embedding, last_seen day)."""
+    """The `ma` rules entity by entity in plain Python: id -> (E(t), last_seen day).
+
+    E(t) is the paper's aggregate (C.2), never re-normalised between days (issue 13: the
+    old reference fed the unit value into the next day); the kernel publishes E / |E|.
+    """
     out = {}
     for entity, (value, seen) in pool.items():
         if entity in daily:
-            merged = w * value + (1 - w) * daily[entity]
-            out[entity] = (merged / np.linalg.norm(merged), day)
+            out[entity] = (w * value + (1 - w) * daily[entity], day)
         elif (day - seen).days <= ttl_days:
             out[entity] = (value, seen)
     for entity, value in daily.items():
@@ -206,7 +209,8 @@ def test_unsorted_pool_with_expired_updated_new_and_carried_matches_reference():
     assert set(result.expired_ids.to_pylist()) == set(ids0.tolist()) - set(reference)
     assert len(result.expired_ids) > 0
     for entity, (value, seen) in reference.items():
-        np.testing.assert_allclose(emb_of(result.pool, entity), value, rtol=1e-5, atol=1e-6)
+        unit = value / np.linalg.norm(value)
+        np.testing.assert_allclose(emb_of(result.pool, entity), unit, rtol=1e-5, atol=1e-6)
         row = result.pool[KEY].to_pylist().index(entity)
         assert result.pool["last_seen"][row].as_py().date() == seen
     assert result.changed[KEY].to_pylist() == sorted(set(ids3.tolist()))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from materialize_helpers import DIM, VERSION, daily_table, unit_rows, write_daily
@@ -285,3 +286,101 @@ def test_cli_materializes_and_prints_health(workdir):
     assert "live 3" in result.stdout and "new 3" in result.stdout
     bad = _materialize_cli(workdir, "2024-02-01")
     assert bad.returncode == 2 and "older than the newest pool" in bad.stderr
+
+
+# ---------------------------------------------------------------- issue 13: faults
+
+
+def _basis(k: int, sign: float = 1.0) -> np.ndarray:
+    v = np.zeros((1, DIM), np.float32)
+    v[0, k] = sign
+    return v
+
+
+def test_zero_row_daily_file_is_a_carry_over_only_day(workdir):
+    e = add_day(workdir, day(0), [1, 2, 3], seed=0)
+    materialize_day(config(workdir, day(0)))
+    empty = daily_table([], np.zeros((0, DIM), np.float32), day(1))
+    write_daily(workdir, MODEL, ENTITY, day(1), empty)
+    report = materialize_day(config(workdir, day(1)))
+    m = report.metrics
+    assert (m["live"], m["new"], m["updated"], m["carried"], m["expired"]) == (3, 0, 0, 3, 0)
+    pool = read_pool(workdir.pool(MODEL, ENTITY, day(1))).sort_by(KEY)
+    assert pool.equals(read_pool(workdir.pool(MODEL, ENTITY, day(0))).sort_by(KEY))  # carried
+    np.testing.assert_allclose(embedding_matrix(pool["embedding"], DIM), e, rtol=1e-6)
+    assert {t.date() for t in pool["last_seen"].to_pylist()} == {day(0)}  # not re-stamped
+    assert pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(1))).num_rows == 0
+    # The TTL still applies on such a day: 91 days after day 0 everything expires.
+    write_daily(workdir, MODEL, ENTITY, day(92), empty)
+    late = materialize_day(config(workdir, day(92), allow_gap=True)).metrics
+    assert (late["live"], late["expired"]) == (0, 3)
+
+
+def test_zero_row_first_day_is_refused_with_a_message(workdir):
+    write_daily(workdir, MODEL, ENTITY, day(0), daily_table([], np.zeros((0, DIM)), day(0)))
+    with pytest.raises(MaterializeError, match="have no rows and there is no earlier pool"):
+        materialize_day(config(workdir, day(0)))
+
+
+def test_cancelling_day_publishes_the_previous_value_everywhere(applied_workdir):
+    """ma w=0.5 over e_0 then -e_0: E(t) = 0. Offline rows, Redis and the pool keep e_0
+    (never a zero vector served as found); health counts the entity as degenerate."""
+    from derm_features.feast.repo import feature_store
+
+    wd = applied_workdir
+    for n, vectors in enumerate([[_basis(0), _basis(1)], [_basis(0, -1), _basis(2)]]):
+        write_daily(wd, MODEL, ENTITY, day(n), daily_table([1, 2], np.vstack(vectors), day(n)))
+    materialize_day(config(wd, day(0), online=True, w=0.5))
+    report = materialize_day(config(wd, day(1), online=True, w=0.5))
+    assert report.metrics["degenerate"] == 1 and report.metrics["norm_min"] == 0.0
+    offline = pq.read_table(offline_day_path(wd.offline(MODEL, ENTITY), day(1)))
+    np.testing.assert_array_equal(embedding_matrix(offline["embedding"], DIM)[0], _basis(0)[0])
+    e2 = (0.5 * _basis(1) + 0.5 * _basis(2))[0]
+    np.testing.assert_allclose(
+        embedding_matrix(offline["embedding"], DIM)[1], e2 / np.linalg.norm(e2), rtol=1e-6
+    )
+    online = (
+        feature_store(wd)
+        .get_online_features(features=["ctr_user_embedding:embedding"], entity_rows=[{KEY: 1}])
+        .to_dict()["embedding"][0]
+    )
+    np.testing.assert_array_equal(np.asarray(online, np.float32), _basis(0)[0])
+    row = health.read_health(wd.metrics).to_pylist()[-1]
+    assert row["day"] == day(1) and row["degenerate"] == 1
+    assert "degenerate 1 (kept their previous value)" in health.format_metrics(report.metrics)
+
+
+def test_huge_daily_norms_publish_unit_vectors(workdir):
+    e = unit_rows(np.random.default_rng(3), 2) * np.float32(1e30)
+    write_daily(workdir, MODEL, ENTITY, day(0), daily_table([1, 2], e, day(0)))
+    report = materialize_day(config(workdir, day(0)))
+    offline = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(0)))
+    published = embedding_matrix(offline["embedding"], DIM).astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(published, axis=1), 1.0, rtol=1e-6)
+    direction = e / np.linalg.norm(e.astype(np.float64), axis=1)[:, None]
+    np.testing.assert_allclose(published, direction, rtol=1e-5)
+    assert report.metrics["norm_max"] == pytest.approx(1e30, rel=1e-6)
+    assert report.metrics["degenerate"] == 0
+
+
+def test_validation_names_file_column_and_first_bad_row(workdir):
+    """Values outside float32 (the pool's type) and NaN are refused by file, column and
+    the first bad row; norms are float64, so x1e30 vectors pass."""
+    values = unit_rows(np.random.default_rng(4), 4).astype(np.float64)
+    values[1, 3] = np.nan
+    values[2, 0] = 1e39  # finite in float64, inf once stored as float32
+    values[3] *= 1e30
+    flat = pa.array(values.reshape(-1))
+    table = daily_table([1, 2, 3, 4], np.zeros((4, DIM), np.float32), day(0)).set_column(
+        2, "embedding", pa.FixedSizeListArray.from_arrays(flat, DIM)
+    )
+    write_daily(workdir, MODEL, ENTITY, day(0), table, "wide")
+    with pytest.raises(MaterializeError) as info:
+        materialize_day(config(workdir, day(0)))
+    message = str(info.value)
+    assert "wide.parquet: 1 row(s) with NaN or inf in column 'embedding' (first: row 1)" in message
+    assert (
+        "wide.parquet: 1 row(s) with values beyond float32's range in column 'embedding' "
+        "(first: row 2)"
+    ) in message
+    assert "row 3" not in message

@@ -1,0 +1,182 @@
+"""A damaged pool(t-1) is refused by name, never read as an empty bucket (issue 13).
+
+The manifest (`_layout.json`) records each bucket file's rows, bytes and crc32; day t
+checks it before any work and again as it reads each bucket whole. Pools written before
+manifests are read with a warning as long as every bucket has a readable file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from materialize_helpers import daily_table, unit_rows, write_daily
+
+from materialize.job import MaterializeConfig, materialize_offline
+from materialize.storage import (
+    LAYOUT_FILE,
+    PoolIntegrityError,
+    UnverifiedPoolWarning,
+    read_layout,
+    read_pool,
+    read_pool_bucket,
+)
+
+DAY = dt.date(2024, 3, 1)
+DAY1 = DAY + dt.timedelta(days=1)
+DERM = str(Path(sys.executable).with_name("derm"))
+MODEL, ENTITY, KEY = "ctr", "user", "user_id"
+BUCKETS = 3
+
+
+def config(workdir, d, **kw) -> MaterializeConfig:
+    return MaterializeConfig(
+        workdir=workdir, model=MODEL, entity=ENTITY, day=d, online=False, buckets=BUCKETS, **kw
+    )
+
+
+@pytest.fixture
+def two_days(workdir):
+    """Pool of day 0 (30 entities in 3 buckets) and the daily rows of day 1."""
+    rng = np.random.default_rng(0)
+    write_daily(workdir, MODEL, ENTITY, DAY, daily_table(np.arange(30), unit_rows(rng, 30), DAY))
+    write_daily(workdir, MODEL, ENTITY, DAY1, daily_table([3, 40], unit_rows(rng, 2), DAY1))
+    materialize_offline(config(workdir, DAY))
+    return workdir
+
+
+def pool0(workdir) -> Path:
+    return workdir.pool(MODEL, ENTITY, DAY)
+
+
+def bucket_file(workdir, k: int) -> Path:
+    return pool0(workdir) / f"bucket={k}" / "part-00000.parquet"
+
+
+def refused(workdir, match: str) -> None:
+    """Day 1 is refused with `match` in the message, and nothing of day 1 is written."""
+    with pytest.raises(PoolIntegrityError, match=match):
+        materialize_offline(config(workdir, DAY1))
+    assert not workdir.pool(MODEL, ENTITY, DAY1).exists()
+    assert not list(workdir.offline(MODEL, ENTITY).glob(f"day={DAY1}*"))
+
+
+def test_manifest_records_every_bucket_file_with_rows_bytes_and_crc32(two_days):
+    layout = read_layout(pool0(two_days))
+    assert layout.buckets == BUCKETS
+    assert sorted(f.bucket for f in layout.files) == [0, 1, 2]
+    assert sum(f.rows for f in layout.files) == 30
+    for f in layout.files:
+        path = pool0(two_days) / f.path
+        assert f.bytes == path.stat().st_size
+        import zlib
+
+        assert f.crc32 == f"{zlib.crc32(path.read_bytes()):08x}"
+
+
+def test_truncated_bucket_file_is_refused_by_name(two_days):
+    path = bucket_file(two_days, 1)
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: size - 100])
+    refused(two_days, rf"bucket=1/part-00000.parquet is {size - 100} bytes, its manifest says")
+    # The README's recovery: re-run the damaged (newest) day, then day 1 goes through.
+    materialize_offline(config(two_days, DAY))
+    assert materialize_offline(config(two_days, DAY1)).metrics["live"] == 31
+
+
+def test_missing_bucket_file_is_refused_not_read_as_empty(two_days):
+    bucket_file(two_days, 2).unlink()
+    refused(two_days, r"bucket=2/part-00000.parquet \(bucket 2, \d+ rows\) is missing")
+    with pytest.raises(PoolIntegrityError):
+        read_pool(pool0(two_days))  # every reader, not only the merge
+
+
+def test_corrupted_bytes_of_the_same_size_fail_the_checksum(two_days):
+    path = bucket_file(two_days, 0)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(1)  # the embedding values
+    assert chunk.path_in_schema.startswith("embedding")
+    data = bytearray(path.read_bytes())
+    # The last byte of the vectors' data page: a float's bits, the file still parses.
+    data[chunk.data_page_offset + chunk.total_compressed_size - 1] ^= 0x40
+    path.write_bytes(bytes(data))
+    pq.read_table(path)  # still readable: only the checksum can tell
+    refused(two_days, r"bucket=0/part-00000.parquet has crc32 [0-9a-f]{8}, its manifest says")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("{not json", "_layout.json is unreadable"),
+        ('{"buckets": "3"}', "_layout.json is not a pool manifest"),
+        ('{"format": 2, "buckets": 3, "files": []}', r"no file listed for bucket\(s\) \[0, 1, 2\]"),
+        ("", "_layout.json is unreadable"),
+    ],
+)
+def test_garbled_layout_is_refused_by_name(two_days, text, match):
+    (pool0(two_days) / LAYOUT_FILE).write_text(text)
+    refused(two_days, match)
+
+
+def test_missing_layout_is_refused(two_days):
+    (pool0(two_days) / LAYOUT_FILE).unlink()
+    refused(two_days, "_layout.json is missing")
+
+
+def test_a_file_not_in_the_manifest_is_refused(two_days):
+    extra = pool0(two_days) / "bucket=0" / "part-00001.parquet"
+    extra.write_bytes(bucket_file(two_days, 0).read_bytes())
+    refused(two_days, r"not in its manifest: \['bucket=0/part-00001.parquet'\]")
+
+
+def test_cli_exits_2_and_names_the_damaged_file(two_days):
+    bucket_file(two_days, 1).unlink()
+    result = subprocess.run(
+        [DERM, "materialize", "--workdir", str(two_days.root), "--model", MODEL,
+         "--entity", ENTITY, "--date", str(DAY1), "--no-online"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "bucket=1/part-00000.parquet" in result.stderr and "is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _as_format_1(pool_dir: Path) -> None:
+    """What derm wrote before manifests: the bucket count only."""
+    (pool_dir / LAYOUT_FILE).write_text(json.dumps({"buckets": BUCKETS}) + "\n")
+
+
+def test_a_pool_without_manifest_is_read_with_a_warning(two_days, tmp_path):
+    import shutil
+
+    from derm_features.core.workdir import Workdir
+
+    legacy = Workdir(tmp_path / "legacy")
+    shutil.copytree(two_days.root, legacy.root)
+    _as_format_1(pool0(legacy))
+    with pytest.warns(UnverifiedPoolWarning, match="written before pool manifests"):
+        materialize_offline(config(legacy, DAY1))
+    materialize_offline(config(two_days, DAY1))
+    got, want = (read_pool(w.pool(MODEL, ENTITY, DAY1)) for w in (legacy, two_days))
+    assert got.sort_by(KEY).equals(want.sort_by(KEY))
+    assert read_layout(legacy.pool(MODEL, ENTITY, DAY1)).files is not None  # day 1 has one
+
+
+def test_a_pool_without_manifest_and_a_missing_bucket_is_refused(two_days):
+    _as_format_1(pool0(two_days))
+    bucket_file(two_days, 2).unlink()
+    with pytest.warns(UnverifiedPoolWarning):
+        refused(two_days, r"bucket 2 of 3 has no Parquet file")
+
+
+def test_read_pool_bucket_verifies_a_whole_bucket(two_days):
+    table = read_pool_bucket(pool0(two_days), 1)
+    assert table.num_rows == read_layout(pool0(two_days)).bucket_files(1)[0].rows
+    assert isinstance(table, pa.Table)
