@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from derm_features.core.atomic import write_parquet_atomic
+from derm_features.core.locks import hold_file
 from materialize.kernel import CARRIED, EXPIRED, NEW, TIMESTAMP, UPDATED, day_start
 
 HEALTH_FILE = "embedding_health.parquet"
@@ -101,18 +102,28 @@ HEALTH_SCHEMA = pa.schema(
 
 
 def record(metrics_dir: Path, row: dict) -> Path:
-    """Adds (or replaces) the day's row in the health table, atomically."""
+    """Adds (or replaces) the day's row in the health table, atomically.
+
+    The table is shared by every (model, entity): the read-modify-write holds a lock, so two
+    entities materialized at once both keep their row; crash leftovers of the table's own
+    temporary files are removed under it.
+    """
     path = metrics_dir / HEALTH_FILE
-    new = pa.Table.from_pylist([row], schema=HEALTH_SCHEMA)
-    if path.exists():
-        old = _with_schema(pq.read_table(path))
-        same = pc.and_(
-            pc.and_(pc.equal(old["model"], row["model"]), pc.equal(old["entity"], row["entity"])),
-            pc.equal(old["day"], pa.scalar(row["day"], pa.date32())),
-        )
-        new = pa.concat_tables([old.filter(pc.invert(same)), new])
-    new = new.sort_by([(k, "ascending") for k in KEY])
-    write_parquet_atomic(new, path)
+    with hold_file(metrics_dir / f".{HEALTH_FILE}.lock", "a health-table update", wait=True):
+        for leftover in metrics_dir.glob(f".tmp-{HEALTH_FILE}-*"):
+            leftover.unlink(missing_ok=True)
+        new = pa.Table.from_pylist([row], schema=HEALTH_SCHEMA)
+        if path.exists():
+            old = _with_schema(pq.read_table(path))
+            same = pc.and_(
+                pc.and_(
+                    pc.equal(old["model"], row["model"]), pc.equal(old["entity"], row["entity"])
+                ),
+                pc.equal(old["day"], pa.scalar(row["day"], pa.date32())),
+            )
+            new = pa.concat_tables([old.filter(pc.invert(same)), new])
+        new = new.sort_by([(k, "ascending") for k in KEY])
+        write_parquet_atomic(new, path)
     return path
 
 

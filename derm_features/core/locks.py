@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from derm_features.core.workdir import Workdir
 
@@ -26,15 +27,19 @@ class LockHeld(RuntimeError):
     """Another run holds the lock; the message names the lock file and that run."""
 
 
-@contextlib.contextmanager
-def hold(workdir: Workdir, name: str, what: str, wait: bool = False) -> Iterator[None]:
-    """Holds ``<workdir>/locks/<name>.lock`` while the block runs.
+def hold(workdir: Workdir, name: str, what: str, wait: bool = False):
+    """Holds ``<workdir>/locks/<name>.lock`` while the block runs (a context manager).
 
     what: the run, as the other side's message names it (e.g. ``derm daily 2026-01-08``).
     wait: block until the lock is free (for short critical sections such as appending to a
     shared table) instead of raising LockHeld at once.
     """
-    path = workdir.root / "locks" / f"{name}.lock"
+    return hold_file(workdir.root / "locks" / f"{name}.lock", what, wait)
+
+
+@contextlib.contextmanager
+def hold_file(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """`hold` for a lock file at `path` (created if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
