@@ -37,6 +37,7 @@ from materialize.storage import (
     MaterializeError,
     buckets_for,
     offline_rows,
+    offline_timestamp,
     pool_versions,
     read_daily,
     read_offline_day,
@@ -207,16 +208,31 @@ def materialize_offline(
         output = engine.merge(
             previous_dir, daily, params, dim, buckets, tmp, progress or (lambda n: None)
         )
+        rows = offline_rows(output.changed, key, config.day)
+        if reset and previous is not None:
+            # Feast would keep serving the abandoned lineage's values (another embedding
+            # space, maybe another D) to later events: a null row closes each of them.
+            abandoned = _ids(wd.pool(config.model, config.entity, previous), key)
+            gone = abandoned.filter(pc.invert(pc.is_in(abandoned, value_set=output.changed[key])))
+            rows = pa.concat_tables([rows, tombstone_rows(gone, key, config.day, rows.schema)])
         # Offline first: once pool(t) exists, its offline rows do too.
-        offline_file = write_offline_day(
-            offline_dir, config.day, offline_rows(output.changed, key, config.day)
-        )
+        offline_file = write_offline_day(offline_dir, config.day, rows)
     metrics = health.day_metrics(output.stats, config.model, config.entity, config.day)
     if reset and previous is not None:
         # Entities of the abandoned pool are gone from pool(t) like expired ones.
         metrics["expired"] = len(_ids(wd.pool(config.model, config.entity, previous), key))
     health.record(wd.metrics, metrics)
     return DayReport(metrics, previous, pool_dir, offline_file, reset)
+
+
+def tombstone_rows(ids: pa.Array, key: str, day: dt.date, schema: pa.Schema) -> pa.Table:
+    """Offline rows that end the abandoned lineage of `ids` at the end of `day`: a null
+    embedding, which a point-in-time join reads as "no embedding" (has_<view> = 0)."""
+    stamp = pa.array([offline_timestamp(day)] * len(ids), schema.field("event_timestamp").type)
+    columns = {key: ids.cast(schema.field(key).type), "event_timestamp": stamp}
+    return pa.table(
+        {f.name: columns.get(f.name, pa.nulls(len(ids), f.type)) for f in schema}, schema=schema
+    )
 
 
 def _day_dim(config: MaterializeConfig, daily: DailyInput, pooled: list[str]) -> int:
@@ -268,6 +284,7 @@ def push_online(config: MaterializeConfig, store=None) -> OnlineReport:
             "replay the newest day instead"
         )
     rows = read_offline_day(wd.offline(config.model, config.entity), config.day)
+    rows = rows.filter(pc.is_valid(rows["embedding"]))  # tombstones: removed below instead
     dropped = dropped_ids(config)
     try:
         from derm_features.feast.online_store import push_rows, remove_entities

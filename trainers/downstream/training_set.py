@@ -141,10 +141,11 @@ def fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def view_dim(workdir: Workdir, key: str) -> int:
-    """D of an embedding view, read from the first row of its offline source."""
+    """D of an embedding view: that of its newest offline rows (after a model switch with
+    another D, events before the switch hold the old D and are refused by name)."""
     model, entity, view = embedding_view(key)
     source = workdir.offline(model, entity)
-    files = sorted(source.rglob("*.parquet")) if source.is_dir() else []
+    files = sorted(source.rglob("*.parquet"), reverse=True) if source.is_dir() else []
     for file in files:
         if any(part.startswith((".", "_")) for part in file.relative_to(source).parts):
             continue
