@@ -249,3 +249,33 @@ def test_experiment_cache_key_changes_with_every_training_setting(tmp_path):
     for changed in (dataclasses.replace(cfg, lr=1e-3), dataclasses.replace(cfg, network=network)):
         assert run_key(changed, ("ctr_user",)) != key
     assert run_key(dataclasses.replace(cfg, threads=2), ("ctr_user",)) == key
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@torch.no_grad()
+def test_embedding_l2_adds_the_tables_squared_norm_to_the_training_loss(tmp_path):
+    from trainers.downstream.job import EMBEDDING_L2, DownstreamConfig
+    from trainers.downstream.system import DownstreamSystem, embedding_penalty, masked_bce
+
+    cfg = NetworkConfig(token_dim=4, num_buckets=64, seq_len=8, num_experts=1, cross_rank=2)
+    model = CTRModel(tower_layout(SCHEMA, cfg.feature_config(("click",))), [], ("click",), cfg)
+    batch = fake_batch(16, [], cfg)
+    batch["labels"] = (torch.arange(16) % 4 == 0).float()[:, None]
+    batch["label_mask"] = torch.ones(16, 1, dtype=torch.bool)
+    table = model.features.embedding.table.weight
+    assert float(embedding_penalty(model)) == pytest.approx(float(table.pow(2).sum()))
+    bce = float(masked_bce(model.eval()(batch), batch["labels"], batch["label_mask"]))
+    plain = DownstreamSystem(model, ("click",), "click").eval()
+    regularised = DownstreamSystem(model, ("click",), "click", embedding_l2=0.5).eval()
+    assert float(plain.training_step(batch, 0)) == pytest.approx(bce)
+    assert float(regularised.training_step(batch, 0)) == pytest.approx(
+        bce + 0.5 * float(table.pow(2).sum()), rel=1e-5
+    )
+    day, after = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+    run = {"logs": tmp_path, "workdir": tmp_path, "train_start": day, "train_end": day,
+           "eval_start": after, "eval_end": after}  # fmt: skip
+    assert DownstreamConfig(task="ctr", **run).table_l2 == EMBEDDING_L2["ctr"] > 0
+    assert DownstreamConfig(task="cvr", **run).table_l2 == 0.0
+    assert DownstreamConfig(task="ctr", embedding_l2=0.0, **run).table_l2 == 0.0
+    with pytest.raises(Exception, match="embedding_l2"):
+        DownstreamConfig(task="ctr", embedding_l2=-1.0, **run)

@@ -1,7 +1,8 @@
 """The thin LightningModule of the downstream models: losses, optimiser, validation.
 
 Loss: the mean over tasks of each task's binary cross-entropy on the rows whose label is
-known (`label_mask`). Validation (a time split of the training days, `data.time_split`):
+known (`label_mask`), plus `embedding_l2` times the squared norm of the hashed id/categorical
+tables (`embedding_penalty`). Validation (a time split of the training days, `data.time_split`):
 ROC-AUC, PR-AUC and log loss of the primary task over the whole split, logged as
 `val_logloss` etc.; early stopping watches `val_logloss` and `BestWeights` restores the
 epoch that had the lowest. The eval days are scored afterwards (`predict`), never seen here.
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
+from trainers.modules.encoders import HashedEmbedding
+
 
 def masked_bce(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     """Mean over tasks of the BCE over each task's labelled rows; [B, T] inputs -> scalar."""
@@ -26,6 +29,21 @@ def masked_bce(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     mask = mask.to(logits.dtype)
     per_task = (losses * mask).sum(0) / mask.sum(0).clamp(min=1.0)
     return per_task[mask.sum(0) > 0].mean() if mask.any() else logits.sum() * 0.0
+
+
+def embedding_penalty(model: nn.Module) -> Tensor:
+    """Sum of squares of every hashed embedding table of `model` (0 when it has none).
+
+    The L2 term a logistic regression on one-hot ids has: a row is pulled to zero unless
+    its rows of data pay for it, so rare and unseen ids (and the buckets they share) stay
+    near zero instead of keeping their random start or memorising a few clicks. Early
+    stopping alone stopped the CTR model after its first epoch, before the well-supported
+    rows had converged (BENCHMARKS.md, issue 11).
+    """
+    tables = [m.table.weight for m in model.modules() if isinstance(m, HashedEmbedding)]
+    if not tables:
+        return torch.zeros(())
+    return sum(t.pow(2).sum() for t in tables)
 
 
 class DownstreamSystem(L.LightningModule):
@@ -36,6 +54,7 @@ class DownstreamSystem(L.LightningModule):
         tasks (Sequence[str]): the label of each logit column.
         primary (str): the task the eval metrics are computed on.
         lr (float), weight_decay (float): AdamW.
+        embedding_l2 (float): weight of `embedding_penalty` in the training loss (0: none).
     """
 
     def __init__(
@@ -45,12 +64,14 @@ class DownstreamSystem(L.LightningModule):
         primary: str,
         lr: float = 2e-3,
         weight_decay: float = 1e-5,
+        embedding_l2: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.tasks = tuple(tasks)
         self.primary_index = self.tasks.index(primary)
         self.lr, self.weight_decay = lr, weight_decay
+        self.embedding_l2 = embedding_l2
         self.roc_auc = BinaryAUROC()
         self.pr_auc = BinaryAveragePrecision()
         self._logloss_sum = 0.0
@@ -60,6 +81,8 @@ class DownstreamSystem(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = masked_bce(self.model(batch), batch["labels"], batch["label_mask"])
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        if self.embedding_l2:
+            loss = loss + self.embedding_l2 * embedding_penalty(self.model)
         return loss
 
     def on_validation_epoch_start(self) -> None:
