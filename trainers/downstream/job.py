@@ -36,10 +36,10 @@ if TYPE_CHECKING:
 # only, a few thousand rows, so it needs smaller batches and more passes.
 TASK_DEFAULTS = {"ctr": (20, 1024), "cvr": (40, 256)}
 NO_DERM, WITH_DERM = "derm model", "derm model + DERM"
-# L2 weight on the hashed embedding tables per task (`system.embedding_penalty`). CTR: the
-# logistic regression's L2 at the C it picks on the demo log (1 / (2 C n), C = 0.1, n = 90k
-# train rows); no-DERM CTR ROC-AUC 0.655 -> 0.670 +- 0.003 (3 seeds), best epoch 1 -> 3,
-# log loss no worse (issue 11; 2.5e-4 measured the same). CVR: not measured, so none.
+# L2 weight on the hashed embedding tables per task (`system.embedding_penalty`): without
+# it rare ids keep their random start and early stopping ends at the first epoch. CTR: the
+# logistic regression's L2 at the C it picks on the demo log, 1 / (2 C n) with C = 0.1 and
+# n = 90k rows (measured in BENCHMARKS.md, "Model quality"). CVR: not measured, so none.
 EMBEDDING_L2 = {"ctr": 5.6e-5, "cvr": 0.0}
 
 
