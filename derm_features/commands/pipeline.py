@@ -65,6 +65,12 @@ IndexOption = Annotated[
         show_default=False,
     ),
 ]
+ProgressOption = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress", help="Progress bars on stderr (off for schedulers' logs)."
+    ),
+]
 ThreadsOption = Annotated[
     int | None,
     typer.Option(
@@ -102,7 +108,7 @@ def _pipeline_config(given: dict):
     every value checked before any work (`resolve_settings`)."""
     from derm_features.commands.settings import resolve_settings
 
-    own = ("config", "workdir", "logs", "date", "start", "end", "allow_gap", "force")
+    own = ("config", "workdir", "logs", "date", "start", "end", "allow_gap", "force", "progress")
     flags = {k: v for k, v in given.items() if k not in own}
     settings = resolve_settings(given["config"], given["workdir"], **flags)
     from derm_features.feast.repo import check_ttl  # heavier imports after the checks
@@ -119,6 +125,7 @@ def _pipeline_config(given: dict):
         **settings.materialize,
         allow_gap=bool(given.get("allow_gap")),
         force=bool(given.get("force")),
+        progress=given.get("progress", True),
     )
 
 
@@ -161,6 +168,7 @@ def daily_cmd(
     online: OnlineOption = None,
     index: IndexOption = None,
     threads: ThreadsOption = None,
+    progress: ProgressOption = True,
     min_steps: MinStepsOption = None,
     max_epochs: MaxEpochsOption = None,
     replay_days: ReplayDaysOption = None,
@@ -222,6 +230,7 @@ def backfill_cmd(
     online: OnlineOption = None,
     index: IndexOption = None,
     threads: ThreadsOption = None,
+    progress: ProgressOption = True,
     min_steps: MinStepsOption = None,
     max_epochs: MaxEpochsOption = None,
     replay_days: ReplayDaysOption = None,

@@ -341,6 +341,23 @@ def check_no_gap(cfg: PipelineConfig, day: dt.date) -> None:
                 )
 
 
+def check_force(cfg: PipelineConfig, day: dt.date) -> None:
+    """`force` redoes only the newest day: a pool of a later day was built on this day's,
+    and recomputing it under that pool would leave the later days inconsistent."""
+    if not cfg.force:
+        return
+    wd = cfg.workdir
+    for model in cfg.models:
+        for entity in wd.spec.entity_names:
+            later = [d for d in days_in_dir(wd.pool_dir(model, entity)) if d > day]
+            if later:
+                raise ValueError(
+                    f"--force recomputes only the newest day, but the {model} {entity} pool "
+                    f"already has {later[-1]}, built on {day}'s: re-run {day}..{later[-1]} in "
+                    "a fresh work directory (derm backfill) instead"
+                )
+
+
 def daily(cfg: PipelineConfig, day: dt.date) -> dict:
     """`derm daily`: every step of every model for `day`, skipping what is already done.
 
@@ -354,6 +371,7 @@ def daily(cfg: PipelineConfig, day: dt.date) -> dict:
         raise ValueError(f"{cfg.logs}: no impressions on {day}")
     with hold(cfg.workdir, "pipeline", f"derm daily {day}"):
         check_no_gap(cfg, day)
+        check_force(cfg, day)
         prepare(cfg)
         inputs = log_fingerprint(log, day)
         return {model: run_model_day(cfg, model, day, None, inputs) for model in cfg.models}

@@ -162,3 +162,22 @@ def test_skipped_steps_say_so_in_one_line(tiny_log, tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "2026-01-10 ctr: train, infer already done (skipped; `derm daily --force` recomputes a day)"
     ]
+
+
+def test_force_redoes_only_the_newest_day(tiny_log, tmp_path):
+    from derm_features.jobs.pipeline import check_force
+
+    wd = Workdir(tmp_path / "wd")
+    (wd.pool("ctr", "pin", DAY)).mkdir(parents=True)
+    check_force(config(tiny_log, wd, models=("ctr",), force=True), DAY)  # the newest: fine
+    with pytest.raises(ValueError, match="--force recomputes only the newest day"):
+        check_force(config(tiny_log, wd, models=("ctr",), force=True), DAY - dt.timedelta(days=1))
+    check_force(config(tiny_log, wd, models=("ctr",)), DAY - dt.timedelta(days=1))  # no force
+
+
+def test_no_progress_reaches_the_daily_job(tmp_path):
+    from derm_features.commands.pipeline import _pipeline_config
+
+    given = {"config": None, "workdir": tmp_path / "wd", "logs": tmp_path / "log"}
+    assert _pipeline_config({**given, "progress": False}).progress is False
+    assert _pipeline_config(given).progress is True
