@@ -88,7 +88,7 @@ def downstream_cmd(
 
     Builds the training sets of the train and eval days: log rows joined with the chosen
     DERM embeddings as of the start of each event's day (a missing one is zeros plus a
-    has_<view> = 0 flag). The last training day validates (early stopping, best epoch
+    `has_<view> = 0` flag). The last training day validates (early stopping, best epoch
     restored); the eval days are scored once at the end.
 
     With --baselines (the default) it prints a table of the prior, the per-Pin rate,
@@ -191,7 +191,7 @@ def experiment_cmd(
 
     generate -> upstream train and infer (ctr, cvr) -> materialize the embedding views per
     day -> downstream runs with and without DERM embeddings, `--seeds` seeds each. Prints
-    and writes (under WORKDIR/experiments/<table>/) a Markdown table of ROC-AUC and PR-AUC
+    and writes (under `WORKDIR/experiments/<table>/`) a Markdown table of ROC-AUC and PR-AUC
     lift over the no-DERM baseline (mean and standard deviation across seeds) and a PNG chart.
     """
     from derm_features.core.workdir import Workdir

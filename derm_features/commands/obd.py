@@ -46,7 +46,7 @@ def convert_obd_cmd(
 
     Reads obp/dataset/obd/ from the wheel without installing it. OBD has no user
     id: user_id is a pseudo-user, a hash of the four user features (337 in the
-    sample). pin_id is <campaign>-<item_id>; item_context.csv becomes pin_*
+    sample). pin_id is `<campaign>-<item_id>`; item_context.csv becomes pin_*
     features; position, the behaviour policy and the shown item's affinity
     become ctx_* features; the campaign is the surface; conversion is null (the
     cvr model skips itself). Prints a JSON summary: rows, clicks, users, Pins,

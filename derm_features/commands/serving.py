@@ -72,7 +72,7 @@ def index_cmd(
     fit_k: Annotated[int, typer.Option("--fit-k", min=1, help="Recall cut-off of the fit.")] = 100,
 ) -> None:
     """Build the Pin ANN index of one day's Pin pool, written atomically to
-    WORKDIR/index/<model>/ds=<date>/ (index, id map, manifest). It ranks by
+    `WORKDIR/index/<model>/ds=<date>/` (index, id map, manifest). It ranks by
     cos(u, p) + beta * log(1 + positives of p over the last --popularity-days days)."""
     from derm_features.commands.options import fail, parse_day_option
     from derm_features.serving.ann import AnnIndexError, IndexConfig, build_index

@@ -49,13 +49,13 @@ def train_cmd(
     ] = None,
     end: Annotated[
         str | None,
-        typer.Option(help="Window fit: last day; the snapshot is saved as <end>.ckpt."),
+        typer.Option(help="Window fit: last day; the snapshot is saved as `<end>.ckpt`."),
     ] = None,
     date: Annotated[
         str | None,
         typer.Option(
             help="Incremental day: warm-start from the newest snapshot before DATE (fresh "
-            "optimiser), train on DATE, save <DATE>.ckpt."
+            "optimiser), train on DATE, save `<DATE>.ckpt`."
         ),
     ] = None,
     epochs: Annotated[
@@ -179,7 +179,7 @@ def train_cmd(
 def infer_cmd(
     model: ModelOption,
     logs: LogsOption,
-    date: Annotated[str, typer.Option(help="Snapshot day D: runs checkpoints/<model>/<D>.ckpt.")],
+    date: Annotated[str, typer.Option(help="Snapshot day D: runs `checkpoints/<model>/<D>.ckpt`.")],
     workdir: WorkdirOption = None,
     config: ConfigOption = None,
     back_inference: Annotated[
@@ -197,8 +197,8 @@ def infer_cmd(
 ) -> None:
     """Write daily tower outputs (user and Pin embeddings) of snapshot D over day D's logs.
 
-    Output: <workdir>/daily/<model>/<user|pin>/ds=<day>/part-0.parquet, one row per
-    impression (<entity>_id, ts, embedding, model_version); each day replaced atomically.
+    Output: `<workdir>/daily/<model>/<user|pin>/ds=<day>/part-0.parquet`, one row per
+    impression (`<entity>_id`, ts, embedding, model_version); each day replaced atomically.
     """
     from derm_features.core.logs import LogContractError
     from trainers.upstream.config import InferConfig
