@@ -6,7 +6,12 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import ConfigOption, WorkdirOption, settings_or_exit
+from derm_features.commands.options import (
+    ConfigOption,
+    WorkdirOption,
+    run_or_exit,
+    settings_or_exit,
+)
 
 
 def materialize_cmd(
@@ -101,7 +106,7 @@ def materialize_cmd(
     Days go in order; re-running the newest day is idempotent. Prints the day's
     embedding-health metrics (also kept in WORKDIR/metrics/embedding_health.parquet).
     """
-    from derm_features.commands.options import fail, parse_day_option
+    from derm_features.commands.options import parse_day_option
 
     day = parse_day_option(date, "--date")
     settings = settings_or_exit(
@@ -113,7 +118,6 @@ def materialize_cmd(
     from materialize.health import format_metrics
     from materialize.job import (
         MaterializeConfig,
-        OnlineError,
         materialize_offline,
         push_online,
     )
@@ -121,15 +125,13 @@ def materialize_cmd(
 
     spec, chosen = settings.spec, settings.materialize
     online = chosen.get("online", True)
-    try:
+
+    def build() -> MaterializeConfig:
         from derm_features.feast.repo import check_ttl
 
-        check_ttl(
-            settings.workdir,
-            spec.ttl_days,
-            "--ttl-days" if ttl_days is not None else "spec ttl_days",
-        )
-        job = MaterializeConfig(
+        flag = "--ttl-days" if ttl_days is not None else "spec ttl_days"
+        check_ttl(settings.workdir, spec.ttl_days, flag)  # named as the user gave it
+        return MaterializeConfig(
             workdir=settings.workdir,
             model=model,
             entity=entity,
@@ -145,11 +147,12 @@ def materialize_cmd(
             reset_on_new_model=reset_on_new_model,
             fold_from=parse_day_option(fold_from, "--fold-from") if fold_from else None,
         )
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    from derm_features.core.locks import LockHeld, hold
 
-    try:
+    job = run_or_exit(build)
+
+    def work() -> None:
+        from derm_features.core.locks import hold
+
         with hold(settings.workdir, f"materialize_{model}_{entity}", f"derm materialize {day}"):
             if resync:
                 from materialize.resync import newest_pool_day, resync_online
@@ -176,9 +179,5 @@ def materialize_cmd(
             if online or online_only:
                 result = push_online(job)
                 typer.echo(f"online: pushed {result.pushed:,} rows, removed {result.removed:,}")
-    except MaterializeError as exc:
-        raise fail(str(exc)) from None
-    except OnlineError as exc:
-        raise fail(str(exc), code=3) from None
-    except LockHeld as exc:
-        raise fail(str(exc), code=4) from None
+
+    run_or_exit(work)  # exit 2 refused (MaterializeError), 3 Redis, 4 another run

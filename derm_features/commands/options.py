@@ -55,3 +55,33 @@ def settings_or_exit(config: Path | None, workdir: Path | None, **flags):
         return resolve_settings(config, workdir, **flags)
     except ValueError as exc:
         raise fail(str(exc)) from None
+
+
+def run_or_exit(fn, rerun: str | None = None):
+    """Runs `fn`, turning the errors users can fix into one clear line: exit code 2 for bad
+    input (a ValueError: settings, the log contract, a refused materialization), 3 when
+    Redis is unreachable, 4 when another run holds the lock on the same state.
+
+    rerun: the command that resumes after a Redis failure (its message then keeps only its
+    first line and says to re-run that); None keeps the whole message.
+    """
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError) as exc:  # LogContractError is a ValueError
+        raise fail(str(exc)) from None
+    except RuntimeError as exc:
+        # imported only now: a bad flag must fail before Feast and Arrow are even loaded
+        from derm_features.core.locks import LockHeld
+        from derm_features.feast.online_store import OnlineStoreUnavailable
+        from materialize.job import OnlineError
+
+        if isinstance(exc, OnlineStoreUnavailable) and rerun:
+            raise fail(f"{exc}; start it (or pass --no-online) and re-run `{rerun}`", 3) from None
+        if isinstance(exc, OnlineStoreUnavailable | OnlineError):
+            if rerun is None:
+                raise fail(str(exc), 3) from None
+            first = str(exc).splitlines()[0]
+            raise fail(f"{first}; re-run `{rerun}` once Redis is back", 3) from None
+        if isinstance(exc, LockHeld):
+            raise fail(str(exc), 4) from None
+        raise

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import ConfigOption, LogsOption, WorkdirOption
+from derm_features.commands.options import ConfigOption, LogsOption, WorkdirOption, run_or_exit
 
 ModelsOption = Annotated[
     str | None,
@@ -129,32 +129,6 @@ def _pipeline_config(given: dict):
     )
 
 
-def _run(fn, rerun: str = "derm daily"):
-    """Runs `fn`, turning the errors users can fix into one clear line: exit code 2 for bad
-    input, 3 when Redis is unreachable, 4 when another run holds the work directory."""
-    from derm_features.commands.options import fail
-
-    try:
-        return fn()
-    except (ValueError, FileNotFoundError) as exc:  # LogContractError is a ValueError
-        raise fail(str(exc)) from None
-    except RuntimeError as exc:
-        # imported only now: a bad flag must fail before Feast and Arrow are even loaded
-        from derm_features.core.locks import LockHeld
-        from derm_features.feast.online_store import OnlineStoreUnavailable
-        from materialize.job import OnlineError
-
-        if isinstance(exc, OnlineStoreUnavailable):
-            message = f"{exc}; start it (or pass --no-online) and re-run `{rerun}`"
-            raise fail(message, 3) from None
-        if isinstance(exc, OnlineError):
-            first = str(exc).splitlines()[0]
-            raise fail(f"{first}; re-run `{rerun}` once Redis is back", 3) from None
-        if isinstance(exc, LockHeld):
-            raise fail(str(exc), 4) from None
-        raise
-
-
 def daily_cmd(
     logs: LogsOption,
     date: Annotated[str, typer.Option("--date", help="The day to process, YYYY-MM-DD.")],
@@ -204,11 +178,11 @@ def daily_cmd(
     from derm_features.commands.options import parse_day_option
 
     day = parse_day_option(date, "--date")
-    cfg = _run(lambda: _pipeline_config(given))
+    cfg = run_or_exit(lambda: _pipeline_config(given))
     from derm_features.jobs.pipeline import daily
 
     rerun = f"derm daily --date {day}"
-    result = _run(lambda: daily(cfg, day), rerun)
+    result = run_or_exit(lambda: daily(cfg, day), rerun)
     typer.echo(json.dumps(_summary(result), default=str))
 
 
@@ -246,10 +220,10 @@ def backfill_cmd(
     from derm_features.commands.options import parse_day_option
 
     first, last = parse_day_option(start, "--start"), parse_day_option(end, "--end")
-    cfg = _run(lambda: _pipeline_config(given))
+    cfg = run_or_exit(lambda: _pipeline_config(given))
     from derm_features.jobs.pipeline import backfill
 
-    result = _run(lambda: backfill(cfg, first, last), "derm backfill")
+    result = run_or_exit(lambda: backfill(cfg, first, last), "derm backfill")
     typer.echo(json.dumps({day: _summary(r) for day, r in result.items()}, default=str))
 
 
@@ -393,6 +367,6 @@ def demo_cmd(
         seed=seed,
         threads=threads,
     )
-    result = _run(lambda: run_demo(cfg))
+    result = run_or_exit(lambda: run_demo(cfg), "derm demo")
     typer.echo(result["table"])
     typer.echo(f"report: {result['report']}")

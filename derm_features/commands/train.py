@@ -63,7 +63,7 @@ def train_cmd(
         typer.Option(help="At least this many passes over the training days [default: 1]."),
     ] = None,
     min_steps: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Steps a fit should take: an incremental day replays earlier days "
             "(--replay-days), then any fit adds passes (up to --max-epochs); a small day is "
@@ -74,7 +74,7 @@ def train_cmd(
         int | None, typer.Option(help="The cap on passes that --min-steps adds [default: 10].")
     ] = None,
     replay_days: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Incremental day: reach --min-steps by also training on up to this many days "
             "before --date (the fewest that suffice), before adding passes [default: 6]."
@@ -137,18 +137,10 @@ def train_cmd(
     settings = settings_or_exit(config, workdir, threads=threads, seed=seed)
     train_values = {**settings.train, **{k: v for k, v in flags.items() if v is not None}}
     try:
-        TrainConfig.check_settings(**{k: flags[k] for k in flags if flags[k] is not None})
-        spec = settings.spec
         model_cfg = None
         if start is not None or embedding_dim is not None:  # a day keeps its snapshot's
-            model_cfg = ModelConfig.from_dict(
-                {
-                    **ModelConfig().to_dict(),
-                    "embedding_dim": embedding_dim or spec.embedding_dim,
-                    "tasks": list(spec.labels),
-                    **settings.model,
-                }
-            )
+            dim = {} if embedding_dim is None else {"embedding_dim": embedding_dim}
+            model_cfg = ModelConfig.for_spec(settings.spec, {**settings.model, **dim})
         cfg = TrainConfig(
             model=model,
             logs=logs,

@@ -9,6 +9,7 @@ process and nothing here changes the process's environment.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -85,9 +86,19 @@ def feature_store(workdir: Workdir):
 
 def registered_ttl_days(workdir: Workdir) -> dict[str, int]:
     """view -> pool TTL in days (the Feast ttl minus the one day `definitions` adds) of the
-    spec's views registered in `workdir`; {} when nothing is registered there yet."""
+    spec's views registered in `workdir`; {} when nothing is registered there yet.
+
+    Read once per version of the registry file: the daily job checks it for every model,
+    entity and day, and a Feast store costs far more than the check.
+    """
     if not workdir.registry.exists():
         return {}
+    stat = workdir.registry.stat()
+    return dict(_registered_ttl_days(workdir, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _registered_ttl_days(workdir: Workdir, mtime_ns: int, size: int) -> tuple:
     from feast.errors import FeatureViewNotFoundException
 
     store = feature_store(workdir)
@@ -98,7 +109,7 @@ def registered_ttl_days(workdir: Workdir) -> dict[str, int]:
         except FeatureViewNotFoundException:
             continue
         out[view] = ttl.days - 1
-    return out
+    return tuple(out.items())
 
 
 def check_ttl(workdir: Workdir, ttl_days: int, flag: str = "ttl_days") -> None:

@@ -90,7 +90,7 @@ def log_fingerprint(log, day: dt.date) -> str:
     """A digest of the files holding `day`'s rows (path, size, modification time): a
     corrected or re-delivered log of the day changes it."""
     files = [f for f in log.files if not log.partitioned or f"ds={day.isoformat()}" in f.parts]
-    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stats = [(str(f), s.st_size, s.st_mtime_ns) for f in files for s in [f.stat()]]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
@@ -130,9 +130,7 @@ def _model_cfg(cfg: PipelineConfig):
     """The window fit's network: the spec's D and labels, then derm.yaml's model: fields."""
     from trainers.upstream.config import ModelConfig
 
-    spec = cfg.workdir.spec
-    defaults = {"embedding_dim": spec.embedding_dim, "tasks": list(spec.labels)}
-    return ModelConfig.from_dict({**ModelConfig().to_dict(), **defaults, **cfg.model})
+    return ModelConfig.for_spec(cfg.workdir.spec, cfg.model)
 
 
 def _train(cfg: PipelineConfig, model: str, **when) -> dict:
@@ -298,16 +296,15 @@ def prepare(cfg: PipelineConfig) -> None:
     """Checks and set-up before any training (each failure is one clear error):
 
     - the spec's Feast views are registered in the work directory (registered now if not:
-      `apply` is idempotent), with the spec's TTL (ValueError otherwise);
+      `apply` is idempotent); a TTL unlike theirs is refused by `derm daily` before it
+      reads the log, and by each materialization (`feast.repo.check_ttl`);
     - when the push is on, Redis answers (OnlineStoreUnavailable otherwise).
     """
-    from derm_features.feast.repo import apply, check_ttl, registered_ttl_days
+    from derm_features.feast.repo import apply, registered_ttl_days
 
     wd = cfg.workdir
-    registered = registered_ttl_days(wd)
-    if set(registered) != {view for _, _, view in wd.spec.views()}:
+    if set(registered_ttl_days(wd)) != {view for _, _, view in wd.spec.views()}:
         apply(wd, quiet=True)
-    check_ttl(wd, wd.spec.ttl_days, "the spec's ttl_days")
     if cfg.online:
         from derm_features.feast.online_store import check_reachable
         from derm_features.feast.repo import feature_store
@@ -367,7 +364,7 @@ def daily(cfg: PipelineConfig, day: dt.date) -> dict:
     from derm_features.core.locks import hold
 
     log = open_log(cfg.logs, labels=cfg.workdir.spec.labels)  # the contract, before any work
-    if day not in set(log.days()):
+    if not log.scanner(day, day, columns=["ts"]).count_rows():  # that day's files only
         raise ValueError(f"{cfg.logs}: no impressions on {day}")
     with hold(cfg.workdir, "pipeline", f"derm daily {day}"):
         check_no_gap(cfg, day)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from derm_features.core.spec import DEFAULT_MODELS
+from derm_features.core.spec import DEFAULT_MODELS, DermSpec
 
 
 @dataclass
@@ -83,6 +83,14 @@ class ModelConfig:
             if isinstance(v, tuple):
                 d[k] = [list(x) if isinstance(x, tuple) else x for x in v]
         return d
+
+    @classmethod
+    def for_spec(cls, spec: DermSpec, overrides: dict | None = None) -> ModelConfig:
+        """A window fit's network: the spec's D and a head for every label of the spec (each
+        model's own label is its primary task), then `overrides` (derm.yaml's model:
+        fields, flags). Raises ValueError for an unknown field."""
+        defaults = {"embedding_dim": spec.embedding_dim, "tasks": list(spec.labels)}
+        return cls.from_dict({**cls().to_dict(), **defaults, **(overrides or {})})
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:

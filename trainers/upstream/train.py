@@ -98,11 +98,7 @@ def train(cfg: TrainConfig) -> dict:
         check_fits(snapshot, log.schema, log.path, cfg.model, cfg.model_cfg)
         model_cfg = cfg.model_cfg or snapshot.model_cfg
     else:
-        # every label of the spec gets a head; the model's own is its primary task
-        spec = cfg.spec
-        model_cfg = cfg.model_cfg or ModelConfig(
-            embedding_dim=spec.embedding_dim, tasks=spec.labels
-        )
+        model_cfg = cfg.model_cfg or ModelConfig.for_spec(cfg.spec)
     check_tasks(log.columns(), model_cfg, log.path)
     primary = model_cfg.primary_task(cfg.model, cfg.spec.models)
 
