@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from derm_features.core.atomic import write_parquet_atomic, write_text_atomic
+from derm_features.core.files import parquet_files
 from derm_features.core.provenance import ModelVersion, compatible
 from materialize.kernel import TIMESTAMP, day_start, row_norms, sorted_by
 
@@ -96,7 +97,8 @@ class DailyInput:
 
 
 def daily_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
+    """The data files of one day's outputs (`parquet_files`: any depth, hidden skipped)."""
+    return parquet_files(directory)
 
 
 def _check_daily_file(path: Path, table: pa.Table, id_column: str, model: str) -> list[str]:
@@ -352,7 +354,7 @@ def _legacy_files(pool_dir: Path, layout: Layout, bucket: int) -> list[Path]:
     """The Parquet files of one bucket of a format-1 pool (no manifest): each bucket must
     have at least one, since every engine writes a file for every bucket."""
     directory = pool_dir / f"bucket={bucket}"
-    files = sorted(f for f in directory.glob("*.parquet") if not f.name.startswith((".", "_")))
+    files = parquet_files(directory) if directory.is_dir() else []
     if not files:
         raise PoolIntegrityError(
             f"pool {pool_dir}: bucket {bucket} of {layout.buckets} has no Parquet file "
@@ -403,8 +405,8 @@ def verify_pool(pool_dir: Path) -> Layout:
     listed = {f.path for f in layout.files}
     extra = sorted(
         str(p.relative_to(pool_dir))
-        for p in pool_dir.glob("bucket=*/*.parquet")
-        if not p.name.startswith((".", "_")) and str(p.relative_to(pool_dir)) not in listed
+        for p in parquet_files(pool_dir)
+        if str(p.relative_to(pool_dir)) not in listed
     )
     if extra:
         raise PoolIntegrityError(
@@ -481,6 +483,19 @@ def read_pool(pool_dir: Path, columns: list[str] | None = None) -> pa.Table:
         paths = [pool_dir / f.path for f in layout.files]
     tables = [pq.read_table(p, columns=columns) for p in paths]
     return pa.concat_tables(tables)
+
+
+def pool_rows(pool_dir: Path) -> int:
+    """The number of live entities in a pool: its manifest's row counts (read from the
+    files' footers for a format-1 pool). Raises `PoolIntegrityError` as `read_layout`."""
+    layout = read_layout(pool_dir)
+    if layout.files is not None:
+        return sum(f.rows for f in layout.files)
+    return sum(
+        _footer_rows(pool_dir, p)
+        for k in range(layout.buckets)
+        for p in _legacy_files(pool_dir, layout, k)
+    )
 
 
 def pool_versions(pool_dir: Path) -> list[str]:

@@ -268,7 +268,7 @@ def status_cmd(
     """
     import dataclasses
 
-    from derm_features.commands.options import fail, settings_or_exit
+    from derm_features.commands.options import fail, run_or_exit, settings_or_exit
     from derm_features.jobs.pipeline import status
 
     wd = settings_or_exit(config, workdir).workdir
@@ -285,7 +285,7 @@ def status_cmd(
             reader = EmbeddingReader(store)
         except RuntimeError as exc:  # OnlineStoreUnavailable
             online_note = f"online: not checked ({exc})"
-    states = status(wd, reader)
+    states = run_or_exit(lambda: status(wd, reader))  # a damaged pool: exit 2, named
     if as_json:
         rows = [dataclasses.asdict(s) for s in states]
         typer.echo(json.dumps({"workdir": str(wd.root), "views": rows, "note": online_note}))

@@ -37,6 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from derm_features.core.files import parquet_files
+
 REQUIRED = ("user_id", "pin_id", "ts", "click", "conversion")
 BASE_LABELS = ("click", "conversion")
 TOWER_PREFIXES = {"user_": "user", "pin_": "pin", "ctx_": "ctx"}
@@ -160,17 +162,12 @@ def day_filter(start: dt.date | None, end: dt.date | None, partitioned: bool = F
 
 
 def log_files(path: str | Path) -> list[Path]:
-    """The Parquet files of a log: the file itself, or every ``*.parquet`` below a directory."""
+    """The Parquet files of a log: the file itself, or its data files (`parquet_files`)."""
     path = Path(path)
-    if not path.exists():
-        raise LogContractError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [path]
-    files = sorted(
-        p
-        for p in path.rglob("*.parquet")
-        if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
-    )
+    try:
+        files = parquet_files(path)
+    except FileNotFoundError:
+        raise LogContractError(f"{path}: no such file or directory") from None
     if not files:
         raise LogContractError(f"{path}: directory holds no *.parquet files")
     return files
@@ -429,17 +426,16 @@ def open_log(
     partitioned = path.is_dir() and any(
         part.startswith(f"{PARTITION_COLUMN}=") for f in files for part in f.relative_to(path).parts
     )
-    if partitioned:
+    # exactly the files validated above, never a second discovery of the directory
+    dataset = pads.dataset(
+        [str(f) for f in files],
+        format="parquet",
         # the partition column stays a string so the ds filter compares ISO days
-        dataset = pads.dataset(
-            str(path),
-            format="parquet",
-            partitioning=pads.partitioning(
-                pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive"
-            ),
-        )
-    else:
-        dataset = pads.dataset([str(f) for f in files], format="parquet")
+        partitioning=pads.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
+        if partitioned
+        else None,
+        partition_base_dir=str(path) if partitioned else None,
+    )
     return Log(
         path=path, files=tuple(files), schema=first, partitioned=partitioned, dataset=dataset
     )

@@ -426,9 +426,8 @@ def status(workdir: Workdir, reader=None) -> list[ModelStatus]:
 
     reader: an `EmbeddingReader` to also sample the newest pools against Redis.
     """
-    import pyarrow.dataset as pads
-
     from materialize.resync import online_coverage
+    from materialize.storage import pool_rows
 
     out = []
     for model in workdir.spec.model_names:
@@ -446,10 +445,8 @@ def status(workdir: Workdir, reader=None) -> list[ModelStatus]:
         for entity in workdir.spec.entity_names:
             pools = days_in_dir(workdir.pool_dir(model, entity))
             live = None
-            if pools:
-                live = pads.dataset(
-                    workdir.pool(model, entity, pools[-1]), format="parquet"
-                ).count_rows()
+            if pools:  # a damaged pool raises PoolIntegrityError, naming it and the fix
+                live = pool_rows(workdir.pool(model, entity, pools[-1]))
             out.append(
                 ModelStatus(
                     model=model,

@@ -1,9 +1,9 @@
 """`derm report`: one static HTML page (no server) about a work directory.
 
 Sections: upstream training curves (Lightning's CSV logs), embedding health over days
-(coverage, day-to-day cosine, merged norm, live/expired counts) and the downstream lift tables that
-`derm demo` and `derm experiment` left behind. Figures are PNGs embedded in the page, so
-the file can be mailed or archived on its own.
+(coverage, day-to-day cosine, merged norm, live/expired counts, cancelled merges) and the
+downstream lift tables that `derm demo` and `derm experiment` left behind. Figures are PNGs
+embedded in the page, so the file can be mailed or archived on its own.
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ from derm_features.core.workdir import Workdir
 
 
 def _figure_html(fig) -> str:
+    """The figure as an embedded PNG, its panel titles as the alt text (read by screen
+    readers, and searchable in the page)."""
     import matplotlib.pyplot as plt
+
+    titles = "; ".join(t for ax in fig.axes if (t := ax.get_title()))
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight")
     plt.close(fig)
     encoded = base64.b64encode(buffer.getvalue()).decode()
-    return f'<img alt="figure" src="data:image/png;base64,{encoded}"/>'
+    return f'<img alt="{html.escape(titles or "figure")}" src="data:image/png;base64,{encoded}"/>'
 
 
 def training_curves(workdir: Workdir) -> list[str]:
@@ -67,7 +71,8 @@ def training_curves(workdir: Workdir) -> list[str]:
 
 
 def health_over_days(workdir: Workdir) -> list[str]:
-    """Coverage, day-to-day cosine, merged norm and live/expired counts per model and entity."""
+    """Coverage, day-to-day cosine, merged norm, live/expired counts and cancelled merges
+    (`degenerate`) per model and entity: one chart per measure, then the newest rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,6 +91,7 @@ def health_over_days(workdir: Workdir) -> list[str]:
         ("norm_min", "merged norm before re-normalising (min)"),
         ("live", "live entities"),
         ("expired", "expired entities"),
+        ("degenerate", "cancelled merges (previous value kept)"),
     ]
     panels = [(c, t) for c, t in panels if c in frame.columns]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)

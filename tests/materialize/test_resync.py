@@ -49,3 +49,11 @@ def test_status_sees_an_emptied_redis_and_resync_restores_every_live_entity(
     )  # fmt: skip
     assert done.exit_code == 0 and "re-synced 40 live entities" in done.output, done.output
     assert found() == "40/40"
+    views = json.loads(runner.invoke(app, status).stdout)["views"]
+    assert next(v for v in views if v["entity"] == "user" and v["model"] == "ctr")["live"] == 40
+    # a damaged newest pool: status names it and the fix (exit 2), never a wrong count
+    layout = wd.pool("ctr", "user", DAY1) / "_layout.json"
+    layout.write_text(layout.read_text()[:40])
+    damaged = runner.invoke(app, status)
+    assert damaged.exit_code == 2 and "_layout.json is unreadable" in damaged.output
+    assert "re-materialize" in damaged.output

@@ -558,3 +558,33 @@ def test_model_without_positives_is_skipped_not_crashed(generated, tmp_path):
     last = json.loads(r.stdout.strip().splitlines()[-1])
     assert last["skipped"] is True and "conversion" in last["reason"]
     assert not (tmp_path / "wd" / "checkpoints").exists()
+
+
+def test_a_log_with_no_feature_columns_trains_and_infers_on_ids_alone(generated, tmp_path):
+    """Only the contract's required columns: the towers hold the id tokens and the context
+    tower is empty (it once failed in torch.cat); training learns, inference writes unit
+    vectors for every row."""
+    from trainers.upstream.infer import infer
+    from trainers.upstream.train import train
+
+    source = generated / "logs" / f"ds={START}" / "part-0.parquet"
+    table = pq.read_table(source, columns=["user_id", "pin_id", "ts", "click", "conversion"])
+    path = tmp_path / "bare" / f"ds={START}" / "part-0.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path)
+    log = open_log(path.parent.parent)
+    assert log.schema.features == ()
+    workdir = Workdir(tmp_path / "wd")
+    summary = train(train_cfg(path.parent.parent, workdir.root, start=START, end=START))
+    assert summary["steps"] > 0 and summary["roc_auc"] > 0.55  # ids alone fit the day
+    infer(
+        InferConfig(
+            model="ctr", logs=path.parent.parent, date=START, workdir=workdir.root, progress=False
+        )
+    )
+    for entity in ("user", "pin"):
+        out = pq.read_table(workdir.daily("ctr", entity, START))
+        assert out.num_rows == table.num_rows
+        vectors = np.stack(out.column("embedding").to_numpy(zero_copy_only=False))
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+        assert np.unique(vectors.round(4), axis=0).shape[0] > 1  # not one constant vector

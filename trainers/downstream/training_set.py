@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from derm_features.core.files import parquet_files
 from derm_features.core.ids import hash_ids_to_int64
 from derm_features.core.spec import ENTITY_NAMES, DermSpec, join_key, view_name
 from derm_features.core.workdir import Workdir
@@ -145,10 +146,8 @@ def view_dim(workdir: Workdir, key: str) -> int:
     another D, events before the switch hold the old D and are refused by name)."""
     model, entity, view = embedding_view(key)
     source = workdir.offline(model, entity)
-    files = sorted(source.rglob("*.parquet"), reverse=True) if source.is_dir() else []
+    files = parquet_files(source)[::-1] if source.is_dir() else []
     for file in files:
-        if any(part.startswith((".", "_")) for part in file.relative_to(source).parts):
-            continue
         column = pq.read_table(file, columns=["embedding"]).column("embedding")
         valid = column.drop_null()
         if len(valid):
@@ -216,8 +215,7 @@ class TrainingSet:
         return int(self.meta["embeddings"][key]["dim"])
 
     def dataset(self) -> pads.Dataset:
-        files = sorted(str(p) for p in self.path.glob("ds=*/*.parquet"))
-        return pads.dataset(files, format="parquet")
+        return pads.dataset([str(p) for p in parquet_files(self.path)], format="parquet")
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         return self.dataset().to_table(columns=columns)
