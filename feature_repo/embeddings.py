@@ -5,12 +5,11 @@ Pin view) for the work directory $DERM_WORKDIR (default ./data), through the one
 that derm itself registers them with (`derm_features.feast.definitions.feast_objects`).
 Each object is bound at module level under its own name, which is where Feast's
 `feast apply` looks: entities `user`, `pin`; sources `<view>_source`; views such as
-`ctr_user_embedding`; services `ctr_ranking`, `cvr_ranking`.
+`ctr_user_embedding`; services `ctr_ranking`, `cvr_ranking`. A team's own feature
+repository declares them with the same two lines (README, "Use derm from your own Feast
+repo").
 """
 
-from derm_features.core.spec import load_spec
-from derm_features.core.workdir import Workdir
-from derm_features.feast.definitions import feast_objects
-from derm_features.feast.repo import offline_store_type
+from derm_features.feast.definitions import repo_objects
 
-globals().update(feast_objects(load_spec(), Workdir.resolve(), offline_store_type()))
+globals().update(repo_objects())

@@ -34,7 +34,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   quiet_pip() { .venv/bin/python -m pip "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
   quiet_pip install --quiet --upgrade pip
   # torch==2.13.0 resolves to the CPU build when it is available locally (see README).
-  quiet_pip install --quiet -c constraints.txt -e .
+  quiet_pip install --quiet -c constraints.txt -e ".[dev]"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

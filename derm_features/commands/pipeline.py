@@ -274,8 +274,10 @@ def status_cmd(
     wd = settings_or_exit(config, workdir).workdir
     if not wd.root.is_dir():
         raise fail(f"--workdir {wd.root}: no such work directory")
+    from derm_features.feast.repo import has_registry
+
     reader, online_note = None, ""
-    if online and wd.registry.is_file():
+    if online and has_registry(wd):
         from derm_features.feast.online_store import EmbeddingReader, check_reachable
         from derm_features.feast.repo import feature_store
 

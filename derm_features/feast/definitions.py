@@ -100,6 +100,35 @@ def feast_objects(spec: DermSpec, workdir: Workdir, offline_store: str = "duckdb
     return objects
 
 
+def repo_objects(
+    config: str | Path | None = None,
+    workdir: str | Path | None = None,
+    offline_store: str | None = None,
+) -> dict:
+    """DERM's Feast objects for a file of a feature repository (derm's or a team's own).
+
+    config: the derm.yaml whose ``spec:`` to declare (default ``./derm.yaml``, else the
+    default spec); workdir: where derm writes the offline rows (default `DERM_WORKDIR`,
+    else ``./data``); offline_store: ``duckdb`` or ``spark`` (default: the Feast config's,
+    see `derm_features.feast.repo.feature_store_yaml`). Returns `feast_objects`' dict;
+    raises SpecError naming derm.yaml when its spec is invalid.
+
+    A team's own repository declares DERM's views with one file, then runs `feast apply`::
+
+        # feature_repo/derm_embeddings.py
+        from derm_features.feast.definitions import repo_objects
+
+        globals().update(repo_objects("derm.yaml", "/data/derm"))
+    """
+    from derm_features.core.spec import load_spec
+    from derm_features.feast.repo import offline_store_type
+
+    spec = load_spec(config)
+    return feast_objects(
+        spec, Workdir.resolve(workdir, spec=spec), offline_store or offline_store_type()
+    )
+
+
 def _source(name: str, path: Path, model: str, entity: str, offline_store: str):
     description = f"Daily changed rows of the {model} upstream model's {entity} embeddings."
     if offline_store == "spark":

@@ -1,10 +1,17 @@
 """The Feast repository of a DERM deployment: its config, `apply`, and a `FeatureStore`.
 
 Everything is built for an explicit `Workdir` (its spec, registry and Redis address) from
-`feature_store.yaml` (or the file named by Feast's own `FEAST_FS_YAML_FILE_PATH`, e.g.
-`feature_store.spark.yaml`): the registry path and the Redis connection string are filled
-in per work directory, so two stores over two work directories live side by side in one
-process and nothing here changes the process's environment.
+one Feast config file: Feast's own `FEAST_FS_YAML_FILE_PATH` when set (a team's own
+`feature_store.yaml`, or e.g. `feature_store.spark.yaml`), else derm's default, which ships
+inside the package (`derm_features/feast/feature_store.yaml`; in a checkout, a link to the
+top-level `feature_store.yaml`).
+
+With derm's default config, the registry lives in the work directory and the Redis address
+is the work directory's, so two stores over two work directories live side by side in one
+process and nothing here changes the process's environment. A team's own config keeps its
+project, registry and Redis `connection_string` as written: derm then registers its views
+in, and writes its embeddings under, that team's project (README, "Use derm from your own
+Feast repo").
 """
 
 from __future__ import annotations
@@ -18,13 +25,31 @@ import yaml
 from derm_features.core.workdir import Workdir
 from derm_features.feast.redis_url import feast_connection_string
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_YAML = Path(__file__).with_name("feature_store.yaml")
+# The checkout's root (where `feature_repo/` and the top-level feature_store.yaml are), or
+# the package directory in an installed wheel (where the default config is a plain copy).
+REPO_ROOT = DEFAULT_YAML.resolve().parent
+WORKDIR_REGISTRY = "derm_features.feast.plugins.WorkdirRegistryStore"
+DERM_ONLINE_STORE = "derm_features.feast.plugins.DermRedisOnlineStore"
+# derm writes Feast's Redis layout itself (`redis_layout`), so the online store is Redis.
+REDIS_TYPES = ("redis", DERM_ONLINE_STORE, "feast.infra.online_stores.redis.RedisOnlineStore")
 
 
 def feature_store_yaml() -> Path:
-    """The Feast config file: `FEAST_FS_YAML_FILE_PATH` (Feast's variable), else the
-    repository's `feature_store.yaml`."""
-    return Path(os.environ.get("FEAST_FS_YAML_FILE_PATH") or REPO_ROOT / "feature_store.yaml")
+    """The Feast config file: `FEAST_FS_YAML_FILE_PATH` (Feast's variable), else derm's
+    default (`DEFAULT_YAML`)."""
+    return Path(os.environ.get("FEAST_FS_YAML_FILE_PATH") or DEFAULT_YAML)
+
+
+def _config_data() -> dict:
+    path = feature_store_yaml()
+    try:
+        data = yaml.safe_load(os.path.expandvars(path.read_text())) or {}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: Feast config not found (FEAST_FS_YAML_FILE_PATH)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a Feast config (a YAML mapping)")
+    return data
 
 
 def offline_store_type(path: Path | None = None) -> str:
@@ -34,23 +59,60 @@ def offline_store_type(path: Path | None = None) -> str:
 
 
 def repo_config(workdir: Workdir):
-    """A `feast.RepoConfig` for `workdir`: the YAML's settings, with the registry at
-    ``<workdir>/registry.db`` and the online store at the work directory's Redis URL."""
+    """A `feast.RepoConfig` for `workdir` from `feature_store_yaml()`.
+
+    derm's own registry store keeps the registry at ``<workdir>/registry.db``; any other
+    registry is used as configured. The Redis address is the work directory's unless the
+    file sets ``online_store.connection_string`` for Feast's own Redis store. Raises
+    ValueError naming the file for an online store derm cannot write (not Redis) and for
+    ``key_ttl_seconds``.
+    """
     from feast.repo_config import RepoConfig
 
-    data = yaml.safe_load(os.path.expandvars(feature_store_yaml().read_text())) or {}
-    data["registry"] = {**(data.get("registry") or {}), "path": str(workdir.registry)}
-    online = dict(data.get("online_store") or {})
+    path = feature_store_yaml()
+    data = _config_data()
+    registry = data.get("registry") or {}
+    registry = {"path": registry} if isinstance(registry, str) else dict(registry)
+    if registry.get("registry_store_type") == WORKDIR_REGISTRY:
+        registry["path"] = str(workdir.registry)
+    data["registry"] = registry
+    online = dict(data.get("online_store") or {"type": "redis"})
+    if online.get("type", "sqlite") not in REDIS_TYPES:
+        raise ValueError(
+            f"{path}: online_store.type {online.get('type', 'sqlite')!r} is not supported: "
+            "derm writes Feast's Redis layout, so the online store must be `redis`"
+        )
     if online.get("key_ttl_seconds"):
         # Carried entities are not re-pushed every day, so their keys would expire in Redis
         # while the pool and the offline store still hold them.
         raise ValueError(
-            f"{feature_store_yaml()}: online_store.key_ttl_seconds is not supported: derm "
+            f"{path}: online_store.key_ttl_seconds is not supported: derm "
             "removes expired entities from Redis itself (spec ttl_days); drop the key"
         )
-    online["connection_string"] = feast_connection_string(workdir.redis_url)
+    if online["type"] == DERM_ONLINE_STORE or not online.get("connection_string"):
+        online["connection_string"] = feast_connection_string(workdir.redis_url)
     data["online_store"] = online
-    return RepoConfig(repo_path=REPO_ROOT, **data)
+    return RepoConfig(repo_path=path.resolve().parent, **data)
+
+
+def registry_file(workdir: Workdir) -> Path | None:
+    """The local file of the registry `workdir` uses (derm's: ``<workdir>/registry.db``; a
+    team's file registry: its path), None for a remote or SQL registry."""
+    registry = _config_data().get("registry") or {}
+    registry = {"path": registry} if isinstance(registry, str) else registry
+    if registry.get("registry_store_type") == WORKDIR_REGISTRY:
+        return workdir.registry
+    location = str(registry.get("path", ""))
+    if registry.get("registry_type", "file") != "file" or "://" in location or not location:
+        return None
+    file = Path(location)
+    return file if file.is_absolute() else feature_store_yaml().resolve().parent / file
+
+
+def has_registry(workdir: Workdir) -> bool:
+    """Whether the registry `workdir` uses exists (a remote one is taken to exist)."""
+    file = registry_file(workdir)
+    return file is None or file.is_file()
 
 
 def feast_objects(workdir: Workdir) -> list:
@@ -73,7 +135,8 @@ def apply(workdir: Workdir, quiet: bool = False) -> None:
     feature_store(workdir).apply(objects)
     if not quiet:
         names = sorted(getattr(o, "name", "?") for o in objects)
-        print(f"feast apply: {len(objects)} objects registered in {workdir.registry}")
+        where = registry_file(workdir) or repo_config(workdir).registry.path
+        print(f"feast apply: {len(objects)} objects registered in {where}")
         print("  " + ", ".join(names))
 
 
@@ -81,7 +144,8 @@ def feature_store(workdir: Workdir):
     """A `feast.FeatureStore` over `workdir` (after `apply`)."""
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(REPO_ROOT), config=repo_config(workdir))
+    config = repo_config(workdir)
+    return FeatureStore(repo_path=str(config.repo_path), config=config)
 
 
 def registered_ttl_days(workdir: Workdir) -> dict[str, int]:
@@ -91,9 +155,12 @@ def registered_ttl_days(workdir: Workdir) -> dict[str, int]:
     Read once per version of the registry file: the daily job checks it for every model,
     entity and day, and a Feast store costs far more than the check.
     """
-    if not workdir.registry.exists():
+    file = registry_file(workdir)
+    if file is None:  # a remote registry: no cheap version stamp, so read it each time
+        return dict(_registered_ttl_days.__wrapped__(workdir, 0, 0))
+    if not file.exists():
         return {}
-    stat = workdir.registry.stat()
+    stat = file.stat()
     return dict(_registered_ttl_days(workdir, stat.st_mtime_ns, stat.st_size))
 
 
@@ -122,7 +189,7 @@ def check_ttl(workdir: Workdir, ttl_days: int, flag: str = "ttl_days") -> None:
         if registered != ttl_days:
             raise ValueError(
                 f"{flag} {ttl_days} differs from the {registered} days that view '{view}' is "
-                f"registered with in {workdir.registry}: Feast would keep serving entities the "
-                "pool has dropped. Change ttl_days in derm.yaml's spec: section and run "
-                "`derm apply`, then run this again"
+                f"registered with in {registry_file(workdir) or 'the registry'}: Feast would "
+                "keep serving entities the pool has dropped. Change ttl_days in derm.yaml's "
+                "spec: section and run `derm apply`, then run this again"
             )

@@ -226,7 +226,7 @@ def materialize(
 
 def training_sets(cfg: ExperimentConfig, workdir: Workdir, logs: Path, keys: tuple[str, ...]):
     """The train and eval training sets with `keys`, built once per work directory."""
-    from derm_features.feast.repo import apply
+    from derm_features.feast.repo import apply, has_registry
     from trainers.downstream.training_set import (
         TrainingSetConfig,
         build_training_set,
@@ -239,7 +239,7 @@ def training_sets(cfg: ExperimentConfig, workdir: Workdir, logs: Path, keys: tup
         if (ts_cfg.output_dir() / "meta.json").is_file():
             out.append(open_training_set(ts_cfg.output_dir()))
             continue
-        if keys and not workdir.registry.is_file():
+        if keys and not has_registry(workdir):
             apply(workdir, quiet=True)
         out.append(build_training_set(ts_cfg))
     return tuple(out)

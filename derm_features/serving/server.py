@@ -206,11 +206,11 @@ def open_services(config: ServeConfig) -> Services:
     """The Feast store, a reader (its own fail-fast Redis client) and the indexes."""
     from derm_features.feast.online_store import EmbeddingReader
     from derm_features.feast.redis_url import redacted
-    from derm_features.feast.repo import feature_store
+    from derm_features.feast.repo import feature_store, has_registry
 
-    if not config.workdir.registry.is_file():
+    if not has_registry(config.workdir):
         raise AnnIndexError(
-            f"no Feast registry in {config.workdir.root}: run `derm apply --workdir ...` first"
+            f"no Feast registry for {config.workdir.root}: run `derm apply --workdir ...` first"
         )
     store = feature_store(config.workdir)
     indexes = {}
