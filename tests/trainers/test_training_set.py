@@ -245,3 +245,47 @@ def test_spark_offline_store_gives_the_same_rows_as_duckdb(
     assert spark_set.num_rows == len(events)
     assert spark_set.equals(duck)
     assert duck.column("has_cvr_user_embedding").to_pylist() == [0, 1, 0, 1]
+
+
+def test_point_in_time_embeddings_for_an_owners_entity_dataframe(applied_workdir):
+    """The model owner's API: rows in any order, naive (= UTC) or aware times, string ids
+    hashed as the trainer hashes them; dense matrices in the rows' order, plus found flags."""
+    import pandas as pd
+
+    from derm_features.core.ids import hash_ids_to_int64
+    from trainers.downstream.training_set import point_in_time_embeddings
+
+    t, day = dt.date(2024, 3, 10), dt.timedelta(days=1)
+    alice = int(hash_ids_to_int64(pa.array(["alice"]))[0])
+    write_offline(
+        applied_workdir,
+        "cvr",
+        "user",
+        [(alice, t - day, vec(1.0)), (alice, t, vec(2.0)), (3, t - day, vec(3.0))],
+        "midnight_after",
+    )
+    write_offline(applied_workdir, "ctr", "pin", [(7, t - day, vec(5.0))], "midnight_after")
+    rows = pd.DataFrame(
+        {
+            "user_id": ["alice", "bob", "alice", "alice"],
+            "pin_id": [7, 7, 8, 7],
+            "event_timestamp": [
+                at(t + day, 0),  # day t+1: day t's value
+                at(t, 12),  # bob: never had one
+                at(t, 23, 59, 999_999),  # the last instant of day t: day t-1's value
+                at(t - day, 12),  # day t-1: nothing before it
+            ],
+        }
+    )
+    got = point_in_time_embeddings(rows, ["cvr_user", "ctr_pin"], applied_workdir)
+    assert got.vectors["cvr_user"][:, 0].tolist() == [2.0, 0.0, 1.0, 0.0]
+    assert got.present["cvr_user"].tolist() == [True, False, True, False]
+    assert got.vectors["ctr_pin"].shape == (4, D)
+    assert got.present["ctr_pin"].tolist() == [True, True, False, False]
+    naive = rows.assign(event_timestamp=[ts.replace(tzinfo=None) for ts in rows.event_timestamp])
+    again = point_in_time_embeddings(naive, ["cvr_user"], applied_workdir)
+    assert np.array_equal(again.vectors["cvr_user"], got.vectors["cvr_user"])
+    with pytest.raises(TrainingSetError, match="entity_df has no column 'pin_id'"):
+        point_in_time_embeddings(rows.drop(columns="pin_id"), ["ctr_pin"], applied_workdir)
+    with pytest.raises(TrainingSetError, match="unknown embedding"):
+        point_in_time_embeddings(rows, ["ctr_ad"], applied_workdir)
