@@ -13,6 +13,7 @@ from derm_features.commands.downstream import downstream_cmd, experiment_cmd
 from derm_features.commands.logs import generate_cmd, validate_logs_cmd
 from derm_features.commands.materialize import materialize_cmd
 from derm_features.commands.obd import convert_obd_cmd
+from derm_features.commands.options import LogLevel, configure_logging
 from derm_features.commands.pipeline import (
     backfill_cmd,
     daily_cmd,
@@ -49,8 +50,17 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    log_level: LogLevel = typer.Option(
+        LogLevel.info,
+        "--log-level",
+        envvar="DERM_LOG_LEVEL",
+        case_sensitive=False,
+        help="Notices on stderr: `info` also says what was skipped, `warning` only what needs "
+        "attention, `error` only failures. Results stay on stdout.",
+    ),
 ) -> None:
     """DERM embeddings on Feast (run `derm COMMAND --help` for each command)."""
+    configure_logging(log_level.value)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ is instant. Registered at the bottom of derm_features/cli.py.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -147,7 +148,7 @@ def downstream_cmd(
     write_text_atomic(table, out / f"{name}.md")
     write_text_atomic(json.dumps(comparison, indent=1, default=float), out / f"{name}.json")
     if comparison["warning"]:
-        typer.echo(f"warning: {comparison['warning']}", err=True)
+        logging.getLogger("derm.downstream").warning(comparison["warning"])
     typer.echo(table)
     metrics = comparison["runs"][WITH_DERM if cfg.embeddings else NO_DERM]
     summary = {k: comparison[k] for k in ("best_constant_logloss", "warning", "reference")}

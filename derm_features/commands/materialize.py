@@ -166,7 +166,10 @@ def materialize_cmd(
                 typer.echo(f"online: re-synced {pushed:,} live entities of the {day} pool")
                 return
             if not online_only:
-                with tqdm(desc=f"materialize {model}/{entity} {day}", unit="bucket") as bar:
+                # disable=None: no bar when stderr is not a terminal (a scheduler's log)
+                with tqdm(
+                    desc=f"materialize {model}/{entity} {day}", unit="bucket", disable=None
+                ) as bar:
                     report = materialize_offline(
                         job, progress=bar.update, on_total=lambda n: setattr(bar, "total", n)
                     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,10 +29,72 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+ProgressOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress bars on stderr (default: on when stderr is a terminal, so off in a "
+        "scheduler's log).",
+        show_default=False,
+    ),
+]
+
+
+def show_progress(flag: bool | None) -> bool:
+    """`--progress/--no-progress` as given, else whether stderr is a terminal."""
+    return sys.stderr.isatty() if flag is None else flag
+
+
 LogsOption = Annotated[
     Path,
     typer.Option("--logs", help="The ad log: a Parquet file or directory (hive ds= allowed)."),
 ]
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current `sys.stderr`, not the one of the moment it was configured (a
+    test runner or a notebook swaps it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _Notice(logging.Formatter):
+    """``warning: ...`` / ``error: ...`` as derm's own messages read; info as it is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {record.getMessage()}"
+        return record.getMessage()
+
+
+def configure_logging(level: str = "info") -> None:
+    """Sends derm's notices (logger ``derm``; ``info`` says what was skipped, ``warning``
+    what needs attention) and Python warnings to stderr at `level`; Feast's, Lightning's
+    and Spark's own loggers at `level` or ``warning``, whichever is stricter. stdout keeps
+    only each command's result."""
+    threshold = getattr(logging, level.upper())
+    handler = _StderrHandler()
+    handler.setFormatter(_Notice())
+    for name in ("derm", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]  # idempotent: one handler however often it is called
+        logger.setLevel(threshold)
+    logging.captureWarnings(True)
+    for name in ("feast", "lightning", "py4j"):
+        logging.getLogger(name).setLevel(max(threshold, logging.WARNING))
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

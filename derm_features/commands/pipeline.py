@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import ConfigOption, LogsOption, WorkdirOption, run_or_exit
+from derm_features.commands.options import (
+    ConfigOption,
+    LogsOption,
+    ProgressOption,
+    WorkdirOption,
+    run_or_exit,
+    show_progress,
+)
 
 ModelsOption = Annotated[
     str | None,
@@ -65,12 +73,6 @@ IndexOption = Annotated[
         show_default=False,
     ),
 ]
-ProgressOption = Annotated[
-    bool,
-    typer.Option(
-        "--progress/--no-progress", help="Progress bars on stderr (off for schedulers' logs)."
-    ),
-]
 ThreadsOption = Annotated[
     int | None,
     typer.Option(
@@ -125,7 +127,7 @@ def _pipeline_config(given: dict):
         **settings.materialize,
         allow_gap=bool(given.get("allow_gap")),
         force=bool(given.get("force")),
-        progress=given.get("progress", True),
+        progress=show_progress(given.get("progress")),
     )
 
 
@@ -142,7 +144,7 @@ def daily_cmd(
     online: OnlineOption = None,
     index: IndexOption = None,
     threads: ThreadsOption = None,
-    progress: ProgressOption = True,
+    progress: ProgressOption = None,
     min_steps: MinStepsOption = None,
     max_epochs: MaxEpochsOption = None,
     replay_days: ReplayDaysOption = None,
@@ -204,7 +206,7 @@ def backfill_cmd(
     online: OnlineOption = None,
     index: IndexOption = None,
     threads: ThreadsOption = None,
-    progress: ProgressOption = True,
+    progress: ProgressOption = None,
     min_steps: MinStepsOption = None,
     max_epochs: MaxEpochsOption = None,
     replay_days: ReplayDaysOption = None,
@@ -315,15 +317,13 @@ def status_cmd(
         )
         found, _, sampled = (s.online_found or "").partition("/")
         if sampled and int(found) < int(sampled):
-            typer.secho(
-                f"  {s.model} {s.entity}: Redis holds only {found} of {sampled} sampled live "
+            logging.getLogger("derm.status").warning(
+                f"{s.model} {s.entity}: Redis holds only {found} of {sampled} sampled live "
                 f"entities; re-sync: derm materialize --workdir {wd.root} --model {s.model} "
-                f"--entity {s.entity} --date {s.pool_days[-1]} --resync",
-                fg=typer.colors.YELLOW,
-                err=True,
+                f"--entity {s.entity} --date {s.pool_days[-1]} --resync"
             )
     if online_note:
-        typer.echo(online_note, err=True)
+        logging.getLogger("derm.status").warning(online_note)
 
 
 def report_cmd(workdir: WorkdirOption = None) -> None:

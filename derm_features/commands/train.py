@@ -6,6 +6,7 @@ torch and Lightning are imported inside the command bodies so `derm --help` stay
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated
 
 import typer
@@ -13,8 +14,10 @@ import typer
 from derm_features.commands.options import (
     ConfigOption,
     LogsOption,
+    ProgressOption,
     WorkdirOption,
     settings_or_exit,
+    show_progress,
 )
 
 ModelOption = Annotated[
@@ -116,7 +119,7 @@ def train_cmd(
     devices: Annotated[
         str | None, typer.Option(help="Lightning devices: auto, a count, or ids [default: auto].")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    progress: ProgressOption = None,
 ) -> None:
     """Train the upstream DERM model: a window fit (--start/--end) or one incremental day (--date).
 
@@ -149,7 +152,7 @@ def train_cmd(
             end=_day(end, "--end"),
             date=_day(date, "--date"),
             seed=settings.pipeline.get("seed", 0),
-            progress=progress,
+            progress=show_progress(progress),
             model_cfg=model_cfg,
             **train_values,
         )
@@ -164,7 +167,7 @@ def train_cmd(
     except (LogContractError, CheckpointError, ValueError) as exc:
         raise _fail(str(exc)) from None
     if metrics.get("skipped"):
-        typer.secho(f"skipped: {metrics['reason']}", fg=typer.colors.YELLOW, err=True)
+        logging.getLogger("derm.train").warning(f"skipped: {metrics['reason']}")
     typer.echo(json.dumps(metrics))
 
 
@@ -185,7 +188,7 @@ def infer_cmd(
         str | None, typer.Option(help="First day to rewrite (with --back-inference).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per inference batch.")] = 4096,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    progress: ProgressOption = None,
 ) -> None:
     """Write daily tower outputs (user and Pin embeddings) of snapshot D over day D's logs.
 
@@ -205,17 +208,15 @@ def infer_cmd(
             back_inference=back_inference,
             start=_day(start, "--start"),
             batch_size=batch_size,
-            progress=progress,
+            progress=show_progress(progress),
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if cfg.back_inference:
-        typer.secho(
-            f"warning: back inference rewrites {cfg.start}..{cfg.date} with snapshot "
-            f"{cfg.date}: those embeddings have seen labels from after their day (leakage; "
-            "paper B.3). Keep them out of point-in-time evaluation.",
-            fg=typer.colors.YELLOW,
-            err=True,
+        logging.getLogger("derm.infer").warning(
+            f"back inference rewrites {cfg.start}..{cfg.date} with snapshot {cfg.date}: those "
+            "embeddings have seen labels from after their day (leakage; paper B.3). Keep them "
+            "out of point-in-time evaluation."
         )
 
     from trainers.upstream.checkpoint import CheckpointError

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,8 @@ from derm_features.core.logs import open_log
 from derm_features.core.workdir import Workdir, days_in_dir
 
 STEPS = ("train", "infer", "materialize_user", "materialize_pin", "index")
+
+log = logging.getLogger("derm.pipeline")
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,10 @@ def run_step(
     if done is not None and not force:
         recorded = done.get("inputs")
         if inputs is not None and recorded is not None and recorded != inputs:
-            print(
-                f"warning: {model} {step} {day}: its input changed since it ran (log "
-                f"fingerprint {recorded} -> {inputs}); kept the old result. Recompute the day "
-                "with `derm daily --force`",
-                file=sys.stderr,
+            log.warning(
+                f"{model} {step} {day}: its input changed since it ran (log fingerprint "
+                f"{recorded} -> {inputs}); kept the old result. Recompute the day with "
+                "`derm daily --force`"
             )
         return done, False
     summary = work()
@@ -260,10 +261,9 @@ class _stepper:
 
     def report(self) -> None:
         if self.skipped:
-            print(
+            log.info(
                 f"{self.day} {self.model}: {', '.join(self.skipped)} already done (skipped; "
-                "`derm daily --force` recomputes a day)",
-                file=sys.stderr,
+                "`derm daily --force` recomputes a day)"
             )
             self.skipped = []
 

@@ -127,7 +127,8 @@ def test_a_second_run_on_the_same_work_directory_exits_4(tiny_log, tmp_path):
         pass
 
 
-def test_a_changed_log_is_reported_and_force_recomputes(tiny_log, tmp_path, capsys):
+def test_a_changed_log_is_reported_and_force_recomputes(tiny_log, tmp_path, caplog):
+    caplog.set_level("INFO", logger="derm")
     from derm_features.core.logs import open_log
 
     wd = Workdir(tmp_path / "wd")
@@ -146,12 +147,13 @@ def test_a_changed_log_is_reported_and_force_recomputes(tiny_log, tmp_path, caps
     assert log_fingerprint(open_log(tiny_log), DAY - dt.timedelta(days=1)) != after
     summary, ran = run_step(wd, "ctr", "train", DAY, work, after)
     assert not ran and summary["n"] == 1
-    assert "its input changed since it ran" in capsys.readouterr().err
+    assert "its input changed since it ran" in caplog.text
     summary, ran = run_step(wd, "ctr", "train", DAY, work, after, force=True)
     assert ran and summary == {"n": 2, "inputs": after}
 
 
-def test_skipped_steps_say_so_in_one_line(tiny_log, tmp_path, capsys):
+def test_skipped_steps_say_so_in_one_line(tiny_log, tmp_path, caplog):
+    caplog.set_level("INFO", logger="derm")
     wd = Workdir(tmp_path / "wd")
     cfg = config(tiny_log, wd)
     for _ in range(2):
@@ -159,7 +161,7 @@ def test_skipped_steps_say_so_in_one_line(tiny_log, tmp_path, capsys):
         step("train", lambda: {})
         step("infer", lambda: {})
         step.report()
-    assert capsys.readouterr().err.strip().splitlines() == [
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("derm")] == [
         "2026-01-10 ctr: train, infer already done (skipped; `derm daily --force` recomputes a day)"
     ]
 
@@ -175,9 +177,21 @@ def test_force_redoes_only_the_newest_day(tiny_log, tmp_path):
     check_force(config(tiny_log, wd, models=("ctr",)), DAY - dt.timedelta(days=1))  # no force
 
 
-def test_no_progress_reaches_the_daily_job(tmp_path):
+def test_progress_follows_the_flag_else_whether_stderr_is_a_terminal(tmp_path, monkeypatch):
+    import io
+    import sys
+
     from derm_features.commands.pipeline import _pipeline_config
 
     given = {"config": None, "workdir": tmp_path / "wd", "logs": tmp_path / "log"}
     assert _pipeline_config({**given, "progress": False}).progress is False
+    assert _pipeline_config({**given, "progress": True}).progress is True
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a scheduler's log file
+    assert _pipeline_config({**given, "progress": None}).progress is False
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
     assert _pipeline_config(given).progress is True
