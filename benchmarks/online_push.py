@@ -23,8 +23,10 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.online_store import add_redis_url_flag, scratch_store
+from derm_features.core.spec import PUBLISHED_COLUMNS, feature_name
 
 VIEW = "ctr_pin_embedding"
+FEATURES = {c: feature_name("ctr", "pin", c) for c in PUBLISHED_COLUMNS}  # column -> feature
 DAY = dt.datetime(2024, 3, 5, tzinfo=dt.UTC)
 
 
@@ -58,9 +60,10 @@ def read_back_matches(store, rows: pa.Table, sample: np.ndarray) -> bool:
     """get_online_features of the sampled rows equals the input values."""
     ids = rows.column("pin_id").to_numpy()[sample]
     got = store.get_online_features(
-        features=[f"{VIEW}:embedding", f"{VIEW}:model_version"],
+        features=[f"{VIEW}:{FEATURES['embedding']}", f"{VIEW}:{FEATURES['model_version']}"],
         entity_rows=[{"pin_id": int(i)} for i in ids],
     ).to_dict()
+    got = {column: got.get(feature) for column, feature in FEATURES.items()}
     if any(v is None for v in got["embedding"]):
         return False
     embeddings = rows.column("embedding").combine_chunks().flatten().to_numpy()
@@ -85,7 +88,8 @@ def main() -> None:
 
     with scratch_store(args.redis_url, "online-push") as (store, client):
         rows = make_rows(args.rows, args.dim)
-        frame = rows.to_pandas()
+        # Feast's own write takes the feature names (it applies no field_mapping)
+        frame = rows.to_pandas().rename(columns=FEATURES)
         sample = np.random.default_rng(1).choice(args.rows, min(args.sample, args.rows), False)
         sample_keys = entity_keys(
             view_layout(store, VIEW), rows.column("pin_id").to_numpy()[sample]

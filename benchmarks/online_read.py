@@ -77,8 +77,12 @@ class RawHmget:
         user, pin = layouts[USER_VIEWS[0]], layouts[PIN_VIEWS[0]]
         self.user_key = (user.key_prefix, user.key_suffix)
         self.pin_key = (pin.key_prefix, pin.key_suffix)
-        self.user_fields = [layouts[v].feature_fields["embedding"] for v in USER_VIEWS]
-        self.pin_fields = [layouts[v].feature_fields["embedding"] for v in PIN_VIEWS]
+        self.user_fields = [
+            layouts[v].feature_fields[layouts[v].feature_of("embedding")] for v in USER_VIEWS
+        ]
+        self.pin_fields = [
+            layouts[v].feature_fields[layouts[v].feature_of("embedding")] for v in PIN_VIEWS
+        ]
 
     def commands(self, user: int, pins: np.ndarray) -> list[tuple]:
         def key(parts, i):
@@ -122,7 +126,7 @@ class RawHmget:
 
 
 def feast_read(store, user: int, pins: np.ndarray) -> dict:
-    features = [f"{view}:embedding" for view in ALL_VIEWS]
+    features = [f"{view}:{view}" for view in ALL_VIEWS]  # the vector feature is named like its view
     entity_rows = [{"user_id": user, "pin_id": int(p)} for p in pins]
     return store.get_online_features(
         features=features, entity_rows=entity_rows, full_feature_names=True
@@ -134,7 +138,7 @@ def same_values(ours: dict, other: dict, feast: dict) -> bool:
         values, found = ours[view]
         if not (np.array_equal(values, other[view][0]) and np.array_equal(found, other[view][1])):
             return False
-        feast_values = feast[f"{view}__embedding"]
+        feast_values = feast[f"{view}__{view}"]
         if view in USER_VIEWS:
             feast_values = feast_values[:1]
         if [v is not None for v in feast_values] != found.tolist():

@@ -7,7 +7,7 @@ loopback ports over one fresh work directory and Redis DB 13 (flushed at start a
 Each scenario sends a fixed number of requests from a few threads, one keep-alive
 connection per thread, and stops by itself:
 
-- feast  POST /get-online-features  {features: [ctr_pin_embedding:embedding],
+- feast  POST /get-online-features  {features: [ctr_pin_embedding:ctr_pin_embedding],
                                      entities: {pin_id: [N ids]}}
 - derm   POST /embeddings           {pin_ids: [N ids], views: [ctr_pin_embedding]}
 - derm   POST /retrieve             {user_id: U, k: 100} (online user vector + HNSW)
@@ -202,7 +202,7 @@ def main(cfg: LoadConfig) -> None:
         users = (rng.integers(0, cfg.users, cfg.requests) + USER_BASE).tolist()
         feast_bodies = [
             json.dumps(
-                {"features": ["ctr_pin_embedding:embedding"], "entities": {"pin_id": pins}}
+                {"features": ["ctr_pin_embedding:ctr_pin_embedding"], "entities": {"pin_id": pins}}
             ).encode()
             for pins in pin_lists
         ]

@@ -88,7 +88,8 @@ def write_log(path: Path, rows: int, users: int, pins: int, first_day: int, days
     return table
 
 
-FEATURES = [f"{m}_{e}_embedding:embedding" for m in ("ctr", "cvr") for e in ("user", "pin")]
+# <view>:<feature>; each view's vector feature is named like the view (`feature_name`)
+FEATURES = [f"{m}_{e}_embedding:{m}_{e}_embedding" for m in ("ctr", "cvr") for e in ("user", "pin")]
 
 
 def raw_fetch(store, log: pa.Table, rows: int) -> float:

@@ -43,8 +43,9 @@ if store is None:
     from derm_features.feast.repo import feature_store
     store = feature_store(Workdir.resolve(sys.argv[2]))
 rows = [{"user_id": u} for u in (1, 2, 3)]
-out = store.get_online_features(features=["ctr_user_embedding:embedding"], entity_rows=rows)
-print(json.dumps(out.to_dict()["embedding"]))
+ref = "ctr_user_embedding:ctr_user_embedding"
+out = store.get_online_features(features=[ref], entity_rows=rows)
+print(json.dumps(out.to_dict()["ctr_user_embedding"]))
 """
 
 

@@ -54,6 +54,23 @@ def view_name(model: str, entity: str) -> str:
     return f"{model}_{entity}_embedding"
 
 
+# The columns of every offline row and pool row that Feast serves (DESIGN.md).
+PUBLISHED_COLUMNS = ("embedding", "last_seen", "model_version")
+
+
+def feature_name(model: str, entity: str, column: str) -> str:
+    """The Feast feature of a published column, unique across views so that a feature
+    service of several views works with Feast's default (short) feature names:
+    ``("ctr", "user", "embedding")`` -> ``ctr_user_embedding``, ``ctr_user_last_seen``.
+
+    The Parquet files keep the plain column names; each view's source maps them
+    (`field_mapping`). Raises ValueError for a column that is not published.
+    """
+    if column not in PUBLISHED_COLUMNS:
+        raise ValueError(f"'{column}' is not a published column {PUBLISHED_COLUMNS}")
+    return f"{model}_{entity}_{column}"
+
+
 def join_key(entity: str) -> str:
     """The entity's join key, ``user_id`` or ``pin_id``."""
     return f"{entity}_id"

@@ -11,9 +11,12 @@ every other module derives from the spec cannot drift apart. For the default spe
 
 Each view row: `embedding` (L2-normalised float32 vector of D), `last_seen` (the day of
 the entity's newest daily embedding) and `model_version` (the upstream checkpoint it came
-from). Each source holds only the rows whose aggregated embedding changed that day,
-stamped at the end of the day they include (DESIGN.md); paths are absolute because DuckDB
-resolves relative paths against the current directory.
+from), as the features `<model>_<entity>_embedding`, `..._last_seen`, `..._model_version`
+(`feature_name`): unique across views, so `ctr_ranking` (four views) works with Feast's
+default short names; the Parquet files keep the plain column names (`field_mapping`).
+Each source holds only the rows whose aggregated embedding changed that day, stamped at the
+end of the day they include (DESIGN.md); paths are absolute because DuckDB resolves
+relative paths against the current directory.
 
 ttl (paper appendix C: entities active in the past three months). The pool keeps an
 entity last seen on day L through day L + ttl_days, and the pool of day t serves events of
@@ -39,7 +42,13 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.data_format import ParquetFormat
 from feast.types import Array, Float32, String, UnixTimestamp
 
-from derm_features.core.spec import DermSpec, join_key, service_name
+from derm_features.core.spec import (
+    PUBLISHED_COLUMNS,
+    DermSpec,
+    feature_name,
+    join_key,
+    service_name,
+)
 from derm_features.core.workdir import Workdir
 
 ENTITY_DESCRIPTIONS = {
@@ -78,9 +87,9 @@ def feast_objects(spec: DermSpec, workdir: Workdir, offline_store: str = "duckdb
                 entities=[entities[entity]],
                 ttl=spec.feast_ttl,
                 schema=[
-                    Field(name="embedding", dtype=Array(Float32)),
-                    Field(name="last_seen", dtype=UnixTimestamp),
-                    Field(name="model_version", dtype=String),
+                    Field(name=feature_name(model, entity, "embedding"), dtype=Array(Float32)),
+                    Field(name=feature_name(model, entity, "last_seen"), dtype=UnixTimestamp),
+                    Field(name=feature_name(model, entity, "model_version"), dtype=String),
                 ],
                 source=source,
                 online=True,
@@ -131,6 +140,8 @@ def repo_objects(
 
 def _source(name: str, path: Path, model: str, entity: str, offline_store: str):
     description = f"Daily changed rows of the {model} upstream model's {entity} embeddings."
+    # the files' plain column names -> the view's unique feature names
+    mapping = {column: feature_name(model, entity, column) for column in PUBLISHED_COLUMNS}
     if offline_store == "spark":
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
             SparkSource,
@@ -141,6 +152,7 @@ def _source(name: str, path: Path, model: str, entity: str, offline_store: str):
             path=str(path),
             file_format="parquet",
             timestamp_field="event_timestamp",
+            field_mapping=mapping,
             description=description,
         )
     return FileSource(
@@ -148,6 +160,7 @@ def _source(name: str, path: Path, model: str, entity: str, offline_store: str):
         path=str(path),
         file_format=ParquetFormat(),
         timestamp_field="event_timestamp",
+        field_mapping=mapping,
         description=description,
     )
 

@@ -153,16 +153,19 @@ CHUNK_ROWS = 4096
 def push_rows(store: FeatureStore, view_name: str, rows: pa.Table) -> int:
     """Write `rows` into `view_name`'s online store; returns the number of rows written.
 
-    `rows`: the view's join key (`user_id` / `pin_id`, int64), one column per feature of
-    the view (`embedding` as list or fixed_size_list of float32, `last_seen`,
-    `model_version`) and `event_timestamp`. Other columns are ignored. Each row replaces
-    the entity's values of this view whatever their timestamp; if an id repeats, its last
-    row wins. `key_ttl_seconds` of the store config, if set, is applied as Feast does.
-    Rows go in chunks of `CHUNK_ROWS`: if Redis fails midway, the chunks before stay
+    `rows`: the view's join key (`user_id` / `pin_id`, int64), the source column of each
+    feature of the view (`embedding` as list or fixed_size_list of float32, `last_seen`,
+    `model_version`: the offline files' names, mapped to the view's feature names as its
+    source's `field_mapping` says) and `event_timestamp`. Other columns are ignored. Each
+    row replaces the entity's values of this view whatever their timestamp; if an id
+    repeats, its last row wins. `key_ttl_seconds` of the store config, if set, is applied
+    as Feast does. Rows go in chunks of `CHUNK_ROWS`: if Redis fails midway, the chunks before stay
     written, and re-running the push completes it (every write is idempotent).
     """
     layout = view_layout(store, view_name)
-    _check_columns(rows, view_name, [layout.join_key, *layout.feature_fields, EVENT_TIMESTAMP])
+    _check_columns(
+        rows, view_name, [layout.join_key, *layout.source_columns.values(), EVENT_TIMESTAMP]
+    )
     ttl = store.config.online_store.key_ttl_seconds
     client = redis_client(store)
     written = 0
@@ -183,7 +186,8 @@ def hset_columns(layout: ViewLayout, chunk: pa.Table) -> list:
     columns: list = [b"HSET", entity_keys(layout, chunk.column(layout.join_key))]
     columns += [layout.ts_field, encode_event_timestamps(chunk.column(EVENT_TIMESTAMP))]
     for feature, field in layout.feature_fields.items():
-        column, value_type = chunk.column(feature), layout.feature_types[feature]
+        column = chunk.column(layout.source_columns[feature])
+        value_type = layout.feature_types[feature]
         if value_type == ValueType.FLOAT_LIST:
             values = encode_float_lists(column)
         else:
@@ -220,8 +224,6 @@ def _check_columns(rows: pa.Table, view_name: str, required: list[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- reader
-
-EMBEDDING_FEATURE = "embedding"
 
 
 class EmbeddingReader:
@@ -274,7 +276,10 @@ class EmbeddingReader:
                 raise ValueError(f"views {key_views} have join key '{join_key}', not user/pin")
             ids = ids_by_join_key[join_key]
             distinct, inverse = np.unique(ids, return_inverse=True)
-            fields = [self.layout(v).feature_fields[EMBEDDING_FEATURE] for v in key_views]
+            fields = [
+                self.layout(v).feature_fields[self.layout(v).feature_of("embedding")]
+                for v in key_views
+            ]
             keys = entity_keys(self.layout(key_views[0]), distinct)
             plan.append((key_views, inverse, n_commands, len(keys)))
             batches.append([b"HMGET", keys, *fields])

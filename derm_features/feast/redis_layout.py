@@ -52,6 +52,16 @@ class ViewLayout:
     feature_fields: dict[str, bytes]  # feature name -> mmh3 hash field
     feature_types: dict[str, ValueType]
     ts_field: bytes  # b"_ts:<view>"
+    # feature name -> the column that holds it in the rows derm writes (the source's
+    # field_mapping reversed: `ctr_user_embedding` <- `embedding`)
+    source_columns: dict[str, str]
+
+    def feature_of(self, column: str) -> str:
+        """The feature stored from source column `column` (e.g. ``embedding``)."""
+        for feature, source in self.source_columns.items():
+            if source == column:
+                return feature
+        raise ValueError(f"view '{self.view}' has no feature from column '{column}'")
 
     @property
     def all_fields(self) -> list[bytes]:
@@ -73,6 +83,7 @@ def view_layout(store: FeatureStore, view_name: str) -> ViewLayout:
         raise ValueError(f"view '{view_name}' must have exactly one int64 join key")
     join_key = columns[0].name
     fv_name = compute_versioned_name(view, config.registry.enable_online_feature_view_versioning)
+    reverse = {feature: column for column, feature in view.batch_source.field_mapping.items()}
     return ViewLayout(
         view=fv_name,
         join_key=join_key,
@@ -81,6 +92,7 @@ def view_layout(store: FeatureStore, view_name: str) -> ViewLayout:
         feature_fields={f.name: _mmh3(f"{fv_name}:{f.name}") for f in view.features},
         feature_types={f.name: f.dtype.to_value_type() for f in view.features},
         ts_field=f"_ts:{fv_name}".encode(),
+        source_columns={f.name: reverse.get(f.name, f.name) for f in view.features},
     )
 
 

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from derm_features.core.spec import PUBLISHED_COLUMNS
 from derm_features.feast.redis_url import feast_connection_string, redacted
 from derm_features.feast.repo import REPO_ROOT, feature_store
 
@@ -23,7 +24,11 @@ def test_apply_registers_entities_views_and_services_in_the_workdir(applied_work
     views = {v.name: v for v in store.list_feature_views()}
     assert set(views) == VIEWS
     for view in views.values():
-        assert {f.name for f in view.features} == {"embedding", "last_seen", "model_version"}
+        model, entity = view.name.split("_")[:2]
+        assert [f.name for f in view.features] == [
+            f"{model}_{entity}_embedding", f"{model}_{entity}_last_seen",
+            f"{model}_{entity}_model_version",
+        ]  # fmt: skip
         assert view.ttl >= dt.timedelta(days=90)
         # sources point into this workdir with absolute paths (DuckDB resolves relative ones
         # against the current directory)
@@ -46,15 +51,65 @@ def test_online_round_trip_through_real_redis(applied_workdir, redis_url):
             "event_timestamp": [now] * 3,
         }
     )
+    # Feast's own write takes the feature names (it applies no field_mapping)
+    df = df.rename(columns=lambda c: f"ctr_user_{c}" if c in PUBLISHED_COLUMNS else c)
     store.write_to_online_store("ctr_user_embedding", df)
     got = store.get_online_features(
-        features=["ctr_user_embedding:embedding", "ctr_user_embedding:model_version"],
+        features=[
+            "ctr_user_embedding:ctr_user_embedding",
+            "ctr_user_embedding:ctr_user_model_version",
+        ],
         entity_rows=[{"user_id": 2}, {"user_id": 3}, {"user_id": 99}],
     ).to_dict()
-    np.testing.assert_allclose(got["embedding"][0], vectors[1], rtol=0, atol=0)
-    np.testing.assert_allclose(got["embedding"][1], vectors[2], rtol=0, atol=0)
-    assert got["embedding"][2] is None
-    assert got["model_version"][:2] == ["ctr-0123abcd-d8@2026-01-01"] * 2
+    np.testing.assert_allclose(got["ctr_user_embedding"][0], vectors[1], rtol=0, atol=0)
+    np.testing.assert_allclose(got["ctr_user_embedding"][1], vectors[2], rtol=0, atol=0)
+    assert got["ctr_user_embedding"][2] is None
+    assert got["ctr_user_model_version"][:2] == ["ctr-0123abcd-d8@2026-01-01"] * 2
+
+
+def test_feature_services_work_with_feasts_default_names(applied_workdir, redis_url):
+    """`ctr_ranking` joins four views: with Feast's defaults (short names) its features
+    must not collide, online and offline."""
+    store = feature_store(applied_workdir)
+    service = store.get_feature_service("ctr_ranking")
+    stamp = dt.datetime(2024, 3, 2, tzinfo=dt.UTC)
+    # every view has a file (DuckDB refuses a source without one); cvr_user only for user 8
+    cases = (
+        ("ctr_user_embedding", "user", 7, 1.0),
+        ("cvr_user_embedding", "user", 8, 3.0),
+        ("ctr_pin_embedding", "pin", 8, 4.0),
+        ("cvr_pin_embedding", "pin", 7, 2.0),
+    )
+    for view, entity, entity_id, value in cases:
+        frame = pd.DataFrame(
+            {
+                f"{entity}_id": [entity_id],
+                "event_timestamp": [stamp],
+                "embedding": [[value] * 4],
+                "last_seen": [stamp],
+                "model_version": ["ctr-0123abcd-d4@2024-03-01"],
+            }
+        )
+        path = applied_workdir.offline(*view.split("_")[:2]) / "day=2024-03-01.parquet"
+        frame.to_parquet(path)  # offline files keep the plain column names
+        prefix = view.removesuffix("_embedding")
+        named = frame.rename(columns={c: f"{prefix}_{c}" for c in PUBLISHED_COLUMNS})
+        store.write_to_online_store(view, named)
+    online = store.get_online_features(
+        features=service, entity_rows=[{"user_id": 7, "pin_id": 7}]
+    ).to_dict()
+    assert online["ctr_user_embedding"] == [[1.0] * 4]
+    assert online["cvr_pin_embedding"] == [[2.0] * 4]
+    assert online["cvr_user_embedding"] == [None] and online["ctr_pin_embedding"] == [None]
+    assert len([k for k in online if k.endswith("_embedding")]) == 4
+    rows = pd.DataFrame(
+        {"user_id": [7], "pin_id": [7], "event_timestamp": [stamp + dt.timedelta(hours=1)]}
+    )
+    offline = store.get_historical_features(entity_df=rows, features=service).to_df()
+    assert list(offline["ctr_user_embedding"][0]) == [1.0] * 4
+    assert list(offline["cvr_pin_embedding"][0]) == [2.0] * 4
+    assert offline["ctr_user_model_version"][0] == "ctr-0123abcd-d4@2024-03-01"
+    assert offline["cvr_user_embedding"].isna()[0]
 
 
 def test_plain_feast_cli_from_repo_root_then_feature_store(workdir, redis_url):

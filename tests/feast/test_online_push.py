@@ -17,6 +17,7 @@ import redis
 from feast.protos.feast.types.Value_pb2 import FloatList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from derm_features.core.spec import PUBLISHED_COLUMNS, feature_name
 from derm_features.feast.online_store import OnlineStoreUnavailable, push_rows, remove_entities
 from derm_features.feast.redis_layout import (
     decode_float_lists,
@@ -62,9 +63,15 @@ def embedding_rows(
 
 
 def online(store, view: str, entity: str, ids) -> dict:
-    features = [f"{view}:{f}" for f in ("embedding", "last_seen", "model_version")]
+    """Feast's `get_online_features` of the view's three features, keyed by the plain
+    column names (`embedding`, `last_seen`, `model_version`)."""
+    model = view.split("_")[0]
+    names = {c: feature_name(model, entity, c) for c in PUBLISHED_COLUMNS}
     rows = [{f"{entity}_id": int(i)} for i in ids]
-    return store.get_online_features(features=features, entity_rows=rows).to_dict()
+    got = store.get_online_features(
+        features=[f"{view}:{f}" for f in names.values()], entity_rows=rows
+    ).to_dict()
+    return {column: got[feature] for column, feature in names.items()}
 
 
 def assert_online_equals(store, view: str, rows: pa.Table) -> None:
@@ -117,7 +124,9 @@ def test_push_writes_the_same_bytes_as_feasts_writer(applied_workdir, redis_url)
     ours = raw_hashes(redis_url, store, "ctr_pin_embedding", ids)
 
     redis.Redis.from_url(redis_url).flushdb()
-    frame = rows.to_pandas()
+    # Feast's own write takes the feature names (it applies no field_mapping)
+    names = {c: feature_name("ctr", "pin", c) for c in PUBLISHED_COLUMNS}
+    frame = rows.to_pandas().rename(columns=names)
     store.write_to_online_store("ctr_pin_embedding", frame)
     feasts = raw_hashes(redis_url, store, "ctr_pin_embedding", ids)
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 from test_online_push import embedding_rows
 
+from derm_features.core.spec import feature_name
 from derm_features.feast.online_store import (
     EmbeddingReader,
     OnlineStoreUnavailable,
@@ -26,10 +27,11 @@ ALL_VIEWS = ["ctr_user_embedding", "ctr_pin_embedding", "cvr_user_embedding", "c
 
 
 def feast_embeddings(store, view: str, ids) -> list:
-    entity = view.split("_")[1]
+    model, entity = view.split("_")[:2]
+    feature = feature_name(model, entity, "embedding")
     rows = [{f"{entity}_id": int(i)} for i in ids]
-    return store.get_online_features(features=[f"{view}:embedding"], entity_rows=rows).to_dict()[
-        "embedding"
+    return store.get_online_features(features=[f"{view}:{feature}"], entity_rows=rows).to_dict()[
+        feature
     ]
 
 

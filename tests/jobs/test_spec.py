@@ -52,11 +52,14 @@ def _pin_served_on(wd: Workdir, days_after: list[int]) -> list[bool]:
     )
     got = (
         feature_store(wd)
-        .get_historical_features(entity_df=events, features=["ctr_pin_embedding:embedding"])
+        .get_historical_features(entity_df=events, features=["ctr_pin_embedding:ctr_pin_embedding"])
         .to_df()
     )
     got = got.sort_values("event_timestamp")
-    return [v is not None and not (isinstance(v, float) and np.isnan(v)) for v in got["embedding"]]
+    return [
+        v is not None and not (isinstance(v, float) and np.isnan(v))
+        for v in got["ctr_pin_embedding"]
+    ]
 
 
 def test_one_ttl_feast_stops_serving_when_the_pool_drops_the_entity(workdir, redis_url):

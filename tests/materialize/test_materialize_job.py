@@ -213,10 +213,10 @@ def test_offline_timestamp_and_ttl_agree_with_feast(applied_workdir):
     entity_df = pd.DataFrame({KEY: [1] * len(events), "event_timestamp": list(events.values())})
     store = feature_store(wd)
     got = store.get_historical_features(
-        entity_df=entity_df, features=["ctr_user_embedding:embedding"]
+        entity_df=entity_df, features=["ctr_user_embedding:ctr_user_embedding"]
     ).to_df()
     seen = {
-        name: got.loc[got["event_timestamp"] == ts, "embedding"].iloc[0]
+        name: got.loc[got["event_timestamp"] == ts, "ctr_user_embedding"].iloc[0]
         for name, ts in events.items()
     }
     assert seen["day 0, last microsecond"] is None
@@ -239,8 +239,8 @@ def test_online_push_remove_and_replay_after_redis_down(applied_workdir, monkeyp
 
     def online(ids):
         return store.get_online_features(
-            features=["ctr_user_embedding:embedding"], entity_rows=[{KEY: i} for i in ids]
-        ).to_dict()["embedding"]
+            features=["ctr_user_embedding:ctr_user_embedding"], entity_rows=[{KEY: i} for i in ids]
+        ).to_dict()["ctr_user_embedding"]
 
     np.testing.assert_allclose(np.asarray(online([1])[0]), e0[0], rtol=1e-6)
 
@@ -341,8 +341,10 @@ def test_cancelling_day_publishes_the_previous_value_everywhere(applied_workdir)
     )
     online = (
         feature_store(wd)
-        .get_online_features(features=["ctr_user_embedding:embedding"], entity_rows=[{KEY: 1}])
-        .to_dict()["embedding"][0]
+        .get_online_features(
+            features=["ctr_user_embedding:ctr_user_embedding"], entity_rows=[{KEY: 1}]
+        )
+        .to_dict()["ctr_user_embedding"][0]
     )
     np.testing.assert_array_equal(np.asarray(online, np.float32), _basis(0)[0])
     row = health.read_health(wd.metrics).to_pylist()[-1]

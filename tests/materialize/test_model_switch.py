@@ -42,10 +42,10 @@ def test_a_reset_with_another_d_serves_only_the_new_lineage(applied_workdir):
     )  # fmt: skip
     got = (
         feature_store(wd)
-        .get_historical_features(entity_df=events, features=["ctr_pin_embedding:embedding"])
+        .get_historical_features(entity_df=events, features=["ctr_pin_embedding:ctr_pin_embedding"])
         .to_df()
     )
-    by = {(r.pin_id, r.event_timestamp.day): r.embedding for r in got.itertuples()}
+    by = {(r.pin_id, r.event_timestamp.day): r.ctr_pin_embedding for r in got.itertuples()}
     np.testing.assert_allclose(np.asarray(by[(1, 3)], np.float32), new[0], rtol=1e-6)
     for pin in (2, 3):  # the old lineage is gone for events after the switch
         assert by[(pin, 3)] is None or (np.isscalar(by[(pin, 3)]) and np.isnan(by[(pin, 3)]))

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from derm_features.core.files import parquet_files
 from derm_features.core.ids import hash_ids_to_int64
-from derm_features.core.spec import ENTITY_NAMES, DermSpec, join_key, view_name
+from derm_features.core.spec import ENTITY_NAMES, DermSpec, feature_name, join_key, view_name
 from derm_features.core.workdir import Workdir
 
 
@@ -267,7 +267,10 @@ def fetch_embeddings(
     entity_df = pd.DataFrame(
         {key_column: ids, "event_timestamp": pd.to_datetime(cuts, unit="us", utc=True)}
     )
-    features = [f"{embedding_view(k)[2]}:embedding" for k in keys]
+    refs = {
+        k: (embedding_view(k)[2], feature_name(*embedding_view(k)[:2], "embedding")) for k in keys
+    }
+    features = [f"{view}:{feature}" for view, feature in refs.values()]
     result = store.get_historical_features(
         entity_df=entity_df, features=features, full_feature_names=True
     ).to_arrow()
@@ -282,7 +285,7 @@ def fetch_embeddings(
     take = pa.array(order)
     values = {}
     for k in keys:
-        column = f"{embedding_view(k)[2]}__embedding"
+        column = "__".join(refs[k])  # Feast's full name: <view>__<feature>
         values[k] = embedding_matrix(result.column(column).take(take), dims[k], column)
     return Lookup(cuts, ids, values)
 
