@@ -30,9 +30,17 @@ DEFAULT_YAML = Path(__file__).with_name("feature_store.yaml")
 # the package directory in an installed wheel (where the default config is a plain copy).
 REPO_ROOT = DEFAULT_YAML.resolve().parent
 WORKDIR_REGISTRY = "derm_features.feast.plugins.WorkdirRegistryStore"
+# derm's online stores: Feast's Redis store reading REDIS_URL, and the same with Pin retrieval
+# (`derm_features.serving.feast_store`; a string here: this layer does not import serving)
 DERM_ONLINE_STORE = "derm_features.feast.plugins.DermRedisOnlineStore"
+DERM_RETRIEVAL_STORE = "derm_features.serving.feast_store.DermOnlineStore"
 # derm writes Feast's Redis layout itself (`redis_layout`), so the online store is Redis.
-REDIS_TYPES = ("redis", DERM_ONLINE_STORE, "feast.infra.online_stores.redis.RedisOnlineStore")
+REDIS_TYPES = (
+    "redis",
+    DERM_ONLINE_STORE,
+    DERM_RETRIEVAL_STORE,
+    "feast.infra.online_stores.redis.RedisOnlineStore",
+)
 
 
 def feature_store_yaml() -> Path:
@@ -89,8 +97,12 @@ def repo_config(workdir: Workdir):
             f"{path}: online_store.key_ttl_seconds is not supported: derm "
             "removes expired entities from Redis itself (spec ttl_days); drop the key"
         )
-    if online["type"] == DERM_ONLINE_STORE or not online.get("connection_string"):
+    if online["type"] in (DERM_ONLINE_STORE, DERM_RETRIEVAL_STORE) or not online.get(
+        "connection_string"
+    ):
         online["connection_string"] = feast_connection_string(workdir.redis_url)
+    if online["type"] == DERM_RETRIEVAL_STORE and not online.get("workdir"):
+        online["workdir"] = str(workdir.root)  # where its Pin indexes live
     data["online_store"] = online
     return RepoConfig(repo_path=path.resolve().parent, **data)
 
