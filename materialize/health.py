@@ -142,7 +142,13 @@ def _with_schema(table: pa.Table) -> pa.Table:
         table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
         for f in HEALTH_SCHEMA
     ]
-    return pa.Table.from_arrays(columns, schema=HEALTH_SCHEMA)
+    table = pa.Table.from_arrays(columns, schema=HEALTH_SCHEMA)
+    # Older derm wrote coverage 0 on a first pool day; undefined is what `day_metrics` means.
+    held_before = pc.add(pc.add(table["updated"], table["carried"]), table["expired"])
+    coverage = pc.if_else(
+        pc.equal(held_before, 0), pa.scalar(None, pa.float64()), table["coverage"]
+    )
+    return table.set_column(HEALTH_SCHEMA.get_field_index("coverage"), "coverage", coverage)
 
 
 def read_health(metrics_dir: Path) -> pa.Table:

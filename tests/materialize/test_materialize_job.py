@@ -99,8 +99,18 @@ def test_first_pool_day_has_no_coverage_and_cosine_quantiles_match_the_pools(wor
     for q in health.COSINE_QUANTILES:
         assert second[f"cosine_p{q}"] == pytest.approx(np.percentile(cosines, q), abs=1e-5)
     assert second["cosine_p5"] < second["cosine_p50"] < second["cosine_p95"]
-    table = health.read_health(workdir.metrics).to_pylist()
-    assert [row["coverage"] for row in table] == [None, 1.0]
+    table = health.read_health(workdir.metrics)
+    assert table["coverage"].to_pylist() == [None, 1.0]
+
+    # a table of an older derm: coverage 0 on the first day, no quantiles but p5
+    older = table.drop([f"cosine_p{q}" for q in (25, 50, 75, 95)])
+    older = older.set_column(older.schema.get_field_index("coverage"), "coverage",
+                             pa.array([0.0, 1.0]))  # fmt: skip
+    pq.write_table(older, workdir.metrics / health.HEALTH_FILE)
+    read = health.read_health(workdir.metrics)
+    assert read["coverage"].to_pylist() == [None, 1.0]
+    assert read["cosine_p50"].to_pylist() == [None, None]  # not counted then: null, not 0
+    assert read["cosine_p5"].to_pylist() == table["cosine_p5"].to_pylist()
 
 
 def test_fold_from_reads_earlier_days_as_one_input_stamped_at_the_day(workdir):
