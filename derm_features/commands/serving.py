@@ -250,6 +250,8 @@ def serve_cmd(
         sys.stderr.flush()
         os.execve(sys.executable, argv, env)
 
+    if os.environ.get(METRICS_DIR_VARIABLES[0]) != metrics_dir:  # it is removed at exit
+        raise fail("--metrics-dir is set by derm serve itself when it restarts")
     from derm_features.serving.ann import AnnIndexError
     from derm_features.serving.server import ServeConfig, run
 

@@ -20,7 +20,6 @@ own (derm_features.commands.serving).
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -34,8 +33,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 def multiprocess() -> bool:
-    """True when prometheus_client keeps its values in shared files (several workers)."""
-    return MULTIPROC_ENV in os.environ
+    """True when prometheus_client keeps its values in shared files (several workers): the
+    mode it chose at import, whatever the environment says now."""
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue
 
 
 @functools.cache
