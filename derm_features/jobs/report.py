@@ -146,12 +146,13 @@ def run_label(run: str) -> str:
 
 def validation_column(columns, label: str | None, metric: str = "roc_auc") -> str | None:
     """The CSVLogger column of the validation `metric` on `label` (``val/<label>/<metric>``,
-    as `trainers.upstream.system` logs it); without a label (a model outside the spec),
-    the first validation column of that metric."""
+    as `trainers.upstream.system` logs it). Without a label (a model outside the spec) only
+    an unambiguous one: the column when the run logged that metric for one label alone."""
     if label is not None:
         wanted = f"val/{label}/{metric}"
         return wanted if wanted in columns else None
-    return next((c for c in columns if c.startswith("val/") and c.endswith(f"/{metric}")), None)
+    found = [c for c in columns if c.startswith("val/") and c.endswith(f"/{metric}")]
+    return found[0] if len(found) == 1 else None
 
 
 def upstream_runs(workdir: Workdir, model: str) -> list[dict]:

@@ -115,6 +115,23 @@ def test_training_plots_each_models_own_label_and_marks_single_points(workdir):
     ]
 
 
+def test_a_model_of_the_settings_spec_plots_its_own_label(workdir, tmp_path):
+    cvr_runs(workdir)
+    (workdir.metrics / "upstream" / "cvr").rename(workdir.metrics / "upstream" / "buy")
+    settings = tmp_path / "derm.yaml"
+    settings.write_text("spec:\n  models: {ctr: click, buy: conversion}\n")
+    r = CliRunner().invoke(
+        app, ["report", "--workdir", str(workdir.root), "--config", str(settings)]
+    )
+    assert r.exit_code == 0, r.output
+    [(_, rows)] = tables((workdir.root / "report" / "index.html").read_text())
+    assert [row[1:3] for row in rows] == [["conversion", "0.584"], ["conversion", "0.571"]]
+    # without the settings, "buy" is no model of the default spec and logs two labels:
+    # no AUC is guessed
+    runs = upstream_runs(workdir, "buy")  # the fixture's work directory: the default spec
+    assert [(r["label"], r["roc_auc"]) for r in runs] == [(None, None), (None, None)]
+
+
 def test_lift_tables_are_html_tables_with_raw_html_escaped(workdir):
     (workdir.root / "demo").mkdir()
     (workdir.root / "demo" / "lift.md").write_text(LIFT)
