@@ -52,14 +52,15 @@ COUNT_COLUMNS = ("live", "new", "expired", "degenerate")
 TABLE_DAYS = 3  # the health table shows the newest days of every view
 PAGE_CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
- font-size:16px;line-height:1.45;color:#1a1a1a;max-width:1100px;margin:2em auto;padding:0 1.5em}
+ font-size:16px;line-height:1.45;color:#1a1a1a;max-width:1200px;margin:2em auto;padding:0 1.5em}
 h1{margin-bottom:.2em} h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 h3{margin-top:1.5em} p.note{color:#555;margin-top:0}
 img{width:100%;height:auto;display:block;margin:.5em 0 1em}
 .scroll{max-width:100%;overflow-x:auto;margin:.5em 0 1.5em}
-table{border-collapse:collapse;font-size:14px;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #d0d0d0;padding:4px 8px;white-space:nowrap}
+table{border-collapse:collapse;font-size:13.5px;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #d0d0d0;padding:3px 7px;white-space:nowrap}
 th{background:#f3f3f3;text-align:left} td{text-align:right} td.t{text-align:left}
+.md td:first-child{text-align:left}
 code{font-size:90%}
 """
 
@@ -355,9 +356,8 @@ def markdown_html(text: str) -> str:
     from markdown_it import MarkdownIt
 
     rendered = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
-    return rendered.replace("<table>", '<div class="scroll"><table>').replace(
-        "</table>", "</table></div>"
-    )
+    tables = rendered.replace("<table>", '<div class="scroll"><table>')
+    return '<div class="md">' + tables.replace("</table>", "</table></div>") + "</div>"
 
 
 def lift_tables(workdir: Workdir) -> list[str]:

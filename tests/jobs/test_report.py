@@ -146,7 +146,7 @@ def test_lift_tables_are_html_tables_with_raw_html_escaped(workdir):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless check needs Debian's chromium on PATH")
 def test_the_page_fits_its_column_in_headless_chromium(workdir, tmp_path):
-    """A screenshot of the page at 1280 px: nothing is drawn outside the page's column (a
+    """A screenshot of the page at 1400 px: nothing is drawn outside the page's column (a
     too-wide table or figure would be), and the figures are there."""
     from PIL import Image
 
@@ -157,15 +157,15 @@ def test_the_page_fits_its_column_in_headless_chromium(workdir, tmp_path):
     report_page(workdir)
     shot = tmp_path / "page.png"
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    args += [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,4000"]
+    args += [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,4000"]
     args += [f"--screenshot={shot}", (workdir.root / "report" / "index.html").as_uri()]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert shot.is_file(), done.stderr[-2000:]
 
     rgb = np.asarray(Image.open(shot).convert("RGB"))
-    assert rgb.shape == (4000, 1280, 3)
-    # body: max-width 1100 px plus 1.5em padding, centred: content in x = 90..1190
-    margins = np.concatenate([rgb[:, :60], rgb[:, 1220:]], axis=1)
+    assert rgb.shape == (4000, 1400, 3)
+    # body: max-width 1200 px plus 1.5em padding, centred: content in x = 100..1300
+    margins = np.concatenate([rgb[:, :70], rgb[:, 1330:]], axis=1)
     assert (margins == 255).all(), "something is drawn outside the page column"
     colour = rgb.max(axis=2).astype(int) - rgb.min(axis=2)  # text and tables are grey
     assert (colour > 60).sum() > 2000  # the embedded figures were decoded and drawn
