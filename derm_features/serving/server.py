@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
@@ -425,16 +426,24 @@ def run(config: ServeConfig, metrics_dir_to_remove: str | None = None) -> None:
         services = open_services(config)  # fails here, before binding, on a missing registry
         app = create_app(config, services)
         if config.workers == 1:
+            import signal
+
             import uvicorn
 
-            uvicorn.run(
-                app,
-                host=config.host,
-                port=config.port,
-                access_log=config.access_log,
-                log_level="info",
-                timeout_graceful_shutdown=5,
-            )
+            # uvicorn re-raises SIGTERM after its graceful shutdown, which would end the
+            # process before `finally`; this handler makes it an ordinary exit (status 0).
+            previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            try:
+                uvicorn.run(
+                    app,
+                    host=config.host,
+                    port=config.port,
+                    access_log=config.access_log,
+                    log_level="info",
+                    timeout_graceful_shutdown=5,
+                )
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         else:
             _run_gunicorn(app, config)
     finally:
