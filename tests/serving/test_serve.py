@@ -417,7 +417,8 @@ def test_derm_serve_process_answers_sums_its_workers_metrics_and_cleans_up(serve
                 if call(port, "GET", "/health")[0] == 200:
                     break
             except urllib.error.URLError:
-                time.sleep(0.2)
+                pass  # not listening yet
+            time.sleep(0.2)
         assert process.poll() is None, process.stdout.read().decode()[-3000:]
         master = psutil.Process(process.pid)  # the command re-executed itself: same pid
         assert len(master.children()) == (workers if workers > 1 else 0)
