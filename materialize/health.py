@@ -26,6 +26,7 @@ from derm_features.core.locks import hold_file
 from materialize.kernel import CARRIED, EXPIRED, NEW, TIMESTAMP, UPDATED, day_start
 
 HEALTH_FILE = "embedding_health.parquet"
+COSINE_QUANTILES = (5, 25, 50, 75, 95)  # percent
 KEY = ("model", "entity", "day")
 
 
@@ -35,7 +36,10 @@ def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
     stats: `status`, `cosine`, `norm`, `degenerate`, `last_seen`, one row per entity of
     pool(t-1) or daily(t).
     coverage: the share of day t's active entities that pool(t-1) already held, i.e. that
-    serving had an embedding for on day t.
+    serving had an embedding for on day t; None (undefined, not 0) when pool(t-1) held
+    nothing: the first pool day.
+    cosine_p5 ... cosine_p95: quantiles of the day-to-day cosine over the updated entities
+    (the report draws their spread); None, like the mean, when no entity was updated.
     """
     status = stats["status"].to_numpy(zero_copy_only=False)
     counts = {
@@ -50,6 +54,7 @@ def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
     counts["degenerate"] = int(pc.sum(stats["degenerate"]).as_py() or 0)
     live = counts["new"] + counts["updated"] + counts["carried"]
     active = counts["new"] + counts["updated"]
+    held_before = counts["updated"] + counts["carried"] + counts["expired"]  # pool(t-1)'s rows
     cosine = pc.drop_null(stats["cosine"]).to_numpy(zero_copy_only=False)
     norm = pc.drop_null(stats["norm"]).to_numpy(zero_copy_only=False)
     seen = pc.cast(stats["last_seen"], TIMESTAMP).to_numpy().view(np.int64)
@@ -66,9 +71,12 @@ def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
         "live": live,
         **counts,
         "active": active,
-        "coverage": counts["updated"] / active if active else None,
+        "coverage": counts["updated"] / active if active and held_before else None,
         "cosine_mean": stat(cosine, np.mean),
-        "cosine_p5": stat(cosine, lambda v: np.percentile(v, 5)),
+        **{
+            f"cosine_p{q}": stat(cosine, lambda v, q=q: np.percentile(v, q))
+            for q in COSINE_QUANTILES
+        },
         "norm_mean": stat(norm, np.mean),
         "norm_min": stat(norm, np.min),
         "norm_max": stat(norm, np.max),
@@ -91,7 +99,7 @@ HEALTH_SCHEMA = pa.schema(
         ("active", pa.int64()),
         ("coverage", pa.float64()),
         ("cosine_mean", pa.float64()),
-        ("cosine_p5", pa.float64()),
+        *[(f"cosine_p{q}", pa.float64()) for q in COSINE_QUANTILES],
         ("norm_mean", pa.float64()),
         ("norm_min", pa.float64()),
         ("norm_max", pa.float64()),
@@ -134,7 +142,13 @@ def _with_schema(table: pa.Table) -> pa.Table:
         table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
         for f in HEALTH_SCHEMA
     ]
-    return pa.Table.from_arrays(columns, schema=HEALTH_SCHEMA)
+    table = pa.Table.from_arrays(columns, schema=HEALTH_SCHEMA)
+    # Older derm wrote coverage 0 on a first pool day; undefined is what `day_metrics` means.
+    held_before = pc.add(pc.add(table["updated"], table["carried"]), table["expired"])
+    coverage = pc.if_else(
+        pc.equal(held_before, 0), pa.scalar(None, pa.float64()), table["coverage"]
+    )
+    return table.set_column(HEALTH_SCHEMA.get_field_index("coverage"), "coverage", coverage)
 
 
 def read_health(metrics_dir: Path) -> pa.Table:

@@ -3,15 +3,18 @@
 # Redis, `feast apply`, then the demo job on generated data.
 #   bash scripts/setup.sh              # everything, ends with `derm demo`
 #   bash scripts/setup.sh --no-demo    # install + Redis + feast apply only (used by tests/CI)
+#   bash scripts/setup.sh --no-demo --with-chromium   # and Debian's chromium (CI: report test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUN_DEMO=1
+WITH_CHROMIUM=0
 for arg in "$@"; do
   case "$arg" in
     --no-demo) RUN_DEMO=0 ;;
+    --with-chromium) WITH_CHROMIUM=1 ;;
     -h|--help) sed -n 2,6p "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown flag '$arg' (known: --no-demo, --help)" >&2; exit 2 ;;
+    *) echo "setup.sh: unknown flag '$arg' (known: --no-demo, --with-chromium, --help)" >&2; exit 2 ;;
   esac
 done
 
@@ -67,6 +70,19 @@ if ! redis_ok; then
   fi
 fi
 echo "==> Redis is up at $(python -m derm_features.feast.redis_url redacted)"
+
+# 2b. Headless Chromium for the test that renders `derm report` (skipped without it): a
+# Debian package (about a minute on a fresh machine), so only as root with apt-get, and a
+# failure only warns.
+if [ "$WITH_CHROMIUM" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing chromium from Debian packages (headless report test)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "setup.sh: chromium could not be installed; the headless report test will be skipped" >&2
+  else
+    echo "setup.sh: --with-chromium needs root and apt-get; the headless report test will be skipped" >&2
+  fi
+fi
 
 # 3. Register the DERM entities, views and services with Feast.
 export DERM_WORKDIR="${DERM_WORKDIR:-$PWD/data}"

@@ -3,5 +3,5 @@
 #   bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --no-demo >/dev/null
+bash scripts/setup.sh --no-demo --with-chromium >/dev/null
 exec .venv/bin/python -m pytest "$@"

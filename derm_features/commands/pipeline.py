@@ -326,15 +326,16 @@ def status_cmd(
         logging.getLogger("derm.status").warning(online_note)
 
 
-def report_cmd(workdir: WorkdirOption = None) -> None:
+def report_cmd(workdir: WorkdirOption = None, config: ConfigOption = None) -> None:
     """Write a static HTML report under the work directory and print its path.
 
-    Training curves, embedding health over days and the downstream lift tables.
+    Training curves with each model's validation AUC on its own label (the spec's), embedding
+    health and stability over days, and the downstream lift tables.
     """
-    from derm_features.core.workdir import Workdir
+    from derm_features.commands.options import settings_or_exit
     from derm_features.jobs.report import write_report
 
-    typer.echo(str(write_report(Workdir.resolve(workdir))))
+    typer.echo(str(write_report(settings_or_exit(config, workdir).workdir)))
 
 
 def demo_cmd(

@@ -6,12 +6,18 @@ imports (faiss, Feast, FastAPI) happen inside the command bodies so `derm --help
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from derm_features.commands.options import ConfigOption, WorkdirOption, settings_or_exit
+
+# prometheus_client's (values and the scrape-time collector) and the older name Feast reads
+METRICS_DIR_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 
 ModelOption = Annotated[
     str, typer.Option("--model", help="Upstream model whose embeddings to use: ctr or cvr.")
@@ -209,22 +215,55 @@ def serve_cmd(
         bool, typer.Option("--access-log/--no-access-log", help="Log every request.")
     ] = False,
     beta: BetaOverride = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes answering on the port. Above 1, gunicorn forks them after the "
+            "indexes are loaded (they share that memory) and /metrics sums all of them.",
+        ),
+    ] = 1,
+    metrics_dir: Annotated[str | None, typer.Option("--metrics-dir", hidden=True)] = None,
 ) -> None:
-    """Serve embeddings (POST /embeddings), Pin retrieval (POST /retrieve) and GET /health
-    over HTTP. Redis comes from REDIS_URL (rediss:// for TLS; credentials only there);
-    the newest Pin index of each model in WORKDIR is loaded at start."""
+    """Serve embeddings (POST /embeddings), Pin retrieval (POST /retrieve), GET /health and
+    GET /metrics (Prometheus) over HTTP. Redis comes from REDIS_URL (rediss:// for TLS;
+    credentials only there); the newest Pin index of each model in WORKDIR is loaded at
+    start."""
     from derm_features.commands.options import fail
+
+    settings = settings_or_exit(config, workdir)  # a bad flag fails before the restart
+    if metrics_dir is None:
+        # prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, at import, and Feast's import
+        # points it at a directory of its own, or at one inherited from a parent process.
+        # The command starts again (same pid) with a fresh directory of the service's own
+        # rather than write os.environ; --metrics-dir marks the second start.
+        directory = tempfile.mkdtemp(prefix="derm-serve-metrics-")
+        argv = [sys.executable, "-m", "derm_features.cli", "serve", "--metrics-dir", directory]
+        argv += ["--workdir", str(workdir)] if workdir else []
+        argv += ["--config", str(config)] if config else []
+        argv += ["--host", host, "--port", str(port), "--workers", str(workers)]
+        argv += ["--access-log" if access_log else "--no-access-log"]
+        argv += ["--beta", repr(beta)] if beta is not None else []
+        env = {**os.environ, **dict.fromkeys(METRICS_DIR_VARIABLES, directory)}
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, argv, env)
+
+    if os.environ.get(METRICS_DIR_VARIABLES[0]) != metrics_dir:  # it is removed at exit
+        raise fail("--metrics-dir is set by derm serve itself when it restarts")
     from derm_features.serving.ann import AnnIndexError
     from derm_features.serving.server import ServeConfig, run
 
     serve_cfg = ServeConfig(
-        settings_or_exit(config, workdir).workdir,
+        settings.workdir,
         host=host,
         port=port,
         access_log=access_log,
         beta=beta,
+        workers=workers,
     )
     try:
-        run(serve_cfg)
+        run(serve_cfg, metrics_dir_to_remove=metrics_dir)
     except AnnIndexError as exc:
         raise fail(str(exc)) from None

@@ -7,6 +7,8 @@
                            "index_day": ..}; scores cos(u, p) + beta * log_pop(p), beta the
                            request's, else `derm serve --beta`, else the index manifest's
     GET  /health       Redis reachable, indexes loaded, their versions (503 when degraded)
+    GET  /metrics      Prometheus text format: requests, latency, Redis errors
+                       (`derm_features.serving.metrics`)
 
 Every error is JSON ``{"error": message, "field": name-or-null}``: 422 for bad input
 (the message names the field), 413 for a body over `max_body_bytes`, 404 for an
@@ -29,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
@@ -47,6 +51,7 @@ from derm_features.feast.online_store import (
     unavailable_as_clear_error,
 )
 from derm_features.serving.ann import AnnIndexError, PinIndex, check_beta, load_index
+from derm_features.serving.metrics import RequestMetrics, serve_metrics
 
 log = logging.getLogger("derm.serve")
 
@@ -72,6 +77,7 @@ class ServeConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     access_log: bool = False
     beta: float | None = None  # popularity weight for every query; None: each manifest's
+    workers: int = 1  # processes answering on the port (more than one: gunicorn forks them)
 
 
 class EmbeddingsRequest(BaseModel):
@@ -262,6 +268,8 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.state.metrics = metrics = serve_metrics()
+    app.add_middleware(RequestMetrics, metrics=metrics)  # added last: outermost, sees the 413s
     _add_error_handlers(app)
 
     def services_of(request: Request) -> Services:
@@ -322,6 +330,7 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
                 s.reader.client.ping()
         except OnlineStoreUnavailable as exc:
             reachable, error = False, str(exc)
+            metrics.redis_error(request.url.path)
         ok = reachable and bool(s.indexes)
         payload = {
             "status": "ok" if ok else "degraded",
@@ -330,6 +339,11 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
             "views": known_views(config.workdir),
         }
         return json_response(payload, 200 if ok else 503)
+
+    @app.get("/metrics")
+    def prometheus_metrics(request: Request) -> Response:
+        body, content_type = metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     return app
 
@@ -376,8 +390,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status, exc.message, exc.field)
 
     @app.exception_handler(OnlineStoreUnavailable)
-    async def unavailable(_: Request, exc: OnlineStoreUnavailable) -> Response:
+    async def unavailable(request: Request, exc: OnlineStoreUnavailable) -> Response:
         log.warning("%s", exc)
+        request.app.state.metrics.redis_error(request.url.path)
         return error_response(503, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
@@ -390,16 +405,69 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error ({type(exc).__name__}); see the service log")
 
 
-def run(config: ServeConfig) -> None:
-    """Serves until interrupted (uvicorn, one process; the handlers use its thread pool)."""
-    import uvicorn
+def run(config: ServeConfig, metrics_dir_to_remove: str | None = None) -> None:
+    """Serves until interrupted.
 
-    services = open_services(config)  # fails here, before binding, on a missing registry
-    uvicorn.run(
-        create_app(config, services),
-        host=config.host,
-        port=config.port,
-        access_log=config.access_log,
-        log_level="info",
-        timeout_graceful_shutdown=5,
-    )
+    One worker: uvicorn in this process (the handlers use its thread pool). Several:
+    gunicorn forks `config.workers` uvicorn workers after the services are open, so the
+    indexes are loaded once and shared copy-on-write (as `feast serve` runs its workers).
+    Several workers need prometheus_client's multi-process mode (PROMETHEUS_MULTIPROC_DIR
+    set before it is imported; `derm serve` sees to it); RuntimeError without it.
+    `metrics_dir_to_remove`: that directory is removed when the service stops.
+    """
+    import shutil
+
+    from derm_features.serving.metrics import MULTIPROC_ENV, multiprocess
+
+    owner = os.getpid()
+    try:
+        if config.workers > 1 and not multiprocess():
+            raise RuntimeError(f"{config.workers} workers need {MULTIPROC_ENV} set")
+        services = open_services(config)  # fails here, before binding, on a missing registry
+        app = create_app(config, services)
+        if config.workers == 1:
+            import signal
+
+            import uvicorn
+
+            # uvicorn re-raises SIGTERM after its graceful shutdown, which would end the
+            # process before `finally`; this handler makes it an ordinary exit (status 0).
+            previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            try:
+                uvicorn.run(
+                    app,
+                    host=config.host,
+                    port=config.port,
+                    access_log=config.access_log,
+                    log_level="info",
+                    timeout_graceful_shutdown=5,
+                )
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+        else:
+            _run_gunicorn(app, config)
+    finally:
+        if metrics_dir_to_remove and os.getpid() == owner:  # forked workers exit through here
+            shutil.rmtree(metrics_dir_to_remove, ignore_errors=True)
+
+
+def _run_gunicorn(app: FastAPI, config: ServeConfig) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    options = {
+        "bind": f"{config.host}:{config.port}",
+        "workers": config.workers,
+        "worker_class": "uvicorn_worker.UvicornWorker",
+        "accesslog": "-" if config.access_log else None,
+        "graceful_timeout": 5,
+    }
+
+    class Workers(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> FastAPI:
+            return app  # built before the fork: every worker shares the loaded indexes
+
+    Workers().run()

@@ -78,6 +78,41 @@ def test_two_days_pool_offline_metrics_and_idempotent_rerun(workdir):
     assert table.num_rows == 2  # one row per day even after the re-run
 
 
+def test_first_pool_day_has_no_coverage_and_cosine_quantiles_match_the_pools(workdir):
+    ids = list(range(1, 21))
+    add_day(workdir, day(0), ids, seed=1)
+    add_day(workdir, day(1), ids[:15], seed=2)  # 15 updated, 5 carried
+    first = materialize_day(config(workdir, day(0))).metrics
+    assert first["new"] == 20 and first["coverage"] is None  # no pool before: undefined, not 0
+    assert first["cosine_p50"] is None  # nothing updated: no day-to-day cosine
+    second = materialize_day(config(workdir, day(1))).metrics
+    assert second["coverage"] == 1.0
+
+    def vectors(d) -> dict[int, np.ndarray]:
+        pool = read_pool(workdir.pool(MODEL, ENTITY, d))
+        return dict(
+            zip(pool[KEY].to_pylist(), embedding_matrix(pool["embedding"], DIM), strict=True)
+        )
+
+    before, after = vectors(day(0)), vectors(day(1))
+    cosines = [float(before[i] @ after[i]) for i in ids[:15]]  # the published rows are unit
+    for q in health.COSINE_QUANTILES:
+        assert second[f"cosine_p{q}"] == pytest.approx(np.percentile(cosines, q), abs=1e-5)
+    assert second["cosine_p5"] < second["cosine_p50"] < second["cosine_p95"]
+    table = health.read_health(workdir.metrics)
+    assert table["coverage"].to_pylist() == [None, 1.0]
+
+    # a table of an older derm: coverage 0 on the first day, no quantiles but p5
+    older = table.drop([f"cosine_p{q}" for q in (25, 50, 75, 95)])
+    older = older.set_column(older.schema.get_field_index("coverage"), "coverage",
+                             pa.array([0.0, 1.0]))  # fmt: skip
+    pq.write_table(older, workdir.metrics / health.HEALTH_FILE)
+    read = health.read_health(workdir.metrics)
+    assert read["coverage"].to_pylist() == [None, 1.0]
+    assert read["cosine_p50"].to_pylist() == [None, None]  # not counted then: null, not 0
+    assert read["cosine_p5"].to_pylist() == table["cosine_p5"].to_pylist()
+
+
 def test_fold_from_reads_earlier_days_as_one_input_stamped_at_the_day(workdir):
     e0 = add_day(workdir, day(0), [1, 2], seed=1)
     e1 = add_day(workdir, day(1), [2, 3], seed=2)

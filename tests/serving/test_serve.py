@@ -298,3 +298,149 @@ def test_retrieve_uses_the_manifest_beta_unless_the_service_or_request_overrides
     assert status == 200 and body["beta"] == 0.0 and body["pin_ids"] == expected(0.0, plain)
     status, error = served_ids(None, {"k": 10, "model": "cvr", "beta": 0.5})
     assert status == 422 and error["field"] == "beta" and "no popularity" in error["error"]
+
+
+def scrape(port: int) -> tuple[str, dict]:
+    """(content type, {(sample name, labels as sorted tuple): value}) of one GET /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
+        content_type, text = response.headers["Content-Type"], response.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return content_type, samples
+
+
+def requests_of(samples: dict, endpoint: str, status: int, method: str = "POST") -> float:
+    labels = (("endpoint", endpoint), ("method", method), ("status", str(status)))
+    return samples.get(("derm_serve_requests_total", labels), 0.0)
+
+
+def latency_count(samples: dict, endpoint: str) -> float:
+    return samples.get(("derm_serve_request_seconds_count", (("endpoint", endpoint),)), 0.0)
+
+
+def redis_errors(samples: dict, endpoint: str) -> float:
+    return samples.get(("derm_serve_redis_errors_total", (("endpoint", endpoint),)), 0.0)
+
+
+def moved(before: dict, after: dict) -> dict:
+    """The samples whose value changed, by how much."""
+    keys = set(before) | set(after)
+    return {
+        k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys if after.get(k) != before.get(k)
+    }
+
+
+def test_metrics_count_exactly_the_requests_made(served):
+    port = served["port"]
+    content_type, before = scrape(port)
+    assert content_type.startswith("text/plain") and "version=0.0.4" in content_type
+    openmetrics = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Accept": "application/openmetrics-text"}
+    )
+    with urllib.request.urlopen(openmetrics, timeout=60) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert response.read().decode().rstrip().endswith("# EOF")
+    read = {"user_ids": [1, 2], "views": ["ctr_user_embedding"]}
+    for _ in range(3):
+        assert call(port, "POST", "/embeddings", read)[0] == 200
+    assert call(port, "POST", "/embeddings", {"views": []})[0] == 422
+    assert call(port, "POST", "/retrieve", {"user_id": 4, "k": 5})[0] == 200
+    assert call(port, "GET", "/health")[0] == 200
+    assert call(port, "GET", "/no/such/route/42")[0] == 404
+    big = {"pin_ids": list(range(300_000)), "views": ["ctr_pin_embedding"]}
+    assert call(port, "POST", "/embeddings", big)[0] == 413
+    _, after = scrape(port)
+
+    delta = moved(before, after)
+    assert requests_of(delta, "/embeddings", 200) == 3
+    assert requests_of(delta, "/embeddings", 422) == 1
+    assert requests_of(delta, "/embeddings", 413) == 1
+    assert requests_of(delta, "/retrieve", 200) == 1
+    assert requests_of(delta, "/health", 200, "GET") == 1
+    assert requests_of(delta, "other", 404, "GET") == 1  # an unknown path is no label of its own
+    assert requests_of(delta, "/metrics", 200, "GET") == 2  # the first scrape, the OpenMetrics one
+    assert latency_count(delta, "/embeddings") == 5
+    assert latency_count(delta, "/retrieve") == 1
+    counted = sum(v for (name, _), v in delta.items() if name == "derm_serve_requests_total")
+    assert counted == 10  # nothing else moved
+    assert not any(name.startswith("derm_serve_redis_errors") for name, _ in delta)
+    # every observation falls in some bucket: the +Inf bucket equals the count
+    inf = ("derm_serve_request_seconds_bucket", (("endpoint", "/embeddings"), ("le", "+Inf")))
+    assert after[inf] == latency_count(after, "/embeddings")
+
+
+def test_a_redis_that_refuses_connections_counts_redis_errors(served, monkeypatch):
+    """A second service on the same work directory, its REDIS_URL at a port nobody listens on."""
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    with LiveServer(create_app(ServeConfig(served["wd"]))) as server:
+        _, before = scrape(server.port)
+        payload = {"user_ids": [1], "views": ["ctr_user_embedding"]}
+        assert call(server.port, "POST", "/embeddings", payload)[0] == 503
+        assert call(server.port, "POST", "/embeddings", payload)[0] == 503
+        assert call(server.port, "GET", "/health")[0] == 503
+        # by vector: the index is in memory, Redis is not asked, nothing is counted
+        vector = served["users"][1].tolist()
+        assert call(server.port, "POST", "/retrieve", {"vector": vector, "k": 3})[0] == 200
+        _, after = scrape(server.port)
+    delta = moved(before, after)
+    assert redis_errors(delta, "/embeddings") == 2
+    assert redis_errors(delta, "/health") == 1
+    assert redis_errors(delta, "/retrieve") == 0
+    assert requests_of(delta, "/embeddings", 503) == 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_derm_serve_process_answers_sums_its_workers_metrics_and_cleans_up(served, workers):
+    """`derm serve` as a real process: uvicorn alone, or gunicorn with two forked uvicorn
+    workers; stopped by SIGTERM, it exits 0 and removes its metrics directory."""
+    import os
+    import sys
+
+    import psutil
+
+    port, redis = free_port(), served["redis"]
+    env = {**os.environ, "REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:{redis.port}/0"}
+    # inherited from this process (Feast's import set it): the service must not use it
+    assert env["PROMETHEUS_MULTIPROC_DIR"]
+    args = [sys.executable, "-m", "derm_features.cli", "serve", "--workers", str(workers)]
+    args += ["--workdir", str(served["wd"].root), "--port", str(port)]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if call(port, "GET", "/health")[0] == 200:
+                    break
+            except urllib.error.URLError:
+                pass  # not listening yet
+            time.sleep(0.2)
+        assert process.poll() is None, process.stdout.read().decode()[-3000:]
+        master = psutil.Process(process.pid)  # the command re-executed itself: same pid
+        assert len(master.children()) == (workers if workers > 1 else 0)
+        metrics_dir = master.environ()["PROMETHEUS_MULTIPROC_DIR"]  # as it re-executed
+        assert os.path.isdir(metrics_dir) and metrics_dir != env["PROMETHEUS_MULTIPROC_DIR"]
+
+        read = {"user_ids": [3], "views": ["ctr_user_embedding"]}
+        for _ in range(20):
+            status, body = call(port, "POST", "/embeddings", read)
+            assert status == 200
+            np.testing.assert_array_equal(
+                np.array(body["views"]["ctr_user_embedding"]["values"][0], np.float32),
+                served["users"][3],
+            )
+        _, samples = scrape(port)
+        # the sum over the workers: each request counted once, whichever worker answered
+        assert requests_of(samples, "/embeddings", 200) == 20
+        assert requests_of(samples, "/health", 200, "GET") == 1  # the poll that found it up
+        assert latency_count(samples, "/embeddings") == 20
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, output[-3000:]
+    assert not os.path.exists(metrics_dir)  # the directory it made for itself is gone
+    assert PASSWORD not in output
