@@ -12,12 +12,13 @@
    (Spark session started before the clock runs; each engine run twice, the first warms up).
 
     .venv/bin/python -m benchmarks.materialize [--entities 1000000] [--dim 256]
-        [--updated 0.3] [--repeat 3] [--spark-entities 200000] [--no-spark]
+        [--updated 0.3] [--repeat 3] [--spark-entities 200000] [--no-spark] [--cluster] [--no-part1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sys
 import tempfile
@@ -204,28 +205,40 @@ def part1(entities: int, dim: int, updated: float, repeat: int) -> None:
     print(f"  validation, metrics; one run)          {t_local:8.3f} s", flush=True)
 
 
-def part2(entities: int, dim: int, updated: float) -> None:
-    from materialize.engines.spark_session import local_spark
+def part2(entities: int, dim: int, updated: float, cluster: bool = False) -> None:
+    from materialize.engines.spark_session import local_spark, standalone_cluster
 
     pool, daily, *_ = make_inputs(entities, dim, updated)
     print(f"part 2: Spark vs local engine end to end, {entities:,} x {dim}, same input")
-    spark = local_spark("local[2]", shuffle_partitions=2)
+    masters = {"local[2]": contextlib.nullcontext("local[2]")}
+    if cluster:  # a master and two 1-core workers on loopback (pyspark's own launcher)
+        masters["standalone 2x1"] = standalone_cluster(workers=2, cores=1, memory="2g")
     times = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for engine in ("local", "spark"):
-                # Two runs: the first pays warm-up (JIT, Python workers and their imports).
-                runs = [
-                    run_day(
-                        prepare_workdir(Path(tmp) / f"{engine}-{i}", pool, daily), engine, spark
-                    )
-                    for i in range(2)
-                ]
-                times[engine] = min(runs)
-                print(f"  {engine:5s} engine  first {runs[0]:8.3f} s  best {times[engine]:8.3f} s")
-    finally:
-        spark.stop()
-    print(f"  spark / local (best): {times['spark'] / times['local']:6.2f}x  (local[2])")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(2):
+            times.setdefault("local", []).append(
+                run_day(prepare_workdir(Path(tmp) / f"local-{i}", pool, daily), "local")
+            )
+        for name, context in masters.items():
+            with context as master:
+                spark = local_spark(master, shuffle_partitions=2)
+                try:
+                    # Two runs: the first pays warm-up (JIT, Python workers and their imports).
+                    times[name] = [
+                        run_day(
+                            prepare_workdir(Path(tmp) / f"{name}-{i}", pool, daily), "spark", spark
+                        )
+                        for i in range(2)
+                    ]
+                finally:
+                    spark.stop()
+    best_local = min(times["local"])
+    for name, runs in times.items():
+        label = "local engine" if name == "local" else f"spark {name}"
+        print(
+            f"  {label:22s} first {runs[0]:8.3f} s  best {min(runs):8.3f} s"
+            f"  / local {min(runs) / best_local:6.2f}x"
+        )
 
 
 def main() -> None:
@@ -236,10 +249,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of the floor and kernel")
     parser.add_argument("--spark-entities", type=int, default=200_000)
     parser.add_argument("--no-spark", action="store_true")
+    parser.add_argument(
+        "--cluster", action="store_true", help="also on a standalone cluster on loopback"
+    )
+    parser.add_argument("--no-part1", action="store_true", help="only the Spark comparison")
     args = parser.parse_args()
-    part1(args.entities, args.dim, args.updated, args.repeat)
+    if not args.no_part1:
+        part1(args.entities, args.dim, args.updated, args.repeat)
     if not args.no_spark:
-        part2(args.spark_entities, args.dim, args.updated)
+        part2(args.spark_entities, args.dim, args.updated, args.cluster)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ DEFAULT_FILE = "derm.yaml"
 TRAIN_TYPES = {
     "batch_size": int, "epochs": int, "min_steps": int, "max_epochs": int, "replay_days": int,
     "threads": int, "shuffle_buffer": int, "num_workers": int,
-    "lr": float, "weight_decay": float, "accelerator": str, "devices": (int, str),
+    "lr": float, "weight_decay": float, "accelerator": str, "devices": (int, str), "strategy": str,
 }  # fmt: skip
 TRAIN_KEYS = set(TRAIN_TYPES)
 MATERIALIZE_TYPES = {"renormalize": bool, "engine": str, "online": bool}

@@ -119,6 +119,13 @@ def train_cmd(
     devices: Annotated[
         str | None, typer.Option(help="Lightning devices: auto, a count, or ids [default: auto].")
     ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="Lightning strategy: auto, or ddp for several processes (`--accelerator cpu "
+            "--devices 2 --strategy ddp` trains on two CPU processes) [default: auto]."
+        ),
+    ] = None,
     progress: ProgressOption = None,
 ) -> None:
     """Train the upstream DERM model: a window fit (--start/--end) or one incremental day (--date).
@@ -134,7 +141,7 @@ def train_cmd(
         "epochs": epochs, "min_steps": min_steps, "max_epochs": max_epochs,
         "replay_days": replay_days, "batch_size": batch_size, "lr": lr,
         "shuffle_buffer": shuffle_buffer, "num_workers": num_workers, "threads": threads,
-        "accelerator": accelerator,
+        "accelerator": accelerator, "strategy": strategy,
         "devices": None if devices is None else int(devices) if devices.isdigit() else devices,
     }  # fmt: skip
     settings = settings_or_exit(config, workdir, threads=threads, seed=seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -27,7 +28,8 @@ def local_spark(master: str = "local[2]", shuffle_partitions: int = 4):
         .config("spark.pyspark.python", sys.executable)
         .config("spark.driver.memory", os.environ.get("DERM_SPARK_DRIVER_MEMORY", "2g"))
     )
-    if master.startswith("local"):
+    if master.startswith(("local", "spark://127.0.0.1:", "spark://localhost:")):
+        # a driver on this machine, reached by executors of a loopback cluster too
         builder = builder.config("spark.driver.host", "127.0.0.1").config(
             "spark.driver.bindAddress", "127.0.0.1"
         )
@@ -37,3 +39,86 @@ def local_spark(master: str = "local[2]", shuffle_partitions: int = 4):
     session.sparkContext.pythonExec = sys.executable
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+@contextlib.contextmanager
+def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", work_dir=None):
+    """A Spark standalone cluster on loopback: a master and `workers` workers started with
+    the pip package's own launcher (``bin/spark-class ...deploy.master.Master`` / ``Worker``),
+    for running the Spark engine against a real cluster on one machine (tests, benchmarks).
+
+    Yields the master URL (``spark://127.0.0.1:<port>``) once every worker has registered;
+    stops every process on exit. Raises RuntimeError, with the launcher's output, when the
+    cluster does not come up within two minutes. Needs Java 17 (as pyspark does).
+    """
+    import json
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import pyspark
+
+    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    own_dir = work_dir is None
+    work = Path(work_dir or tempfile.mkdtemp(prefix="derm-spark-cluster-"))
+    work.mkdir(parents=True, exist_ok=True)
+    port, ui = free_port(), free_port()
+    master = f"spark://127.0.0.1:{port}"
+    # The launcher reads SPARK_HOME and the log directory from its environment: a child's
+    # environment, this process's stays as it is.
+    env = {**os.environ, "SPARK_HOME": str(spark_class.parent.parent), "SPARK_LOG_DIR": str(work)}
+    logs = open(work / "cluster.log", "ab")  # noqa: SIM115 - closed in finally
+    processes = [
+        subprocess.Popen(
+            [str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+             "--port", str(port), "--webui-port", str(ui)],
+            env=env, stdout=logs, stderr=subprocess.STDOUT,
+        )
+    ]  # fmt: skip
+    try:
+        for i in range(workers):
+            processes.append(
+                subprocess.Popen(
+                    [str(spark_class), "org.apache.spark.deploy.worker.Worker", master,
+                     "--host", "127.0.0.1", "--cores", str(cores), "--memory", memory,
+                     "--webui-port", str(free_port()), "--work-dir", str(work / f"worker-{i}")],
+                    env=env, stdout=logs, stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=5) as r:
+                    if json.load(r).get("aliveworkers", 0) >= workers:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                logs.flush()
+                raise RuntimeError(
+                    f"the Spark standalone cluster did not come up:\n"
+                    f"{(work / 'cluster.log').read_text()[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield master
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        logs.close()
+        if own_dir:
+            shutil.rmtree(work, ignore_errors=True)

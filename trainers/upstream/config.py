@@ -18,6 +18,11 @@ from trainers.features.config import ModelConfig
 __all__ = ["InferConfig", "ModelConfig", "TrainConfig"]
 
 
+# Lightning strategies derm's data loading supports: one process, or data-parallel
+# processes that each read their own slots of the log (`LogBatches`).
+STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+
+
 @dataclass
 class TrainConfig:
     """One `derm train` run: a window fit (start..end) or one incremental day (date).
@@ -51,6 +56,9 @@ class TrainConfig:
     recall_k: int = 10
     accelerator: str = "auto"
     devices: int | str = "auto"
+    # Lightning's strategy: "auto", or "ddp" to train on several processes (CPU: gloo; each
+    # rank reads its own slots of the shuffled log, `LogBatches`)
+    strategy: str = "auto"
     progress: bool = True
     model_cfg: ModelConfig | None = None
 
@@ -91,6 +99,10 @@ class TrainConfig:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if self.shuffle_buffer < 0 or self.num_workers < 0:
             raise ValueError("--shuffle-buffer and --num-workers must be >= 0")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"--strategy must be one of {', '.join(STRATEGIES)}, got '{self.strategy}'"
+            )
 
     @classmethod
     def check_settings(cls, **settings) -> None:

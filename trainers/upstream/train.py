@@ -60,6 +60,7 @@ def make_trainer(cfg: TrainConfig, workdir: Workdir, run_name: str, epochs: int)
         check_val_every_n_epoch=epochs,  # the held-out day is scored once, after the last pass
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        strategy=cfg.strategy,
         deterministic="warn",  # deterministic kernels where torch has them
         logger=logger,
         log_every_n_steps=10,
@@ -171,7 +172,7 @@ def train(cfg: TrainConfig) -> dict:
         "train_rows": rows,
         "train_positives": positives,
         "epochs": epochs,
-        "steps": steps,
+        "steps": trainer.global_step,  # this process's optimizer steps (per rank under DDP)
         "eval_rows": _count(val.get(f"{primary}/rows")),
         "eval_positives": _count(val.get(f"{primary}/positives")),
         "per_task": {
