@@ -219,14 +219,17 @@ def part2(entities: int, dim: int, updated: float, cluster: bool = False) -> Non
             times.setdefault("local", []).append(
                 run_day(prepare_workdir(Path(tmp) / f"local-{i}", pool, daily), "local")
             )
-        for name, context in masters.items():
+        for n, (name, context) in enumerate(masters.items()):
             with context as master:
                 spark = local_spark(master, shuffle_partitions=2)
                 try:
                     # Two runs: the first pays warm-up (JIT, Python workers and their imports).
                     times[name] = [
                         run_day(
-                            prepare_workdir(Path(tmp) / f"{name}-{i}", pool, daily), "spark", spark
+                            # no brackets in paths: Spark reads "local[2]" as a glob
+                            prepare_workdir(Path(tmp) / f"spark{n}-{i}", pool, daily),
+                            "spark",
+                            spark,
                         )
                         for i in range(2)
                     ]

@@ -1,8 +1,9 @@
 """Bounded HTTP load on loopback: `derm serve` vs `feast serve`, same entities, same Redis.
 
     .venv/bin/python -m benchmarks.serve_load [--requests 400 --threads 4 --entities 100]
+        [--workers 1]
 
-Both servers run as their own processes (one uvicorn worker each), started here on free
+Both servers run as their own processes (`--workers`, default one each), started here on free
 loopback ports over one fresh work directory and Redis DB 13 (flushed at start and end).
 Each scenario sends a fixed number of requests from a few threads, one keep-alive
 connection per thread, and stops by itself:
@@ -55,6 +56,7 @@ class LoadConfig:
     pins: int
     dim: int
     redis_db: int
+    workers: int = 1  # server processes of each (derm serve --workers, feast serve --workers)
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,8 @@ def main(cfg: LoadConfig) -> None:
         derm_port, feast_port = free_port(), free_port()
         processes.append(
             start(
-                [str(VENV_BIN / "derm"), "serve", "--workdir", str(root), "--port", str(derm_port)],
+                [str(VENV_BIN / "derm"), "serve", "--workdir", str(root), "--port", str(derm_port)]
+                + ["--workers", str(cfg.workers)],
                 env,
                 derm_port,
                 "/health",
@@ -188,7 +191,7 @@ def main(cfg: LoadConfig) -> None:
         processes.append(
             start(
                 [str(VENV_BIN / "feast"), "serve", "-h", "127.0.0.1", "-p", str(feast_port)]
-                + ["--no-access-log"],
+                + ["--no-access-log", "--workers", str(cfg.workers)],
                 env,
                 feast_port,
                 "/health",
@@ -234,7 +237,8 @@ def main(cfg: LoadConfig) -> None:
                 process.kill()
         client.flushdb()
     print(
-        f"{cfg.requests} requests per scenario, {cfg.threads} threads, {cfg.entities} Pins of "
+        f"{cfg.requests} requests per scenario, {cfg.threads} threads, {cfg.workers} worker(s) "
+        f"per server, {cfg.entities} Pins of "
         f"D={cfg.dim} per embeddings request ({cfg.pins} Pins, {cfg.users} users in Redis)"
     )
     for r in results:
@@ -260,8 +264,11 @@ def parse() -> LoadConfig:
     p.add_argument("--pins", type=int, default=20_000)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--redis-db", type=int, default=13, help="flushed at start and end")
+    p.add_argument("--workers", type=int, default=1, help="processes of each server")
     a = p.parse_args()
-    return LoadConfig(a.requests, a.threads, a.entities, a.users, a.pins, a.dim, a.redis_db)
+    return LoadConfig(
+        a.requests, a.threads, a.entities, a.users, a.pins, a.dim, a.redis_db, a.workers
+    )
 
 
 if __name__ == "__main__":
