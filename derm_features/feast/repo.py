@@ -60,6 +60,12 @@ def _config_data() -> dict:
     return data
 
 
+def _registry_section(data: dict) -> dict:
+    """The config's ``registry:`` as a mapping (Feast also accepts a bare path)."""
+    registry = data.get("registry") or {}
+    return {"path": registry} if isinstance(registry, str) else dict(registry)
+
+
 def offline_store_type(path: Path | None = None) -> str:
     """`offline_store.type` of the Feast config (``duckdb`` or ``spark``)."""
     data = yaml.safe_load((path or feature_store_yaml()).read_text()) or {}
@@ -79,13 +85,12 @@ def repo_config(workdir: Workdir):
 
     path = feature_store_yaml()
     data = _config_data()
-    registry = data.get("registry") or {}
-    registry = {"path": registry} if isinstance(registry, str) else dict(registry)
+    registry = _registry_section(data)
     if registry.get("registry_store_type") == WORKDIR_REGISTRY:
         registry["path"] = str(workdir.registry)
     data["registry"] = registry
-    online = dict(data.get("online_store") or {"type": "redis"})
-    if online.get("type", "sqlite") not in REDIS_TYPES:
+    online = dict(data.get("online_store") or {})
+    if online.get("type", "sqlite") not in REDIS_TYPES:  # Feast's default store is sqlite
         raise ValueError(
             f"{path}: online_store.type {online.get('type', 'sqlite')!r} is not supported: "
             "derm writes Feast's Redis layout, so the online store must be `redis`"
@@ -110,8 +115,7 @@ def repo_config(workdir: Workdir):
 def registry_file(workdir: Workdir) -> Path | None:
     """The local file of the registry `workdir` uses (derm's: ``<workdir>/registry.db``; a
     team's file registry: its path), None for a remote or SQL registry."""
-    registry = _config_data().get("registry") or {}
-    registry = {"path": registry} if isinstance(registry, str) else registry
+    registry = _registry_section(_config_data())
     if registry.get("registry_store_type") == WORKDIR_REGISTRY:
         return workdir.registry
     location = str(registry.get("path", ""))

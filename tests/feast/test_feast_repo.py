@@ -150,3 +150,21 @@ def test_key_ttl_seconds_is_refused_with_a_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(config))
     with pytest.raises(ValueError, match="key_ttl_seconds is not supported"):
         feature_store(Workdir(tmp_path / "wd"))
+
+
+def test_a_config_derm_cannot_write_to_is_refused_naming_the_file(tmp_path, monkeypatch):
+    """Feast's default online store (sqlite, when online_store is left out) or any other
+    non-Redis store: derm writes Feast's Redis layout, so it says so before any work."""
+    import pytest
+
+    from derm_features.core.workdir import Workdir
+
+    config = tmp_path / "feature_store.yaml"
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(config))
+    for online in ("", "online_store:\n  type: dynamodb\n"):
+        config.write_text(f"project: ads\nprovider: local\nregistry: registry.db\n{online}")
+        with pytest.raises(ValueError, match=rf"{config}: online_store.type .* must be `redis`"):
+            feature_store(Workdir(tmp_path / "wd"))
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="missing.yaml: Feast config not found"):
+        feature_store(Workdir(tmp_path / "wd"))
