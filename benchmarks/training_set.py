@@ -11,7 +11,10 @@ Contenders, in one process:
     file raw        the same call with `offline_store: type: file`, on the first
                     `--file-rows` rows only (it is ~100x slower; rates are per row)
     derm builder    trainers.downstream.training_set.build_training_set on a log of the
-                    same `--rows` events: per-day cut, entities deduplicated, Parquet out
+                    same `--rows` events: per-day cut, entities deduplicated, Parquet out;
+                    once joining through Feast (backend feast), once with its own DuckDB
+                    ASOF join over the Parquet sources (backend duckdb, the default), the
+                    two sets checked equal row for row
 
 Prints rows/s of each and the ratios. Example:
 
@@ -108,7 +111,9 @@ def raw_fetch(store, log: pa.Table, rows: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="entity rows (events)")
-    parser.add_argument("--file-rows", type=int, default=20_000, help="rows for the file store")
+    parser.add_argument(
+        "--file-rows", type=int, default=20_000, help="rows for the file store (0: skip it)"
+    )
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--pins", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=32, help="embedding D")
@@ -138,32 +143,50 @@ def main() -> None:
 
         duck = feature_store(workdir)
         duck_s = raw_fetch(duck, log, args.rows)
-        file_yaml = Path(tmp) / "feature_store.file.yaml"
-        file_yaml.write_text(
-            (REPO_ROOT / "feature_store.yaml").read_text().replace("type: duckdb", "type: file")
-        )
-        file_store = type(duck)(repo_path=str(REPO_ROOT), fs_yaml_file=file_yaml)
-        file_s = raw_fetch(file_store, log, args.file_rows)
+        seconds = {f"duckdb raw ({args.rows:,} rows)": duck_s}
+        file_rate = None
+        if args.file_rows:
+            file_yaml = Path(tmp) / "feature_store.file.yaml"
+            file_yaml.write_text(
+                (REPO_ROOT / "feature_store.yaml").read_text().replace("type: duckdb", "type: file")
+            )
+            file_store = type(duck)(repo_path=str(REPO_ROOT), fs_yaml_file=file_yaml)
+            file_s = raw_fetch(file_store, log, args.file_rows)
+            seconds[f"file raw ({args.file_rows:,} rows)"] = file_s
+            file_rate = args.file_rows / file_s
 
         first = START + dt.timedelta(days=args.history_days)
-        cfg = TrainingSetConfig(log_dir, workdir.root, first,
-                                first + dt.timedelta(days=args.days - 1),
-                                ("ctr_user", "ctr_pin", "cvr_user", "cvr_pin"))  # fmt: skip
-        t0 = time.perf_counter()
-        built = build_training_set(cfg, store=duck)
-        build_s = time.perf_counter() - t0
-        assert built.meta["rows"] == args.rows
+        keys = ("ctr_user", "ctr_pin", "cvr_user", "cvr_pin")
+        built = {}
+        for backend in ("feast", "duckdb"):
+            cfg = TrainingSetConfig(log_dir, workdir.root, first,
+                                    first + dt.timedelta(days=args.days - 1), keys,
+                                    name=backend)  # fmt: skip
+            t0 = time.perf_counter()
+            built[backend] = build_training_set(cfg, backend=backend)
+            seconds[f"derm builder, {backend} join ({args.rows:,} rows, Parquet out)"] = (
+                time.perf_counter() - t0
+            )
+            assert built[backend].meta["rows"] == args.rows
+        order = [("ts", "ascending"), ("user_id", "ascending"), ("pin_id", "ascending")]
+        same = built["feast"].read().sort_by(order).equals(built["duckdb"].read().sort_by(order))
+        print(f"the two builders' training sets are equal row for row: {same}")
+        assert same
 
-        rates = {
-            f"duckdb raw ({args.rows:,} rows)": args.rows / duck_s,
-            f"file raw ({args.file_rows:,} rows)": args.file_rows / file_s,
-            f"derm builder on duckdb ({args.rows:,} rows, Parquet out)": args.rows / build_s,
-        }
-        for (name, rate), seconds in zip(rates.items(), (duck_s, file_s, build_s), strict=True):
-            print(f"{name:<58} {seconds:8.2f} s {rate:>12,.0f} rows/s")
-        file_rate = args.file_rows / file_s
-        print(f"ratio duckdb raw / file raw (per row): {args.rows / duck_s / file_rate:,.1f}x")
-        print(f"ratio derm builder / file raw (per row): {args.rows / build_s / file_rate:,.1f}x")
+        for name, s in seconds.items():
+            rows = args.file_rows if name.startswith("file") else args.rows
+            print(f"{name:<62} {s:8.2f} s {rows / s:>12,.0f} rows/s")
+        asof = args.rows / seconds[f"derm builder, duckdb join ({args.rows:,} rows, Parquet out)"]
+        through_feast = (
+            args.rows / seconds[f"derm builder, feast join ({args.rows:,} rows, Parquet out)"]
+        )
+        raw = args.rows / duck_s
+        print(f"ratio derm builder (ASOF join) / one raw Feast DuckDB call: {asof / raw:,.2f}x")
+        print(
+            f"ratio derm builder (ASOF join) / derm builder via Feast: {asof / through_feast:,.2f}x"
+        )
+        if file_rate:
+            print(f"ratio derm builder (ASOF join) / file raw (per row): {asof / file_rate:,.1f}x")
 
 
 if __name__ == "__main__":

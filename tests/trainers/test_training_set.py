@@ -88,8 +88,11 @@ def vec(x: float) -> list[float]:
     return [x] * D
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "feast"])
 @pytest.mark.parametrize("convention", ["last_us", "midnight_after"])
-def test_point_in_time_rule_is_adversarially_correct(applied_workdir, tmp_path, convention):
+def test_point_in_time_rule_is_adversarially_correct(
+    applied_workdir, tmp_path, convention, backend
+):
     """User 1's embedding changes on day t. Events on day t must see day t-1's value (even
     one microsecond before the new stamp), events on day t+1 see day t's; on day t+92 the
     value has expired (the pool keeps an entity 90 days; Feast's ttl is set to match) and
@@ -119,7 +122,8 @@ def test_point_in_time_rule_is_adversarially_correct(applied_workdir, tmp_path, 
         end=t + 92 * day,
         embeddings=("ctr_pin", "cvr_user"),
     )
-    table = build_training_set(cfg).read().sort_by("ts")
+    # derm's ASOF join and Feast's get_historical_features, against the same values
+    table = build_training_set(cfg, backend=backend).read().sort_by("ts")
     got = {
         (r["user_id"], r["pin_id"], r["ts"]): r
         for r in table.select(

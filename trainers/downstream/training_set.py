@@ -290,6 +290,61 @@ def fetch_embeddings(
     return Lookup(cuts, ids, values)
 
 
+def asof_embeddings(
+    workdir: Workdir,
+    entity: str,
+    keys: tuple[str, ...],
+    dims: dict[str, int],
+    cuts: np.ndarray,
+    ids: np.ndarray,
+) -> Lookup:
+    """Feast's point-in-time join computed by DuckDB straight over the views' Parquet
+    sources, for the distinct (cut, id) pairs sorted by cut then id (as `fetch_embeddings`).
+
+    Per view, one ``ASOF LEFT JOIN``: each pair takes the source row of its id with the
+    latest ``event_timestamp <= cut``, kept when ``cut <= event_timestamp + ttl`` (Feast's
+    inclusive ttl, `DermSpec.feast_ttl`); a null row (a model switch's tombstone) is
+    "absent" as in Feast. Equal to `get_historical_features` row for row (tested), without
+    Feast's per-call planning: the fast path for the DuckDB/file offline stores.
+    """
+    import duckdb
+
+    ttl_us = int(workdir.spec.feast_ttl.total_seconds() * 1_000_000)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    pairs = pa.table(
+        {
+            "i": pa.array(np.arange(len(ids), dtype=np.int64)),
+            "id": pa.array(ids, pa.int64()),
+            "cut": pa.array(cuts, pa.int64()).cast(TIMESTAMP),
+        }
+    )
+    con.register("pairs", pairs)
+    key_column = join_key(entity)
+    values = {}
+    for k in keys:
+        model, _, view = embedding_view(k)
+        files = parquet_files(workdir.offline(model, entity))
+        if not files:
+            values[k] = (np.zeros((len(ids), dims[k]), np.float32), np.zeros(len(ids), bool))
+            continue
+        con.read_parquet([str(p) for p in files]).select(
+            f'"{key_column}" AS id, event_timestamp AS ts, embedding'
+        ).create_view("source", replace=True)
+        result = con.sql(
+            f"""
+            SELECT p.i,
+                   CASE WHEN p.cut <= s.ts + INTERVAL ({ttl_us}) MICROSECOND
+                        THEN s.embedding END AS embedding
+            FROM pairs p ASOF LEFT JOIN source s ON p.id = s.id AND p.cut >= s.ts
+            ORDER BY p.i
+            """
+        ).to_arrow_table()
+        values[k] = embedding_matrix(result.column("embedding"), dims[k], view)
+    con.close()
+    return Lookup(cuts, ids, values)
+
+
 def distinct_pairs(ids_by_day: dict[dt.date, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(cuts, ids) of the distinct (day, id) pairs, sorted by day then id."""
     days = sorted(ids_by_day)
@@ -313,7 +368,33 @@ def join_day(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> pa.Tab
     return rows
 
 
-def fetch_chunk(log, store, keys, dims, days: list[dt.date]) -> dict[str, Lookup]:
+BACKENDS = ("auto", "duckdb", "feast")
+
+
+def embedding_fetcher(workdir: Workdir, store=None, backend: str = "auto") -> Callable:
+    """How the point-in-time join is computed: `asof_embeddings` (``duckdb``: straight over
+    the Parquet sources) or Feast's `get_historical_features` (``feast``, through `store`,
+    default the work directory's). ``auto``: duckdb when the Feast config's offline store
+    reads those files (duckdb or file) and no `store` is given, else Feast (a Spark
+    offline store, or a team's own store object).
+
+    Returns fetch(entity, keys, dims, cuts, ids) -> Lookup. Raises TrainingSetError for an
+    unknown backend.
+    """
+    from derm_features.feast.repo import feature_store, offline_store_type
+
+    if backend not in BACKENDS:
+        raise TrainingSetError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if backend == "auto":
+        local = offline_store_type() in ("duckdb", "file")
+        backend = "duckdb" if store is None and local else "feast"
+    if backend == "duckdb":
+        return lambda *args: asof_embeddings(workdir, *args)
+    store = store if store is not None else feature_store(workdir)
+    return lambda *args: fetch_embeddings(store, *args)
+
+
+def fetch_chunk(log, fetch: Callable, keys, dims, days: list[dt.date]) -> dict[str, Lookup]:
     """The embeddings every event of `days` needs: one Feast call per entity kind."""
     lookups = {}
     for entity in ENTITY_NAMES:
@@ -326,7 +407,7 @@ def fetch_chunk(log, store, keys, dims, days: list[dt.date]) -> dict[str, Lookup
             for day in days
         }
         cuts, ids = distinct_pairs({d: v for d, v in ids_by_day.items() if len(v)})
-        lookups[entity] = fetch_embeddings(store, entity, entity_keys, dims, cuts, ids)
+        lookups[entity] = fetch(entity, entity_keys, dims, cuts, ids)
     return lookups
 
 
@@ -370,8 +451,6 @@ def point_in_time_embeddings(
     """
     import pandas as pd
 
-    from derm_features.feast.repo import feature_store
-
     wd = Workdir.resolve(workdir)
     known = embedding_keys(wd.spec)
     keys = tuple(embeddings) if embeddings is not None else known
@@ -389,7 +468,7 @@ def point_in_time_embeddings(
     stamps = pd.to_datetime(entity_df["event_timestamp"])
     stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
     row_days = stamps.dt.date.to_numpy()
-    store = feature_store(wd)
+    fetch = embedding_fetcher(wd)
     dims = {k: view_dim(wd, k) for k in keys}
     vectors, present = {}, {}
     for entity in ENTITY_NAMES:
@@ -398,7 +477,7 @@ def point_in_time_embeddings(
             continue
         ids = hash_ids_to_int64(pa.array(entity_df[join_key(entity)].to_numpy()))
         ids_by_day = {day: ids[row_days == day] for day in sorted(set(row_days))}
-        lookup = fetch_embeddings(store, entity, entity_keys, dims, *distinct_pairs(ids_by_day))
+        lookup = fetch(entity, entity_keys, dims, *distinct_pairs(ids_by_day))
         index = np.empty(n, np.int64)
         for day, rows in ((d, np.flatnonzero(row_days == d)) for d in ids_by_day):
             index[rows] = lookup.rows_of(day, ids[rows])
@@ -414,21 +493,21 @@ def build_training_set(
     cfg: TrainingSetConfig,
     store=None,
     progress: Callable | None = None,
+    backend: str = "auto",
 ) -> TrainingSet:
     """Builds (or rebuilds, atomically) the training set of `cfg`; returns it.
 
-    `store` is a feast.FeatureStore (default: this repository's, for cfg.workdir).
-    `progress` wraps the iterator over chunks of days (e.g. tqdm); None shows nothing.
+    `store` is a feast.FeatureStore to join through (default: none, see `embedding_fetcher`
+    for `backend`). `progress` wraps the iterator over chunks of days (e.g. tqdm); None
+    shows nothing.
     """
     from derm_features.core.atomic import atomic_dir, write_text_atomic
     from derm_features.core.logs import open_log
-    from derm_features.feast.repo import feature_store
 
     workdir = Workdir.resolve(cfg.workdir)
     log = open_log(cfg.logs, labels=cfg.spec.labels)
     dims = {k: view_dim(workdir, k) for k in cfg.embeddings}
-    if cfg.embeddings and store is None:
-        store = feature_store(workdir)
+    fetch = embedding_fetcher(workdir, store, backend) if cfg.embeddings else None
     days = [
         day
         for day in (cfg.start + dt.timedelta(days=i) for i in range((cfg.end - cfg.start).days + 1))
@@ -441,7 +520,7 @@ def build_training_set(
     written_days = []
     with atomic_dir(cfg.output_dir()) as tmp:
         for chunk in progress(chunks) if progress else chunks:
-            lookups = fetch_chunk(log, store, cfg.embeddings, dims, chunk) if cfg.embeddings else {}
+            lookups = fetch_chunk(log, fetch, cfg.embeddings, dims, chunk) if cfg.embeddings else {}
             for day in chunk:
                 rows = log.scanner(day, day).to_table()
                 joined = join_day(rows, day, lookups)
