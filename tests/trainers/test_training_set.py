@@ -216,6 +216,11 @@ def test_embedding_matrix_zero_fills_and_checks_length():
     np.testing.assert_array_equal(present, [True, False, True])
     with pytest.raises(TrainingSetError, match="column 'x'.*length 2, expected 3"):
         embedding_matrix(arr, 3, "x")
+    # fixed-size lists (what the ASOF join returns): the same, a sliced array included
+    fixed = pa.array([[9.0, 9.0], [1.0, 2.0], None, [3.0, 4.0]], pa.list_(pa.float32(), 2))
+    matrix, present = embedding_matrix(fixed.slice(1), 2, "x")
+    np.testing.assert_array_equal(matrix, [[1, 2], [0, 0], [3, 4]])
+    np.testing.assert_array_equal(present, [True, False, True])
 
 
 @pytest.mark.spark
