@@ -298,3 +298,19 @@ def test_point_in_time_embeddings_for_an_owners_entity_dataframe(applied_workdir
         point_in_time_embeddings(rows.drop(columns="pin_id"), ["ctr_pin"], applied_workdir)
     with pytest.raises(TrainingSetError, match="unknown embedding"):
         point_in_time_embeddings(rows, ["ctr_ad"], applied_workdir)
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "feast"])
+def test_an_event_that_would_see_another_d_is_refused_naming_the_view(
+    applied_workdir, tmp_path, backend
+):
+    """After a model switch to another D, an event before the switch would get the old
+    D's vector: refused by name on both joins (build training sets on one side of it)."""
+    t = dt.date(2024, 3, 10)
+    write_offline(applied_workdir, "ctr", "user", [(1, t - dt.timedelta(days=1), [1.0] * 8)])
+    write_offline(applied_workdir, "ctr", "user", [(1, t + dt.timedelta(days=1), [2.0] * 4)])
+    log = tmp_path / "log.parquet"
+    write_log(log, [(1, 7, at(t, 12))])  # sees day t-1's 8-d vector; the view's D is now 4
+    cfg = TrainingSetConfig(log, applied_workdir.root, t, t, embeddings=("ctr_user",))
+    with pytest.raises(TrainingSetError, match=r"ctr_user_embedding.*length.*4"):
+        build_training_set(cfg, backend=backend)
