@@ -333,7 +333,8 @@ def _run_with_redis_py_pipeline(client, batches: Sequence[CommandColumns]) -> li
     with client.pipeline(transaction=False) as pipe:
         for batch in batches:
             n = _batch_size(batch)
-            columns = [itertools.repeat(c, n) if isinstance(c, bytes) else c for c in batch]
+            name, *args = batch  # redis-py's cluster routing looks commands up by str name
+            columns = [itertools.repeat(c, n) if isinstance(c, bytes) else c for c in args]
             for command in zip(*columns, strict=False):
-                pipe.execute_command(*command)
+                pipe.execute_command(name.decode(), *command)
         return pipe.execute()

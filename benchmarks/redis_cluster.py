@@ -1,0 +1,144 @@
+"""A throw-away Redis Cluster on loopback, for the cluster tests and the `--cluster` benchmarks.
+
+`local_redis_cluster` starts `masters` redis-server processes in cluster mode on free ports,
+joins them with `redis-cli --cluster create` (no replicas: every node a master with a third of
+the 16384 slots) and waits for `cluster_state:ok`; on exit it stops them and removes their
+files. Nothing is persisted (`--save ''`, no AOF).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class ClusterUnavailable(RuntimeError):
+    """redis-server / redis-cli are missing or could not form a cluster here (the reason)."""
+
+
+# A cluster node also listens on its port + 10000 (the cluster bus), so ports stay below
+# 55536 and both numbers must be free.
+_BUS_OFFSET = 10_000
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    for port in random.Random().sample(range(20_000, 45_000), 500):
+        if _is_free(port) and _is_free(port + _BUS_OFFSET):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise ClusterUnavailable(f"no {count} free port pairs (port, port + 10000) on 127.0.0.1")
+
+
+def _wait(check, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise ClusterUnavailable(f"{what} within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def _cli(port: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@contextlib.contextmanager
+def local_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[list[int]]:
+    """The ports of a running `masters`-node Redis Cluster on 127.0.0.1 (>= 3 masters, as
+    `redis-cli --cluster create` requires). Raises ClusterUnavailable with the reason when
+    the binaries are missing or the cluster does not form within `timeout_s` seconds."""
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            raise ClusterUnavailable(f"{binary} is not installed")
+    root = Path(tempfile.mkdtemp(prefix="derm-redis-cluster-"))
+    ports = _free_ports(masters)
+    processes: list[subprocess.Popen] = []
+    try:
+        for port in ports:
+            processes.append(
+                subprocess.Popen(
+                    # fmt: off
+                    [
+                        "redis-server",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(root / f"nodes-{port}.conf"),
+                        "--dir",
+                        str(root),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--daemonize",
+                        "no",
+                    ],
+                    # fmt: on
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port, process in zip(ports, processes, strict=True):
+            _wait(
+                lambda p=port, proc=process: (
+                    proc.poll() is not None or _cli(p, "ping").stdout.strip() == "PONG"
+                ),
+                f"redis-server on port {port} did not answer",
+                timeout_s,
+            )
+            if process.poll() is not None:
+                code = process.returncode
+                raise ClusterUnavailable(f"redis-server on port {port} exited with {code}")
+        created = subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if created.returncode != 0:
+            raise ClusterUnavailable(f"redis-cli --cluster create failed: {created.stdout[-500:]}")
+        # every node must see the whole slot map, not just the one redis-cli asked last
+        for port in ports:
+            _wait(
+                lambda p=port: "cluster_state:ok" in _cli(p, "cluster", "info").stdout,
+                f"node {port} did not reach cluster_state:ok",
+                timeout_s,
+            )
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(root, ignore_errors=True)

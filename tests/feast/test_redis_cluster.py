@@ -1,0 +1,159 @@
+"""derm's push, removal and reads on a real 3-master Redis Cluster (Feast's ``redis_type:
+redis_cluster``), checked against Feast's own SDK on the same cluster.
+
+The cluster is started on loopback once per session (`redis_cluster` in conftest.py); each
+test empties it. The ids of one request hash to slots on all three nodes (asserted), so a
+request that went to one node only would read back None for the others.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from redis.cluster import RedisCluster
+from test_online_push import assert_online_equals, embedding_rows, online
+from test_online_read import ALL_VIEWS, feast_embeddings
+
+from derm_features.core.spec import PUBLISHED_COLUMNS, feature_name
+from derm_features.core.workdir import Workdir
+from derm_features.feast.online_store import (
+    EmbeddingReader,
+    OnlineStoreUnavailable,
+    check_reachable,
+    push_rows,
+    redis_client,
+    remove_entities,
+)
+from derm_features.feast.redis_layout import entity_keys, view_layout
+from derm_features.feast.repo import feature_store
+
+
+def cluster_client(ports) -> RedisCluster:
+    return RedisCluster(host="127.0.0.1", port=ports[0])
+
+
+def nodes_of(client: RedisCluster, keys) -> set[str]:
+    """The names of the nodes that serve `keys`."""
+    return {client.nodes_manager.get_node_from_slot(client.keyslot(k)).name for k in keys}
+
+
+def test_the_store_client_is_redis_py_cluster_client(cluster_workdir, redis_cluster):
+    client = redis_client(feature_store(cluster_workdir))
+    assert isinstance(client, RedisCluster)
+    assert sorted(node.port for node in client.get_primaries()) == sorted(redis_cluster)
+
+
+def test_push_reads_back_equal_through_derm_and_feast(cluster_workdir, redis_cluster):
+    store = feature_store(cluster_workdir)
+    users, pins = [10, 11, 12, 2**40, -5], np.arange(1000, 1060)
+    pushed = {
+        "ctr_user_embedding": embedding_rows("user", users, dim=16, seed=1),
+        "cvr_user_embedding": embedding_rows("user", users[:3], dim=16, seed=2),
+        "ctr_pin_embedding": embedding_rows("pin", pins, dim=16, seed=3, fixed_size=False),
+    }
+    for view, rows in pushed.items():
+        assert push_rows(store, view, rows) == rows.num_rows
+    keys = entity_keys(view_layout(store, "ctr_pin_embedding"), pins)
+    assert len(nodes_of(cluster_client(redis_cluster), keys)) == 3  # one push, every node
+
+    for view, rows in pushed.items():
+        assert_online_equals(store, view, rows)  # Feast's get_online_features
+    reader = EmbeddingReader(store, dims=dict.fromkeys(ALL_VIEWS, 16))
+    user_ids, pin_ids = users + [77], [*pins[::-1], 5, pins[3]]  # unknown ids, a repeat
+    result = reader.read(user_ids, pin_ids, ALL_VIEWS)
+    for view, (values, found) in result.items():
+        ids = user_ids if "_user_" in view else pin_ids
+        expected = feast_embeddings(store, view, ids)
+        assert found.tolist() == [e is not None for e in expected], view
+        assert values.tolist() == [e if e is not None else [0.0] * 16 for e in expected]
+    assert result["ctr_pin_embedding"][1].sum() == len(pins) + 1  # not a vacuous match
+    assert result["cvr_user_embedding"][1].tolist() == [True] * 3 + [False] * 3
+
+
+def test_push_writes_the_same_bytes_as_feasts_writer_on_the_cluster(cluster_workdir, redis_cluster):
+    store = feature_store(cluster_workdir)
+    ids = [3, 1, -7, 2**62, *range(100, 130)]
+    rows = embedding_rows("pin", ids, dim=16)
+    push_rows(store, "ctr_pin_embedding", rows)
+    client = cluster_client(redis_cluster)
+    keys = entity_keys(view_layout(store, "ctr_pin_embedding"), ids)
+    assert len(nodes_of(client, keys)) == 3
+    ours = [client.hgetall(k) for k in keys]
+
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    names = {c: feature_name("ctr", "pin", c) for c in PUBLISHED_COLUMNS}
+    store.write_to_online_store("ctr_pin_embedding", rows.to_pandas().rename(columns=names))
+    feasts = [client.hgetall(k) for k in keys]
+
+    assert all(len(h) == 4 for h in ours)  # 3 features + the _ts field
+    assert ours == feasts
+
+
+def test_remove_entities_on_the_cluster_drops_one_view(cluster_workdir, redis_cluster):
+    store = feature_store(cluster_workdir)
+    ids = list(range(1, 31))
+    push_rows(store, "ctr_user_embedding", embedding_rows("user", ids, seed=1))
+    cvr = embedding_rows("user", ids[:10], seed=2)
+    push_rows(store, "cvr_user_embedding", cvr)
+    removed = ids[::2]
+
+    touched = remove_entities(store, "ctr_user_embedding", pa.array([*removed, 999], pa.int64()))
+
+    assert touched == len(removed)  # 999 never had the view
+    got = online(store, "ctr_user_embedding", "user", ids)["embedding"]
+    assert [g is None for g in got] == [i in removed for i in ids]
+    assert_online_equals(store, "cvr_user_embedding", cvr)  # the other view stays
+    client = cluster_client(redis_cluster)
+    keys = entity_keys(view_layout(store, "ctr_user_embedding"), removed)
+    assert len(nodes_of(client, keys)) == 3
+    # entities with only the removed view are gone; those with cvr keep their hash
+    assert [client.exists(k) for k, i in zip(keys, removed, strict=True)] == [
+        int(i <= 10) for i in removed
+    ]
+
+
+def test_a_cluster_url_selecting_a_database_is_refused(workdir, redis_cluster, monkeypatch):
+    import yaml
+
+    from derm_features.feast.repo import DEFAULT_YAML
+
+    config = yaml.safe_load(DEFAULT_YAML.read_text())
+    config["online_store"]["redis_type"] = "redis_cluster"
+    path = workdir.root / "feature_store.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(path))
+    bad = Workdir(workdir.root, redis_url=f"redis://127.0.0.1:{redis_cluster[0]}/12")
+    with pytest.raises(ValueError, match="selects database 12, but a Redis Cluster"):
+        feature_store(bad)
+    zero = Workdir(workdir.root, redis_url=f"redis://127.0.0.1:{redis_cluster[0]}/0")
+    assert "db=" not in feature_store(zero).config.online_store.connection_string
+
+
+def test_an_unreachable_cluster_is_a_clear_error(cluster_workdir, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:secret@127.0.0.1:6391")
+    store = feature_store(cluster_workdir)
+    with pytest.raises(OnlineStoreUnavailable) as error:
+        push_rows(store, "ctr_user_embedding", embedding_rows("user", [1]))
+    assert "online push to 'ctr_user_embedding'" in str(error.value)
+    assert "redis://:***@127.0.0.1:6391" in str(error.value)
+    assert "secret" not in str(error.value)
+    with pytest.raises(OnlineStoreUnavailable, match="127.0.0.1:6391"):
+        EmbeddingReader(store)
+    with pytest.raises(OnlineStoreUnavailable, match="derm status"):
+        check_reachable(store, "derm status")
+
+
+def test_the_reader_fails_fast_on_every_node(cluster_workdir):
+    reader = EmbeddingReader(feature_store(cluster_workdir))
+    client = reader.client
+    assert client.retry.get_retries() == 0
+    assert client.nodes_manager.connection_kwargs["socket_timeout"] == 2.0  # nodes found later
+    for node in client.get_nodes():  # and the connections of every known node, even those
+        pool = node.redis_connection.connection_pool  # opened to learn the slot map
+        connection = pool.get_connection()
+        assert connection.socket_timeout == connection.socket_connect_timeout == 2.0
+        assert connection.retry.get_retries() == 0
+        pool.release(connection)
+    values, found = reader.read([1], [], ["ctr_user_embedding"])["ctr_user_embedding"]
+    assert not found.any()  # and it still reads
