@@ -142,3 +142,18 @@ def local_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[l
                 process.kill()
                 process.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def cluster_feast_config(folder: Path) -> Path:
+    """derm's default `feature_store.yaml` with ``online_store.redis_type: redis_cluster``,
+    written into `folder`: what FEAST_FS_YAML_FILE_PATH names for a cluster (with REDIS_URL
+    naming one of its nodes). Returns the file's path."""
+    import yaml
+
+    from derm_features.feast.repo import DEFAULT_YAML
+
+    config = yaml.safe_load(DEFAULT_YAML.read_text())
+    config["online_store"]["redis_type"] = "redis_cluster"
+    path = Path(folder) / "feature_store.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

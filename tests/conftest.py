@@ -99,16 +99,12 @@ def cluster_workdir(workdir, redis_cluster, tmp_path, monkeypatch) -> Workdir:
     """A work directory applied against the session's Redis Cluster, emptied first: derm's
     default Feast config with ``redis_type: redis_cluster`` (FEAST_FS_YAML_FILE_PATH) and
     REDIS_URL naming one node (redis-py finds the others)."""
-    import yaml
     from redis.cluster import RedisCluster
 
-    from derm_features.feast.repo import DEFAULT_YAML, apply
+    from benchmarks.redis_cluster import cluster_feast_config
+    from derm_features.feast.repo import apply
 
-    config = yaml.safe_load(DEFAULT_YAML.read_text())
-    config["online_store"]["redis_type"] = "redis_cluster"
-    path = tmp_path / "feature_store.yaml"
-    path.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(path))
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(cluster_feast_config(tmp_path)))
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_cluster[0]}")
     client = RedisCluster(host="127.0.0.1", port=redis_cluster[0])
     client.flushall(target_nodes=RedisCluster.PRIMARIES)

@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 from test_online_push import assert_online_equals, embedding_rows, online
 from test_online_read import ALL_VIEWS, feast_embeddings
 
+from benchmarks.redis_cluster import cluster_feast_config
 from derm_features.core.spec import PUBLISHED_COLUMNS, feature_name
 from derm_features.core.workdir import Workdir
 from derm_features.feast.online_store import (
@@ -114,15 +115,8 @@ def test_remove_entities_on_the_cluster_drops_one_view(cluster_workdir, redis_cl
 
 
 def test_a_cluster_url_selecting_a_database_is_refused(workdir, redis_cluster, monkeypatch):
-    import yaml
-
-    from derm_features.feast.repo import DEFAULT_YAML
-
-    config = yaml.safe_load(DEFAULT_YAML.read_text())
-    config["online_store"]["redis_type"] = "redis_cluster"
-    path = workdir.root / "feature_store.yaml"
-    path.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(path))
+    config = cluster_feast_config(workdir.root)
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(config))
     bad = Workdir(workdir.root, redis_url=f"redis://127.0.0.1:{redis_cluster[0]}/12")
     with pytest.raises(ValueError, match="selects database 12, but a Redis Cluster"):
         feature_store(bad)
@@ -157,3 +151,66 @@ def test_the_reader_fails_fast_on_every_node(cluster_workdir):
         pool.release(connection)
     values, found = reader.read([1], [], ["ctr_user_embedding"])["ctr_user_embedding"]
     assert not found.any()  # and it still reads
+
+
+def test_reads_and_pushes_follow_slots_moved_after_the_client_learned_the_map(
+    cluster_workdir, redis_cluster
+):
+    """A client's slot map goes stale when slots migrate (resharding, scale-out): commands
+    sent to the old owner come back MOVED and go again through redis-py's cluster pipeline."""
+    import subprocess
+
+    store = feature_store(cluster_workdir)
+    pins = np.arange(1, 401)
+    first = embedding_rows("pin", pins, dim=8, seed=1)
+    push_rows(store, "ctr_pin_embedding", first)
+    reader = EmbeddingReader(store)
+    reader.read([], pins[:3], ["ctr_pin_embedding"])  # the reader has its slot map now
+    source, target = redis_cluster[0], redis_cluster[1]
+    ids = {
+        port: subprocess.run(
+            ["redis-cli", "-p", str(port), "cluster", "myid"], capture_output=True, text=True
+        ).stdout.strip()
+        for port in (source, target)
+    }
+    moved = subprocess.run(
+        # fmt: off
+        [
+            "redis-cli",
+            "--cluster",
+            "reshard",
+            f"127.0.0.1:{source}",
+            "--cluster-from",
+            ids[source],
+            "--cluster-to",
+            ids[target],
+            "--cluster-slots",
+            "2000",
+            "--cluster-yes",
+        ],
+        # fmt: on
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert moved.returncode == 0, moved.stdout[-2000:]
+
+    keys = entity_keys(view_layout(store, "ctr_pin_embedding"), pins)
+    now = cluster_client(redis_cluster)
+    stale = [
+        reader.client.nodes_manager.get_node_from_slot(now.keyslot(k)).port
+        != now.nodes_manager.get_node_from_slot(now.keyslot(k)).port
+        for k in keys
+    ]
+    assert 0 < sum(stale) < len(pins)  # some keys live elsewhere than the reader believes
+
+    values, found = reader.read([], pins, ["ctr_pin_embedding"])["ctr_pin_embedding"]
+    assert found.all()
+    expected = np.asarray(first.column("embedding").to_pylist(), np.float32)
+    np.testing.assert_array_equal(values, expected)
+
+    second = embedding_rows("pin", pins, dim=8, seed=2)  # the store's client is stale too
+    assert push_rows(store, "ctr_pin_embedding", second) == len(pins)
+    assert_online_equals(store, "ctr_pin_embedding", second)
+    assert remove_entities(store, "ctr_pin_embedding", pa.array(pins, pa.int64())) == len(pins)
+    assert [now.exists(k) for k in keys] == [0] * len(pins)
