@@ -40,9 +40,12 @@ def nodes_of(client: RedisCluster, keys) -> set[str]:
 
 
 def test_the_store_client_is_redis_py_cluster_client(cluster_workdir, redis_cluster):
-    client = redis_client(feature_store(cluster_workdir))
+    store = feature_store(cluster_workdir)
+    client = redis_client(store)
     assert isinstance(client, RedisCluster)
     assert sorted(node.port for node in client.get_primaries()) == sorted(redis_cluster)
+    assert "db=" not in store.config.online_store.connection_string  # a cluster has db 0 only
+    check_reachable(store, "derm status")  # raises when the cluster does not answer
 
 
 def test_push_reads_back_equal_through_derm_and_feast(cluster_workdir, redis_cluster):
