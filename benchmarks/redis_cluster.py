@@ -1,9 +1,10 @@
-"""A throw-away Redis Cluster on loopback, for the cluster tests and the `--cluster` benchmarks.
+"""A throw-away Redis Cluster on loopback, for the cluster tests and benchmarks/online_cluster.
 
 `local_redis_cluster` starts `masters` redis-server processes in cluster mode on free ports,
 joins them with `redis-cli --cluster create` (no replicas: every node a master with a third of
 the 16384 slots) and waits for `cluster_state:ok`; on exit it stops them and removes their
-files. Nothing is persisted (`--save ''`, no AOF).
+files. Nothing is persisted (`--save ''`, no AOF). `local_redis` starts one plain server the
+same way, the benchmark's one-Redis peer.
 """
 
 from __future__ import annotations
@@ -65,44 +66,24 @@ def _cli(port: int, *args: str) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def local_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[list[int]]:
-    """The ports of a running `masters`-node Redis Cluster on 127.0.0.1 (>= 3 masters, as
-    `redis-cli --cluster create` requires). Raises ClusterUnavailable with the reason when
-    the binaries are missing or the cluster does not form within `timeout_s` seconds."""
+def _redis_servers(count: int, cluster: bool, timeout_s: float) -> Iterator[list[int]]:
+    """The ports of `count` fresh redis-server processes on 127.0.0.1 (nothing persisted),
+    in cluster mode or not; stopped and their files removed on exit."""
     for binary in ("redis-server", "redis-cli"):
         if shutil.which(binary) is None:
             raise ClusterUnavailable(f"{binary} is not installed")
-    root = Path(tempfile.mkdtemp(prefix="derm-redis-cluster-"))
-    ports = _free_ports(masters)
+    root = Path(tempfile.mkdtemp(prefix="derm-redis-"))
+    ports = _free_ports(count)
     processes: list[subprocess.Popen] = []
     try:
         for port in ports:
+            args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+            args += ["--dir", str(root), "--save", "", "--appendonly", "no", "--daemonize", "no"]
+            if cluster:
+                args += ["--cluster-enabled", "yes"]
+                args += ["--cluster-config-file", str(root / f"nodes-{port}.conf")]
             processes.append(
-                subprocess.Popen(
-                    # fmt: off
-                    [
-                        "redis-server",
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        str(root / f"nodes-{port}.conf"),
-                        "--dir",
-                        str(root),
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--daemonize",
-                        "no",
-                    ],
-                    # fmt: on
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
         for port, process in zip(ports, processes, strict=True):
             _wait(
@@ -115,6 +96,25 @@ def local_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[l
             if process.poll() is not None:
                 code = process.returncode
                 raise ClusterUnavailable(f"redis-server on port {port} exited with {code}")
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[list[int]]:
+    """The ports of a running `masters`-node Redis Cluster on 127.0.0.1 (>= 3 masters, as
+    `redis-cli --cluster create` requires). Raises ClusterUnavailable with the reason when
+    the binaries are missing or the cluster does not form within `timeout_s` seconds."""
+    with _redis_servers(masters, cluster=True, timeout_s=timeout_s) as ports:
         created = subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
             + ["--cluster-replicas", "0", "--cluster-yes"],
@@ -132,16 +132,14 @@ def local_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[l
                 timeout_s,
             )
         yield ports
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_redis(timeout_s: float = 30.0) -> Iterator[int]:
+    """The port of one fresh plain redis-server on 127.0.0.1, started like the cluster's
+    nodes (same binary, settings and niceness): the fair peer of `local_redis_cluster`."""
+    with _redis_servers(1, cluster=False, timeout_s=timeout_s) as ports:
+        yield ports[0]
 
 
 def cluster_feast_config(folder: Path) -> Path:
