@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -103,6 +104,13 @@ def repo_config(workdir: Workdir):
     ):
         cluster = online.get("redis_type") == "redis_cluster"
         online["connection_string"] = feast_connection_string(workdir.redis_url, cluster)
+    if online.get("redis_type") == "redis_cluster" and re.search(
+        r"(^|,)db=", online["connection_string"]
+    ):  # redis-py's cluster client refuses `db` (even 0) only when it first connects
+        raise ValueError(
+            f"{path}: online_store.connection_string has a db= part, but a Redis Cluster "
+            "(redis_type: redis_cluster) has only database 0 and takes no db: drop it"
+        )
     if online["type"] == DERM_RETRIEVAL_STORE and not online.get("workdir"):
         online["workdir"] = str(workdir.root)  # where its Pin indexes live
     data["online_store"] = online

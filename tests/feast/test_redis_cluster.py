@@ -217,3 +217,41 @@ def test_reads_and_pushes_follow_slots_moved_after_the_client_learned_the_map(
     assert_online_equals(store, "ctr_pin_embedding", second)
     assert remove_entities(store, "ctr_pin_embedding", pa.array(pins, pa.int64())) == len(pins)
     assert [now.exists(k) for k in keys] == [0] * len(pins)
+
+
+def test_feasts_own_redis_type_with_a_list_of_nodes_works_and_db_is_refused(
+    workdir, redis_cluster, monkeypatch
+):
+    """A team's config: Feast's `redis` store type, its connection_string used as written."""
+    import yaml
+
+    from derm_features.feast.repo import apply
+
+    def team_config(connection_string: str) -> None:
+        config = yaml.safe_load(cluster_feast_config(workdir.root).read_text())
+        config["online_store"] = {
+            "type": "redis",
+            "redis_type": "redis_cluster",
+            "connection_string": connection_string,
+        }
+        path = workdir.root / "feature_store.yaml"
+        path.write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(path))
+
+    nodes = ",".join(f"127.0.0.1:{port}" for port in redis_cluster)
+    team_config(f"{nodes},db=0")
+    with pytest.raises(ValueError, match="has a db= part, but a Redis Cluster"):
+        feature_store(workdir)
+
+    team_config(nodes)
+    cluster_client(redis_cluster).flushall(target_nodes=RedisCluster.PRIMARIES)
+    apply(workdir, quiet=True)
+    store = feature_store(workdir)
+    rows = embedding_rows("user", range(1, 41), seed=5)
+    push_rows(store, "ctr_user_embedding", rows)
+    assert_online_equals(store, "ctr_user_embedding", rows)
+    values, found = EmbeddingReader(store).read(range(1, 41), [], ["ctr_user_embedding"])[
+        "ctr_user_embedding"
+    ]
+    assert found.all()
+    np.testing.assert_array_equal(values, np.asarray(rows.column("embedding").to_pylist()))
