@@ -5,7 +5,9 @@ the byte layout both sides share lives in `derm_features.feast.redis_layout`.
 
 **Client.** `redis_client` is the store's own redis-py client; `dedicated_redis_client` a
 new one configured the same way; `fail_fast` and `unavailable_as_clear_error` turn a Redis
-outage into an `OnlineStoreUnavailable` naming the redacted address.
+outage into an `OnlineStoreUnavailable` naming the redacted address. With Feast's
+``redis_type: redis_cluster`` these are redis-py's `RedisCluster`, and every round trip
+below is one per node (`redis_layout.run_pipelined`).
 
 **Writer** (the daily online push). `FeatureStore.get_online_features` reads what
 `push_rows` writes. Two deliberate differences from Feast's `write_to_online_store`:
