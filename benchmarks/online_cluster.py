@@ -56,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def flush(client) -> None:
     """Empties the target: every primary of a cluster, else the one database."""
-    if hasattr(client, "nodes_manager"):
+    from derm_features.feast.redis_layout import is_cluster
+
+    if is_cluster(client):
         client.flushall(target_nodes=client.PRIMARIES)
     else:
         client.flushdb()

@@ -1,9 +1,9 @@
 """A throw-away Redis Cluster on loopback, for the cluster tests and benchmarks/online_cluster.
 
-`local_redis_cluster` starts `masters` redis-server processes in cluster mode on free ports,
-joins them with `redis-cli --cluster create` (no replicas: every node a master with a third of
-the 16384 slots) and waits for `cluster_state:ok`; on exit it stops them and removes their
-files. Nothing is persisted (`--save ''`, no AOF). `local_redis` starts one plain server the
+`local_redis_cluster` starts redis-server processes in cluster mode on free ports, joins them
+with `redis-cli --cluster create` (by default 3 masters and no replicas: each master holds a
+third of the 16384 slots) and waits for `cluster_state:ok`; on exit it stops them and removes
+their files. Nothing is persisted (`--save ''`, no AOF). `local_redis` starts one plain server the
 same way, the benchmark's one-Redis peer.
 """
 
@@ -66,7 +66,9 @@ def _cli(port: int, *args: str) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def _redis_servers(count: int, cluster: bool, timeout_s: float) -> Iterator[list[int]]:
+def _redis_servers(
+    count: int, cluster: bool, timeout_s: float, node_timeout_ms: int = 15_000
+) -> Iterator[list[int]]:
     """The ports of `count` fresh redis-server processes on 127.0.0.1 (nothing persisted),
     in cluster mode or not; stopped and their files removed on exit."""
     for binary in ("redis-server", "redis-cli"):
@@ -82,6 +84,7 @@ def _redis_servers(count: int, cluster: bool, timeout_s: float) -> Iterator[list
             if cluster:
                 args += ["--cluster-enabled", "yes"]
                 args += ["--cluster-config-file", str(root / f"nodes-{port}.conf")]
+                args += ["--cluster-node-timeout", str(node_timeout_ms)]
             processes.append(
                 subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
@@ -110,14 +113,20 @@ def _redis_servers(count: int, cluster: bool, timeout_s: float) -> Iterator[list
 
 
 @contextlib.contextmanager
-def local_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[list[int]]:
-    """The ports of a running `masters`-node Redis Cluster on 127.0.0.1 (>= 3 masters, as
-    `redis-cli --cluster create` requires). Raises ClusterUnavailable with the reason when
-    the binaries are missing or the cluster does not form within `timeout_s` seconds."""
-    with _redis_servers(masters, cluster=True, timeout_s=timeout_s) as ports:
+def local_redis_cluster(
+    masters: int = 3, replicas: int = 0, timeout_s: float = 30.0, node_timeout_ms: int = 15_000
+) -> Iterator[list[int]]:
+    """The ports of a running Redis Cluster on 127.0.0.1: `masters` primaries (>= 3, as
+    `redis-cli --cluster create` requires), each with `replicas` replicas, in sync (which
+    ports are which: `CLUSTER NODES`). `node_timeout_ms`: how long a node may not answer
+    before the others mark it failed and promote a replica (Redis's default 15 s; a short
+    one on a loaded machine can fail a busy node). Raises ClusterUnavailable with the reason
+    when the binaries are missing or the cluster does not form within `timeout_s` seconds."""
+    count = masters * (1 + replicas)
+    with _redis_servers(count, True, timeout_s, node_timeout_ms) as ports:
         created = subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
-            + ["--cluster-replicas", "0", "--cluster-yes"],
+            + ["--cluster-replicas", str(replicas), "--cluster-yes"],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -131,6 +140,12 @@ def local_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[l
                 f"node {port} did not reach cluster_state:ok",
                 timeout_s,
             )
+            if _cli(port, "role").stdout.startswith("slave"):  # a failover needs its data
+                _wait(
+                    lambda p=port: "master_link_status:up" in _cli(p, "info", "replication").stdout,
+                    f"replica {port} did not sync with its primary",
+                    timeout_s,
+                )
         yield ports
 
 

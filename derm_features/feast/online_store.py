@@ -51,6 +51,7 @@ from derm_features.feast.redis_layout import (
     encode_event_timestamps,
     encode_float_lists,
     entity_keys,
+    is_cluster,
     run_pipelined,
     view_layout,
 )
@@ -107,13 +108,13 @@ def fail_fast(client, timeout_s: float = SERVING_SOCKET_TIMEOUT_S):
 
     client.set_retry(Retry(NoBackoff(), 0))
     settings = [pool.connection_kwargs for pool in _pools(client)]
-    if hasattr(client, "nodes_manager"):  # a cluster: also for the nodes it finds later
+    if is_cluster(client):  # also for the nodes it finds later
         settings.append(client.nodes_manager.connection_kwargs)
     for kwargs in settings:
         for name in ("socket_timeout", "socket_connect_timeout"):
             if kwargs.get(name) is None:  # keep what an operator configured
                 kwargs[name] = timeout_s
-    if hasattr(client, "nodes_manager"):
+    if is_cluster(client):
         for pool in _pools(client):
             pool.reset()  # the connections it opened to learn the slot map had no timeouts
     return client
@@ -121,7 +122,7 @@ def fail_fast(client, timeout_s: float = SERVING_SOCKET_TIMEOUT_S):
 
 def _pools(client) -> list:
     """The connection pools of `client`: its one, or one per known node of a cluster."""
-    if hasattr(client, "nodes_manager"):
+    if is_cluster(client):
         nodes = [node.redis_connection for node in client.get_nodes()]
         return [node.connection_pool for node in nodes if node is not None]
     return [client.connection_pool]

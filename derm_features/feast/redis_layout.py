@@ -317,7 +317,7 @@ def run_pipelined(client, *batches: CommandColumns) -> list:
     once per node. Raises the first error reply (`redis.ResponseError`) and redis-py's
     `ConnectionError` / `TimeoutError`.
     """
-    if hasattr(client, "nodes_manager"):
+    if is_cluster(client):
         return _run_on_cluster(client, batches)
     count = sum(_batch_size(batch) for batch in batches)
     packed = b"".join(pack_commands(batch) for batch in batches)  # one write: no Nagle stall
@@ -331,6 +331,12 @@ def run_pipelined(client, *batches: CommandColumns) -> list:
         raise
     finally:
         pool.release(connection)
+
+
+def is_cluster(client) -> bool:
+    """Whether `client` is redis-py's Redis Cluster client (one pool per node, a slot map)
+    rather than a `redis.Redis` (one pool)."""
+    return hasattr(client, "nodes_manager")
 
 
 def _take(column: bytes | Sequence[bytes], rows: np.ndarray) -> bytes | list[bytes]:
@@ -373,39 +379,47 @@ def _run_on_cluster(client, batches: Sequence[CommandColumns]) -> list:
 
     replies: list = [None] * int(offsets[-1])
     redo: list[int] = []  # positions to run again through redis-py's cluster pipeline
-    sent = []
-    for name, share in shares.items():
-        pool = client.get_redis_connection(nodes[name]).connection_pool
-        connection = pool.get_connection()
-        positions = np.concatenate([rows for rows, _ in share]).tolist()
-        try:
-            connection.send_packed_command([b"".join(packed for _, packed in share)])
-        except (ConnectionError, TimeoutError):
-            connection.disconnect()
-            pool.release(connection)
-            redo += positions
-            continue
-        sent.append((pool, connection, positions))
     error = None
-    for pool, connection, positions in sent:
-        answered = 0
-        try:
-            for position in positions:
-                try:
-                    replies[position] = connection.read_response()
-                except AskError:  # MOVED too: the command did not run
-                    redo.append(position)
-                except ResponseError as exc:  # read on: the stream stays in step
-                    error = error or exc
-                answered += 1
-        except (ConnectionError, TimeoutError):
-            connection.disconnect()
-            redo += positions[answered:]
-        except BaseException:
-            connection.disconnect()  # unread replies would corrupt the next user's reads
-            raise
-        finally:
+    sent: list = []  # (pool, connection, positions) whose replies are still to be read
+    try:
+        for name, share in shares.items():
+            pool = client.get_redis_connection(nodes[name]).connection_pool
+            positions = np.concatenate([rows for rows, _ in share]).tolist()
+            try:
+                connection = pool.get_connection()  # connects: a node down fails here
+            except (ConnectionError, TimeoutError):
+                redo += positions  # redis-py's pipeline refreshes the map (a failover)
+                continue
+            sent.append((pool, connection, positions))
+            try:
+                connection.send_packed_command([b"".join(packed for _, packed in share)])
+            except (ConnectionError, TimeoutError):
+                sent.pop()
+                connection.disconnect()
+                pool.release(connection)
+                redo += positions
+        while sent:
+            pool, connection, positions = sent[0]
+            answered = 0
+            try:
+                for position in positions:
+                    try:
+                        replies[position] = connection.read_response()
+                    except AskError:  # MOVED too: the command did not run
+                        redo.append(position)
+                    except ResponseError as exc:  # read on: the stream stays in step
+                        error = error or exc
+                    answered += 1
+            except (ConnectionError, TimeoutError):
+                connection.disconnect()
+                redo += positions[answered:]
+            sent.pop(0)
             pool.release(connection)
+    except BaseException:
+        for pool, connection, _ in sent:
+            connection.disconnect()  # unread replies would corrupt the next user's reads
+            pool.release(connection)
+        raise
     if error is not None:
         raise error
     if redo:

@@ -255,3 +255,110 @@ def test_feasts_own_redis_type_with_a_list_of_nodes_works_and_db_is_refused(
     ]
     assert found.all()
     np.testing.assert_array_equal(values, np.asarray(rows.column("embedding").to_pylist()))
+
+
+def test_the_reader_recovers_when_every_node_dropped_its_connections(
+    cluster_workdir, redis_cluster
+):
+    import redis
+
+    store = feature_store(cluster_workdir)
+    pins = np.arange(1, 61)
+    push_rows(store, "ctr_pin_embedding", embedding_rows("pin", pins, dim=4))
+    reader = EmbeddingReader(store)
+    assert reader.read([], pins, ["ctr_pin_embedding"])["ctr_pin_embedding"][1].all()
+    killed = 0
+    for port in redis_cluster:  # as a restart of every node would (only normal clients)
+        admin = redis.Redis(port=port)
+        killed += admin.client_kill_filter(_type="normal", skipme=True)
+        admin.close()
+    assert killed >= 3  # at least the reader's pooled connection to each node
+    assert reader.read([], pins, ["ctr_pin_embedding"])["ctr_pin_embedding"][1].all()
+
+
+def test_a_node_down_mid_life_is_a_clear_error_not_a_wrong_answer(cluster_workdir, monkeypatch):
+    """Its own cluster: one node is shut down after the reader learned the slot map."""
+    import subprocess
+
+    from benchmarks.redis_cluster import local_redis_cluster
+
+    with local_redis_cluster(masters=3) as ports:
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{ports[0]}")
+        store = feature_store(cluster_workdir)
+        pins = np.arange(1, 61)
+        push_rows(store, "ctr_pin_embedding", embedding_rows("pin", pins, dim=4))
+        reader = EmbeddingReader(store)
+        assert reader.read([], pins, ["ctr_pin_embedding"])["ctr_pin_embedding"][1].all()
+        subprocess.run(["redis-cli", "-p", str(ports[2]), "shutdown", "nosave"], timeout=30)
+        with pytest.raises(OnlineStoreUnavailable, match=f"127.0.0.1:{ports[0]}"):
+            reader.read([], pins, ["ctr_pin_embedding"])
+        with pytest.raises(OnlineStoreUnavailable, match="online push"):
+            push_rows(store, "ctr_pin_embedding", embedding_rows("pin", pins, dim=4))
+
+
+def test_after_a_failover_the_reader_and_the_push_follow_the_promoted_replica(
+    cluster_workdir, monkeypatch
+):
+    """Its own cluster, 3 primaries with a replica each: a primary dies, its replica takes
+    over its slots, and the clients that knew the old map follow (redis-py refreshes it)."""
+    import subprocess
+    import time
+
+    from benchmarks.redis_cluster import local_redis_cluster
+
+    def cli(port, *args) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True)
+        return done.stdout.decode()
+
+    with local_redis_cluster(masters=3, replicas=1, node_timeout_ms=1000) as ports:
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{ports[0]}")
+        store = feature_store(cluster_workdir)
+        pins = np.arange(1, 61)
+        first = embedding_rows("pin", pins, dim=4, seed=1)
+        push_rows(store, "ctr_pin_embedding", first)
+        reader = EmbeddingReader(store)
+        assert reader.read([], pins, ["ctr_pin_embedding"])["ctr_pin_embedding"][1].all()
+        admin = cluster_client(ports)
+        victim = next(n.port for n in admin.get_primaries() if n.port != ports[0])
+        keys = entity_keys(view_layout(store, "ctr_pin_embedding"), pins)
+        assert any(admin.get_node_from_key(k).port == victim for k in keys)
+        victim_id = cli(victim, "cluster", "myid").strip()
+        (replica,) = [
+            int(line.split()[1].split(":")[1].split("@")[0])
+            for line in cli(ports[0], "cluster", "nodes").splitlines()
+            if f"slave {victim_id}" in line
+        ]
+        assert cli(victim, "wait", "1", "5000").strip() == "1"  # its replica has every row
+        cli(victim, "shutdown", "nosave")
+        deadline = time.monotonic() + 60  # a bounded wait for the election, not a timing check
+        survivors = [port for port in ports if port != victim]
+        while time.monotonic() < deadline:  # every node that redis-py may ask knows it now
+            views = [cli(port, "cluster", "nodes") for port in survivors]
+            if all(
+                f":{replica}@" in line and "master" in line.split()[2]
+                for view in views
+                for line in view.splitlines()
+                if f":{replica}@" in line
+            ) and all("cluster_state:ok" in cli(port, "cluster", "info") for port in survivors):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("no replica took over within 60 s")
+
+        # The reader retries nothing (fail_fast): a read fails while redis-py refreshes the
+        # map (the first one, unless the load here delays it), and none answers wrong.
+        answer = None
+        for _ in range(3):
+            try:
+                answer = reader.read([], pins, ["ctr_pin_embedding"])["ctr_pin_embedding"]
+                break
+            except OnlineStoreUnavailable:
+                pass
+        assert answer is not None, "the reader kept the dead primary in its slot map"
+        values, found = answer
+        assert found.all()
+        np.testing.assert_array_equal(values, np.asarray(first.column("embedding").to_pylist()))
+
+        second = embedding_rows("pin", pins, dim=4, seed=2)  # the push client retries
+        assert push_rows(store, "ctr_pin_embedding", second) == len(pins)
+        assert_online_equals(store, "ctr_pin_embedding", second)
