@@ -1,8 +1,9 @@
 """The Redis address: one URL from the environment, turned into what each client needs.
 
 `REDIS_URL` (default ``redis://127.0.0.1:6379``) follows redis-py's URL form:
-``redis://[:password@]host:port[/db]`` or ``rediss://`` for TLS. Credentials never leave
-this module in clear text: `redacted()` is what logs and errors show.
+``redis://[:password@]host:port[/db]`` or ``rediss://`` for TLS. For a Redis Cluster (Feast's
+``redis_type: redis_cluster``) it names any one node, without a database. Credentials never
+leave this module in clear text: `redacted()` is what logs and errors show.
 
 Run as a module for the setup script:
 ``python -m derm_features.feast.redis_url ping|hostport|redacted``.
