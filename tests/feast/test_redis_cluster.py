@@ -3,7 +3,8 @@ redis_cluster``), checked against Feast's own SDK on the same cluster.
 
 The cluster is started on loopback once per session (`redis_cluster` in conftest.py); each
 test empties it. The ids of one request hash to slots on all three nodes (asserted), so a
-request that went to one node only would read back None for the others.
+request that went to one node only would read back None for the others. The tests that stop
+a node start a cluster of their own.
 """
 
 from __future__ import annotations
