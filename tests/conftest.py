@@ -79,3 +79,35 @@ def spark():
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """The ports of a 3-master Redis Cluster started on loopback for this test session
+    (benchmarks/redis_cluster.py); skips with the reason when one cannot start here."""
+    from benchmarks.redis_cluster import ClusterUnavailable, local_redis_cluster
+
+    try:
+        with local_redis_cluster(masters=3) as ports:
+            yield ports
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no Redis Cluster here: {exc}")
+
+
+@pytest.fixture
+def cluster_workdir(workdir, redis_cluster, tmp_path, monkeypatch) -> Workdir:
+    """A work directory applied against the session's Redis Cluster, emptied first: derm's
+    default Feast config with ``redis_type: redis_cluster`` (FEAST_FS_YAML_FILE_PATH) and
+    REDIS_URL naming one node (redis-py finds the others)."""
+    from redis.cluster import RedisCluster
+
+    from benchmarks.redis_cluster import cluster_feast_config
+    from derm_features.feast.repo import apply
+
+    monkeypatch.setenv("FEAST_FS_YAML_FILE_PATH", str(cluster_feast_config(tmp_path)))
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_cluster[0]}")
+    client = RedisCluster(host="127.0.0.1", port=redis_cluster[0])
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    client.close()
+    apply(workdir, quiet=True)
+    return workdir

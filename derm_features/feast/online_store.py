@@ -5,7 +5,9 @@ the byte layout both sides share lives in `derm_features.feast.redis_layout`.
 
 **Client.** `redis_client` is the store's own redis-py client; `dedicated_redis_client` a
 new one configured the same way; `fail_fast` and `unavailable_as_clear_error` turn a Redis
-outage into an `OnlineStoreUnavailable` naming the redacted address.
+outage into an `OnlineStoreUnavailable` naming the redacted address. With Feast's
+``redis_type: redis_cluster`` these are redis-py's `RedisCluster`, and every round trip
+below is one per node (`redis_layout.run_pipelined`).
 
 **Writer** (the daily online push). `FeatureStore.get_online_features` reads what
 `push_rows` writes. Two deliberate differences from Feast's `write_to_online_store`:
@@ -49,6 +51,7 @@ from derm_features.feast.redis_layout import (
     encode_event_timestamps,
     encode_float_lists,
     entity_keys,
+    is_cluster,
     run_pipelined,
     view_layout,
 )
@@ -63,7 +66,10 @@ class OnlineStoreUnavailable(RuntimeError):
 
 
 def redis_client(store: FeatureStore):
-    """The redis-py client of `store`'s own Redis online store (its pool, TLS, password)."""
+    """The redis-py client of `store`'s own Redis online store (its pool, TLS, password): a
+    `redis.Redis`, or a `redis.cluster.RedisCluster` for ``redis_type: redis_cluster``,
+    which connects to the cluster when it is built (RedisClusterException when no node
+    answers; `unavailable_as_clear_error` turns that into OnlineStoreUnavailable)."""
     if not isinstance(store.config.online_store, RedisOnlineStoreConfig):
         raise ValueError(f"the online store is not Redis: {store.config.online_store.type}")
     online_store = store._get_provider().online_store
@@ -92,19 +98,34 @@ SERVING_SOCKET_TIMEOUT_S = 2.0
 
 
 def fail_fast(client, timeout_s: float = SERVING_SOCKET_TIMEOUT_S):
-    """Sets `client` to fail at once on a connection error (no retry, no backoff) and to
-    time out connects and reads after `timeout_s`, unless the operator set timeouts in the
-    connection string. A connection the server dropped is still replaced: the pool checks
-    each one as it hands it out. Returns the client."""
+    """Sets `client` (a `redis.Redis` or `RedisCluster`) to fail at once on a connection
+    error (no retry, no backoff) and to time out connects and reads after `timeout_s`
+    seconds, unless the operator set timeouts in the connection string. A connection the
+    server dropped is still replaced: the pool checks each one as it hands it out. Returns
+    the client."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     client.set_retry(Retry(NoBackoff(), 0))
-    kwargs = client.connection_pool.connection_kwargs
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        if kwargs.get(name) is None:  # keep what an operator configured
-            kwargs[name] = timeout_s
+    settings = [pool.connection_kwargs for pool in _pools(client)]
+    if is_cluster(client):  # also for the nodes it finds later
+        settings.append(client.nodes_manager.connection_kwargs)
+    for kwargs in settings:
+        for name in ("socket_timeout", "socket_connect_timeout"):
+            if kwargs.get(name) is None:  # keep what an operator configured
+                kwargs[name] = timeout_s
+    if is_cluster(client):
+        for pool in _pools(client):
+            pool.reset()  # the connections it opened to learn the slot map had no timeouts
     return client
+
+
+def _pools(client) -> list:
+    """The connection pools of `client`: its one, or one per known node of a cluster."""
+    if is_cluster(client):
+        nodes = [node.redis_connection for node in client.get_nodes()]
+        return [node.connection_pool for node in nodes if node is not None]
+    return [client.connection_pool]
 
 
 @contextlib.contextmanager
@@ -115,10 +136,18 @@ def unavailable_as_clear_error(store: FeatureStore, action: str) -> Iterator[Non
     lower layer put into its message is masked.
     """
     import redis
+    from redis.exceptions import ClusterDownError, RedisClusterException
 
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    # RedisClusterException: building a cluster client found no reachable node, or the slot
+    # of a key has no node (SlotNotCoveredError); ClusterDownError: the cluster is failing over
+    except (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        ClusterDownError,
+        RedisClusterException,
+    ) as exc:
         connection_string = store.config.online_store.connection_string
         detail = _mask_password(str(exc), connection_string)
         raise OnlineStoreUnavailable(
@@ -138,9 +167,8 @@ def check_reachable(store: FeatureStore, action: str) -> None:
     """Raises OnlineStoreUnavailable (naming the redacted address and `action`) unless the
     store's Redis answers a PING within the serving timeouts: checked before a job that
     would otherwise train for minutes and then fail at its push."""
-    client = fail_fast(dedicated_redis_client(store))
     with unavailable_as_clear_error(store, action):
-        client.ping()
+        fail_fast(dedicated_redis_client(store)).ping()
 
 
 # ----------------------------------------------------------------------------- writer
@@ -167,9 +195,9 @@ def push_rows(store: FeatureStore, view_name: str, rows: pa.Table) -> int:
         rows, view_name, [layout.join_key, *layout.source_columns.values(), EVENT_TIMESTAMP]
     )
     ttl = store.config.online_store.key_ttl_seconds
-    client = redis_client(store)
     written = 0
     with unavailable_as_clear_error(store, f"online push to '{view_name}'"):
+        client = redis_client(store)
         for start in range(0, rows.num_rows, CHUNK_ROWS):
             chunk = rows.slice(start, CHUNK_ROWS)
             hset = hset_columns(layout, chunk)
@@ -205,9 +233,9 @@ def remove_entities(store: FeatureStore, view_name: str, entity_ids: pa.Array) -
     """
     layout = view_layout(store, view_name)
     fields = layout.all_fields
-    client = redis_client(store)
     touched = 0
     with unavailable_as_clear_error(store, f"removing entities from '{view_name}'"):
+        client = redis_client(store)
         for start in range(0, len(entity_ids), CHUNK_ROWS):
             keys = entity_keys(layout, entity_ids[start : start + CHUNK_ROWS])
             replies = run_pipelined(client, [b"HDEL", keys, *fields])
@@ -241,7 +269,10 @@ class EmbeddingReader:
         `client`: a redis-py client to read with (default: a fail-fast
         `dedicated_redis_client`)."""
         self._store = store
-        self.client = client if client is not None else fail_fast(dedicated_redis_client(store))
+        if client is None:
+            with unavailable_as_clear_error(store, "connecting the embedding reader"):
+                client = fail_fast(dedicated_redis_client(store))
+        self.client = client
         self._dims = dict(dims or {})
         self._layouts: dict[str, ViewLayout] = {}
 

@@ -35,7 +35,8 @@ class WorkdirRegistryStore(FileRegistryStore):
 
 
 class DermRedisOnlineStoreConfig(RedisOnlineStoreConfig):
-    """Feast's Redis config; `connection_string` defaults to the one derived from REDIS_URL."""
+    """Feast's Redis config; `connection_string` defaults to the one derived from REDIS_URL
+    (one node of the cluster, without a database, for ``redis_type: redis_cluster``)."""
 
     type: Literal["derm_features.feast.plugins.DermRedisOnlineStore"] = (
         "derm_features.feast.plugins.DermRedisOnlineStore"
@@ -45,7 +46,8 @@ class DermRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     @classmethod
     def _connection_from_environment(cls, values):
         if isinstance(values, dict) and not values.get("connection_string"):
-            values = {**values, "connection_string": feast_connection_string()}
+            cluster = values.get("redis_type") == "redis_cluster"  # a str or Feast's str enum
+            values = {**values, "connection_string": feast_connection_string(cluster=cluster)}
         return values
 
 

@@ -305,16 +305,20 @@ def pack_commands(batch: CommandColumns) -> bytes:
 
 
 def run_pipelined(client, *batches: CommandColumns) -> list:
-    """Run the batches' commands in one round trip on one pooled connection; the replies.
+    """Run the batches' commands in one round trip per Redis node; the replies, in order.
+
+    `client`: a `redis.Redis` or a `redis.cluster.RedisCluster`. Every command's key is
+    its second argument (HSET, HMGET, HDEL, EXPIRE).
 
     redis-py's `Pipeline` spends most of its time per command in Python (packing, reply
     callbacks); here the commands are packed into one buffer, sent with one write, and the
     raw replies read back. The pool checks a connection when handing it out and reconnects
-    one the server dropped (a Redis restart). Clients without a single pool (Redis
-    Cluster) use redis-py's pipeline, which routes keys to nodes.
+    one the server dropped (a Redis restart). On a cluster, `_run_on_cluster` does the same
+    once per node. Raises the first error reply (`redis.ResponseError`) and redis-py's
+    `ConnectionError` / `TimeoutError`.
     """
-    if not hasattr(client, "connection_pool"):
-        return _run_with_redis_py_pipeline(client, batches)
+    if is_cluster(client):
+        return _run_on_cluster(client, batches)
     count = sum(_batch_size(batch) for batch in batches)
     packed = b"".join(pack_commands(batch) for batch in batches)  # one write: no Nagle stall
     pool = client.connection_pool
@@ -329,11 +333,130 @@ def run_pipelined(client, *batches: CommandColumns) -> list:
         pool.release(connection)
 
 
+def is_cluster(client) -> bool:
+    """Whether `client` is redis-py's Redis Cluster client (one pool per node, a slot map)
+    rather than a `redis.Redis` (one pool)."""
+    return hasattr(client, "nodes_manager")
+
+
+def _take(column: bytes | Sequence[bytes], rows: np.ndarray) -> bytes | list[bytes]:
+    """The `rows` of a command column (a shared argument stays shared)."""
+    if isinstance(column, bytes):
+        return column
+    return [column[i] for i in rows.tolist()]
+
+
+def _run_on_cluster(client, batches: Sequence[CommandColumns]) -> list:
+    """`run_pipelined` on a Redis Cluster: each command goes to the primary that redis-py's
+    slot map names for its key, every node's share packed into one write; all nodes are
+    sent to before any is read, so they work at once.
+
+    Commands the slot map got wrong (MOVED / ASK while slots migrate) and those of a node
+    whose connection failed are run again through redis-py's own cluster pipeline, which
+    follows redirects, refreshes the slot map and retries as the client is configured:
+    every command derm sends is idempotent (HSET, HDEL, HMGET, EXPIRE).
+    """
+    from redis.crc import key_slot
+    from redis.exceptions import AskError, ConnectionError, ResponseError, TimeoutError
+
+    manager = client.nodes_manager
+    offsets = np.cumsum([0] + [_batch_size(batch) for batch in batches])
+    # node name -> [(position of each of its commands in the call, its packed commands)]
+    shares: dict[str, list[tuple[np.ndarray, bytes]]] = {}
+    nodes = {}
+    for offset, batch in zip(offsets.tolist(), batches, strict=False):
+        keys = batch[1]
+        slots = np.fromiter(map(key_slot, keys), dtype=np.int64, count=len(keys))
+        distinct, inverse = np.unique(slots, return_inverse=True)
+        owners = [_primary_of(manager, slot) for slot in distinct.tolist()]
+        names = sorted({node.name for node in owners})
+        nodes.update((node.name, node) for node in owners)
+        owner = np.array([names.index(node.name) for node in owners])[inverse]
+        for index, name in enumerate(names):
+            rows = np.flatnonzero(owner == index)
+            packed = pack_commands([_take(column, rows) for column in batch])
+            shares.setdefault(name, []).append((rows + offset, packed))
+
+    replies: list = [None] * int(offsets[-1])
+    redo: list[int] = []  # positions to run again through redis-py's cluster pipeline
+    error = None
+    sent: list = []  # (pool, connection, positions) whose replies are still to be read
+    try:
+        for name, share in shares.items():
+            pool = client.get_redis_connection(nodes[name]).connection_pool
+            positions = np.concatenate([rows for rows, _ in share]).tolist()
+            try:
+                connection = pool.get_connection()  # connects: a node down fails here
+            except (ConnectionError, TimeoutError):
+                redo += positions  # redis-py's pipeline refreshes the map (a failover)
+                continue
+            sent.append((pool, connection, positions))
+            try:
+                connection.send_packed_command([b"".join(packed for _, packed in share)])
+            except (ConnectionError, TimeoutError):
+                sent.pop()
+                connection.disconnect()
+                pool.release(connection)
+                redo += positions
+        while sent:
+            pool, connection, positions = sent[0]
+            answered = 0
+            try:
+                for position in positions:
+                    try:
+                        replies[position] = connection.read_response()
+                    except AskError:  # MOVED too: the command did not run
+                        redo.append(position)
+                    except ResponseError as exc:  # read on: the stream stays in step
+                        error = error or exc
+                    answered += 1
+            except (ConnectionError, TimeoutError):
+                connection.disconnect()
+                redo += positions[answered:]
+            sent.pop(0)
+            pool.release(connection)
+    except BaseException:
+        for pool, connection, _ in sent:
+            connection.disconnect()  # unread replies would corrupt the next user's reads
+            pool.release(connection)
+        raise
+    if error is not None:
+        raise error
+    if redo:
+        redo.sort()
+        again = _run_with_redis_py_pipeline(client, _select(batches, offsets, redo))
+        for position, reply in zip(redo, again, strict=True):
+            replies[position] = reply
+    return replies
+
+
+def _primary_of(manager, slot: int):
+    """The primary serving `slot` in redis-py's slot map (`NodesManager.slots_cache`, slot ->
+    [primary, replicas...]): read directly, as `get_node_from_slot`'s argument-checking
+    wrapper costs a third of a cluster push; that method raises SlotNotCoveredError for a
+    slot no node serves."""
+    owners = manager.slots_cache.get(slot)
+    return owners[0] if owners else manager.get_node_from_slot(slot)
+
+
+def _select(batches: Sequence[CommandColumns], offsets: np.ndarray, positions: list[int]):
+    """The commands at `positions` (sorted, in the call's numbering), as batches."""
+    positions_array = np.asarray(positions)
+    selected = []
+    for index, batch in enumerate(batches):
+        mask = (positions_array >= offsets[index]) & (positions_array < offsets[index + 1])
+        rows = positions_array[mask] - offsets[index]
+        if len(rows):
+            selected.append([_take(column, rows) for column in batch])
+    return selected
+
+
 def _run_with_redis_py_pipeline(client, batches: Sequence[CommandColumns]) -> list:
     with client.pipeline(transaction=False) as pipe:
         for batch in batches:
             n = _batch_size(batch)
-            columns = [itertools.repeat(c, n) if isinstance(c, bytes) else c for c in batch]
+            name, *args = batch  # redis-py's cluster routing looks commands up by str name
+            columns = [itertools.repeat(c, n) if isinstance(c, bytes) else c for c in args]
             for command in zip(*columns, strict=False):
-                pipe.execute_command(*command)
+                pipe.execute_command(name.decode(), *command)
         return pipe.execute()

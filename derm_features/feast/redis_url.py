@@ -1,8 +1,9 @@
 """The Redis address: one URL from the environment, turned into what each client needs.
 
 `REDIS_URL` (default ``redis://127.0.0.1:6379``) follows redis-py's URL form:
-``redis://[:password@]host:port[/db]`` or ``rediss://`` for TLS. Credentials never leave
-this module in clear text: `redacted()` is what logs and errors show.
+``redis://[:password@]host:port[/db]`` or ``rediss://`` for TLS. For a Redis Cluster (Feast's
+``redis_type: redis_cluster``) it names any one node, without a database. Credentials never
+leave this module in clear text: `redacted()` is what logs and errors show.
 
 Run as a module for the setup script:
 ``python -m derm_features.feast.redis_url ping|hostport|redacted``.
@@ -42,12 +43,22 @@ def redacted(url: str | None = None) -> str:
     return f"{p.scheme}://{auth}{p.hostname}:{p.port or 6379}{db}"
 
 
-def feast_connection_string(url: str | None = None) -> str:
-    """Feast's Redis connection string (``host:port,db=0,ssl=true,password=...``)."""
+def feast_connection_string(url: str | None = None, cluster: bool = False) -> str:
+    """Feast's Redis connection string (``host:port,db=0,ssl=true,password=...``).
+
+    `cluster`: for Feast's ``redis_type: redis_cluster``, where the URL names one node
+    (redis-py discovers the others) and a Redis Cluster has only database 0, so no ``db``
+    part is written; a URL selecting another database raises ValueError.
+    """
     p = _parsed(url)
     parts = [f"{p.hostname or '127.0.0.1'}:{p.port or 6379}"]
     db = p.path.lstrip("/")
-    if db:
+    if cluster and db and int(db) != 0:
+        raise ValueError(
+            f"REDIS_URL {redacted(url)} selects database {int(db)}, but a Redis Cluster "
+            "(redis_type: redis_cluster) has only database 0: drop the /db part"
+        )
+    if db and not cluster:
         parts.append(f"db={int(db)}")
     if p.scheme == "rediss":
         parts.append("ssl=true")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -77,7 +78,8 @@ def repo_config(workdir: Workdir):
 
     derm's own registry store keeps the registry at ``<workdir>/registry.db``; any other
     registry is used as configured. The Redis address is the work directory's unless the
-    file sets ``online_store.connection_string`` for Feast's own Redis store. Raises
+    file sets ``online_store.connection_string`` for Feast's own Redis store; with
+    ``redis_type: redis_cluster`` that address is one node of the cluster. Raises
     ValueError naming the file for an online store derm cannot write (not Redis) and for
     ``key_ttl_seconds``.
     """
@@ -105,7 +107,15 @@ def repo_config(workdir: Workdir):
     if online["type"] in (DERM_ONLINE_STORE, DERM_RETRIEVAL_STORE) or not online.get(
         "connection_string"
     ):
-        online["connection_string"] = feast_connection_string(workdir.redis_url)
+        cluster = online.get("redis_type") == "redis_cluster"
+        online["connection_string"] = feast_connection_string(workdir.redis_url, cluster)
+    if online.get("redis_type") == "redis_cluster" and re.search(
+        r"(^|,)db=", online["connection_string"]
+    ):  # redis-py's cluster client refuses `db` (even 0) only when it first connects
+        raise ValueError(
+            f"{path}: online_store.connection_string has a db= part, but a Redis Cluster "
+            "(redis_type: redis_cluster) has only database 0 and takes no db: drop it"
+        )
     if online["type"] == DERM_RETRIEVAL_STORE and not online.get("workdir"):
         online["workdir"] = str(workdir.root)  # where its Pin indexes live
     data["online_store"] = online

@@ -20,7 +20,21 @@ DAY0, DAY1 = dt.date(2024, 3, 1), dt.date(2024, 3, 2)
 def test_status_sees_an_emptied_redis_and_resync_restores_every_live_entity(
     applied_workdir, redis_url
 ):
-    wd = applied_workdir
+    check_status_and_resync(applied_workdir, redis.Redis.from_url(redis_url).flushdb)
+
+
+def test_status_and_resync_on_a_redis_cluster(cluster_workdir, redis_cluster):
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster(host="127.0.0.1", port=redis_cluster[0])
+    check_status_and_resync(
+        cluster_workdir, lambda: client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    )
+
+
+def check_status_and_resync(wd, empty_redis) -> None:
+    """Materializes 40 users then a day of 3; `empty_redis()` loses them all; status sees
+    it; replaying the day restores 3; `derm materialize --resync` all 40."""
     rng = np.random.default_rng(3)
     write_daily(wd, "ctr", "user", DAY0, daily_table(list(range(1, 41)), unit_rows(rng, 40), DAY0))
     write_daily(wd, "ctr", "user", DAY1, daily_table([1, 2, 3], unit_rows(rng, 3), DAY1))
@@ -36,7 +50,7 @@ def test_status_sees_an_emptied_redis_and_resync_restores_every_live_entity(
         ]
 
     assert found() == "40/40"
-    redis.Redis.from_url(redis_url).flushdb()  # Redis restarts without its data
+    empty_redis()  # Redis restarts without its data
     assert found() == "0/40"
     push_online(MaterializeConfig(wd, "ctr", "user", DAY1))  # the day's replay is not enough
     assert found() == "3/40"

@@ -256,6 +256,30 @@ def test_redis_killed_and_restarted_under_load_gives_503_then_recovers(served, c
     assert PASSWORD not in caplog.text + json.dumps(error)
 
 
+def test_embeddings_and_health_on_a_redis_cluster(cluster_workdir):
+    """The materializer's push, /embeddings and /health on a 3-master Redis Cluster
+    (``redis_type: redis_cluster``)."""
+    wd = cluster_workdir
+    users = materialize(wd, "user", USERS, seed=1)
+    pins = materialize(wd, "pin", PINS, seed=2)
+    build_index(IndexConfig(wd, "ctr", DAY))
+    asked = [*PINS[::7].tolist(), 1]  # 1 was never written
+    views = ["ctr_user_embedding", "ctr_pin_embedding"]
+    with LiveServer(create_app(ServeConfig(wd))) as server:
+        status, health = call(server.port, "GET", "/health")
+        assert status == 200 and health["redis"]["reachable"]
+        payload = {"user_ids": [4], "pin_ids": asked, "views": views}
+        status, body = call(server.port, "POST", "/embeddings", payload)
+    assert status == 200
+    user = body["views"]["ctr_user_embedding"]
+    assert user["found"] == [True]
+    np.testing.assert_array_equal(np.array(user["values"][0], np.float32), users[4])
+    pin = body["views"]["ctr_pin_embedding"]
+    assert pin["found"] == [True] * (len(asked) - 1) + [False]
+    expected = [pins[i] for i in asked[:-1]] + [np.zeros_like(pins[asked[0]])]
+    np.testing.assert_array_equal(np.array(pin["values"], np.float32), expected)
+
+
 def test_serve_binds_loopback_by_default():
     result = CliRunner().invoke(cli_app, ["serve", "--help"])
     assert result.exit_code == 0 and "127.0.0.1" in result.output
