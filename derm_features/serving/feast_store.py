@@ -10,10 +10,12 @@ answered by the newest faiss index that `derm index` (or `derm daily`) built, th
     )
 
 returns the top-k Pins by cos(u, p) + beta log-popularity(p) (beta: the index's fitted
-one), best first, with the requested features read from Redis and ``distance`` = minus that
-score (Feast's convention: smaller is closer). Only the query vector is used: keyword search
-and filters are refused by name, and Feast's ``distance_metric`` does not apply (the
-index's score is what derm retrieves by).
+one), with the requested features read from Redis and ``distance`` = minus that score
+(Feast's convention: smaller is closer). Rows come ordered by ``pin_id``, not by distance:
+Feast's response builder pairs documents with entity keys in sorted order, so that is the
+order in which each row keeps its own distance; sort by ``distance`` for the ranking. Only
+the query vector is used: keyword search and filters are refused by name, and Feast's
+``distance_metric`` does not apply (the index's score is what derm retrieves by).
 """
 
 from __future__ import annotations
@@ -78,15 +80,23 @@ class DermOnlineStore(DermRedisOnlineStore):
         pin_ids, scores = index.retrieve(np.asarray(embedding, np.float32)[None, :], top_k)
         found = pin_ids[0] != MISSING_PIN
         pin_ids, scores = pin_ids[0][found], scores[0][found]
+        # Feast pairs the i-th document with the i-th smallest entity key when it builds the
+        # response (feast.utils._get_unique_entities_from_values), so documents go back
+        # sorted by pin_id: each keeps its own distance; callers sort by distance
+        order = np.argsort(pin_ids, kind="stable")
+        pin_ids, scores = pin_ids[order], scores[order]
         key = join_key("pin")
         entity_keys = [
             EntityKeyProto(join_keys=[key], entity_values=[ValueProto(int64_val=int(p))])
             for p in pin_ids
         ]
-        rows = self.online_read(config, table, entity_keys, requested_features or None)
+        # a copy: Feast's Redis read appends its `_ts:<view>` field to the list it is given,
+        # and Feast builds the response's columns from the caller's list afterwards
+        rows = self.online_read(config, table, entity_keys, list(requested_features) or None)
         out = []
         for entity_key, score, (stamp, values) in zip(entity_keys, scores, rows, strict=True):
-            values = dict(values or {})
+            # only the requested features (Redis' `_ts:<view>` field is no feature)
+            values = {f: v for f, v in (values or {}).items() if not f.startswith("_ts:")}
             for feature in requested_features:  # a Pin indexed but gone from Redis since
                 values.setdefault(feature, ValueProto())
             values["distance"] = ValueProto(float_val=-float(score))

@@ -22,10 +22,14 @@ def test_feast_document_retrieval_equals_derm_retrieve(applied_workdir):
     index = build_index(IndexConfig(wd, "ctr", day1, fit_k=5))
     assert index.manifest.beta > 0  # popularity is added back: not plain cosine
     resync_online(wd, "ctr", "pin")  # the Pins' features, read back from Redis
-    user = int(world["users"][0])
     pool = read_pool(wd.pool("ctr", "user", day1), ["user_id", "embedding"])
-    row = pool["user_id"].to_pylist().index(user)
-    vector = embedding_matrix(pool["embedding"], index.dim)[row]
+    vectors = embedding_matrix(pool["embedding"], index.dim)
+    # a user whose ranking is not the Pins' id order (Feast's response builder sorts ids)
+    row = next(
+        r for r in range(len(vectors))
+        if list(top := index.retrieve(vectors[r : r + 1], 10)[0][0]) != sorted(top)
+    )  # fmt: skip
+    user, vector = pool["user_id"][row].as_py(), vectors[row]
 
     store = feature_store(wd)
     got = store.retrieve_online_documents_v2(
@@ -33,15 +37,17 @@ def test_feast_document_retrieval_equals_derm_retrieve(applied_workdir):
         query=vector.tolist(),
         top_k=10,
     ).to_dict()
+    assert sorted(got) == ["ctr_pin_embedding", "ctr_pin_model_version", "distance", "pin_id"]
 
     cli = CliRunner().invoke(
         app, ["retrieve", "--workdir", str(wd.root), "--user", str(user), "--k", "10"]
     )
     assert cli.exit_code == 0, cli.output
     lines = [line.split("\t") for line in cli.output.splitlines() if not line.startswith("#")]
-    assert got["pin_id"] == [int(pin) for pin, _ in lines]
+    ranked = sorted(zip(got["distance"], got["pin_id"], strict=True))  # smaller is closer
+    assert [pin for _, pin in ranked] == [int(pin) for pin, _ in lines]
     np.testing.assert_allclose(
-        [-d for d in got["distance"]], [float(score) for _, score in lines], atol=1e-4
+        [-d for d, _ in ranked], [float(score) for _, score in lines], atol=1e-4
     )
     pins = read_pool(wd.pool("ctr", "pin", day1), ["pin_id", "embedding"])
     by_id = dict(
