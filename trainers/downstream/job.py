@@ -68,6 +68,12 @@ class DownstreamConfig:
     weight_decay: float = 1e-4
     patience: int = 2  # validation checks without a better log loss before stopping
     embedding_l2: float | None = None  # None: the task's EMBEDDING_L2
+    dense_l2: float = 0.0  # on every other weight matrix (`system.dense_penalty`)
+    wide_l2: float = 0.0  # on the Wide & Deep term, with network.wide
+    # Fraction of the training days' rows (train and validation parts alike) the model and
+    # the baselines learn from, drawn per seed; the eval rows are always all of them. < 1
+    # mimics a downstream team with less data than the upstream models (paper 1, 4.1).
+    sample_fraction: float = 1.0
     val_checks_per_epoch: int = 1  # 4 measured no better (BENCHMARKS.md)
     resamples: int = 1000  # bootstrap replicates of the intervals
     # torch intra-op threads. 1 by default: on a shared or oversubscribed CPU, OpenMP
@@ -104,8 +110,17 @@ class DownstreamConfig:
         ):
             if value < 1:
                 raise TrainingSetError(f"{name} must be >= 1, got {value}")
-        if self.embedding_l2 is not None and not self.embedding_l2 >= 0:
-            raise TrainingSetError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
+        for name, value in (
+            ("embedding_l2", self.embedding_l2),
+            ("dense_l2", self.dense_l2),
+            ("wide_l2", self.wide_l2),
+        ):
+            if value is not None and not value >= 0:
+                raise TrainingSetError(f"{name} must be >= 0, got {value}")
+        if not 0 < self.sample_fraction <= 1:
+            raise TrainingSetError(
+                f"--sample-fraction must be in (0, 1], got {self.sample_fraction}"
+            )
 
     @property
     def table_l2(self) -> float:
@@ -159,7 +174,23 @@ def encode(cfg: DownstreamConfig, train_set: TrainingSet, eval_set: TrainingSet)
     evaluation = encode_training_set(eval_set, encoder, keys, spec.clicked_only, counts)
     train, val = time_split(train)
     dims = {k: train_set.dim(k) for k in keys}
-    return Encoded(train, val, evaluation, dims, schema, feature_cfg)
+    return sample(Encoded(train, val, evaluation, dims, schema, feature_cfg), cfg)
+
+
+def sample(enc: Encoded, cfg: DownstreamConfig) -> Encoded:
+    """enc with each train and validation row kept with probability cfg.sample_fraction
+    (a Bernoulli draw seeded by cfg.seed, so every model of one seed sees the same rows);
+    the eval rows untouched. enc itself when the fraction is 1."""
+    import torch
+
+    if cfg.sample_fraction >= 1:
+        return enc
+    generator = torch.Generator().manual_seed(7_919 * cfg.seed + 17)
+    parts = []
+    for rows in (enc.train, enc.val):
+        keep = torch.rand(len(rows["labels"]), generator=generator) < cfg.sample_fraction
+        parts.append({k: v[keep] for k, v in rows.items()})
+    return replace(enc, train=parts[0], val=parts[1])
 
 
 def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bool = True):
@@ -194,7 +225,7 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
     model.init_output_bias(priors)
     system = DownstreamSystem(
         model, spec.tasks, spec.primary, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        embedding_l2=cfg.table_l2,
+        embedding_l2=cfg.table_l2, dense_l2=cfg.dense_l2, wide_l2=cfg.wide_l2,
     )  # fmt: skip
     best = BestWeights("val_logloss")
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -321,16 +352,22 @@ def compare_downstream(
     train_set: TrainingSet | None = None,
     eval_set: TrainingSet | None = None,
     progress: bool = True,
+    encoded: Encoded | None = None,
 ) -> dict:
     """Baselines, the model without DERM and with cfg.embeddings, on the same eval rows.
 
+    `encoded`: the sets already encoded at sample fraction 1 (`encode`), reused across seeds
+    and fractions; cfg.sample_fraction is drawn from it here.
     Returns `evaluation.compare`'s dict (models: prior, pin rate, logistic regression
     [+ DERM], derm model [+ DERM]; lifts paired against the derm model without DERM) plus
     "runs": each trained model's `run_downstream` metrics.
     """
     from trainers.downstream.evaluation import compare
 
-    enc = encode(cfg, *_sets(cfg, train_set, eval_set, progress))
+    if encoded is not None:
+        enc = sample(encoded, cfg)
+    else:
+        enc = encode(cfg, *_sets(cfg, train_set, eval_set, progress))
     runs, predictions = {}, {}
     variants = [(NO_DERM, ())] + ([(WITH_DERM, cfg.embeddings)] if cfg.embeddings else [])
     for name, keys in variants:
