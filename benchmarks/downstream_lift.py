@@ -14,9 +14,22 @@
    intervals and the paired lift.
 3. Prints per seed the lift of the model with DERM over the model without, with its paired
    interval, then the mean and spread over seeds, and writes everything to
-   OUT/lift-<policy>.json and .md.
+   OUT/lift-<policy>[-f<fraction>].json and .md.
 
-The backfill is resumable: a second run with the same --out and policy reuses it.
+`--sample-fraction F` trains the downstream models and the baselines on a seeded share F
+of the training days' rows (eval rows unchanged) while the upstream models keep the whole
+log: the paper's setting, where upstream learns from far more data than each downstream
+model (paper 1, 3, 4.1).
+
+`--sweep` trains one task (`--sweep-task`) under each of several settings instead
+(`--sweep-only 'dense_l2=1e-4;wide=1,wide_l2=5.6e-5'`, keys in SETTINGS, among them the
+embedding L2 `emb_l2` and the sample `fraction`) and prints per seed the validation log
+loss (what a setting is chosen by), eval log loss and ROC-AUC without and with DERM,
+DERM's paired lift and the tuned logistic regression's paired lead, then means and spreads;
+one JSON line per setting goes to OUT/sweep-<task>.jsonl.
+
+The backfill is resumable: a second run with the same --out and policy reuses it, and each
+task's encoded sets are cached in the policy folder (encoded-<task>.pt).
 """
 
 from __future__ import annotations
@@ -333,6 +346,7 @@ def sweep(args, encoded: Encodings) -> None:
                     row[f"{other}_vs_{ref}"] = [r["roc_auc_lift_pct"], *r["roc_auc_lift_ci"]]
             row["LR"] = {"roc_auc": result["models"]["LR"]["roc_auc"],
                          "logloss": result["models"]["LR"]["logloss"]}  # fmt: skip
+            row["best_constant_logloss"] = result["best_constant_logloss"]
             rows.append(row)
             print(f"[{label}] seed {seed}: " + _seed_line(row, models, ref), flush=True)
         print(f"[{label}] {task} over {len(rows)} seeds: " + _summary(rows, models), flush=True)
@@ -350,6 +364,7 @@ def _seed_line(row: dict, models: list[str], ref: str) -> str:
     parts += [f"{k.replace('_vs_', ' vs ')} {v[0]:+.2f} % [{v[1]:+.2f}, {v[2]:+.2f}]"
               for k, v in row.items() if "_vs_" in k]  # fmt: skip
     parts.append(f"LR AUC {row['LR']['roc_auc']:.4f} eval {row['LR']['logloss']:.5f}")
+    parts.append(f"best constant eval {row['best_constant_logloss']:.5f}")
     return "; ".join(parts)
 
 

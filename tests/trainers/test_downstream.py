@@ -302,7 +302,9 @@ def test_wide_part_reads_exactly_the_logistic_regressions_sparse_inputs():
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 @torch.no_grad()
 def test_dense_and_wide_l2_add_their_own_squared_norms(tmp_path):
-    from trainers.downstream.job import DownstreamConfig
+    import dataclasses
+
+    from trainers.downstream.job import DENSE_L2, WIDE_L2, DownstreamConfig
     from trainers.downstream.system import (
         DownstreamSystem,
         dense_penalty,
@@ -334,6 +336,11 @@ def test_dense_and_wide_l2_add_their_own_squared_norms(tmp_path):
     day, after = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
     run = {"logs": tmp_path, "workdir": tmp_path, "train_start": day, "train_end": day,
            "eval_start": after, "eval_end": after}  # fmt: skip
+    ctr, cvr = (DownstreamConfig(task=t, **run) for t in ("ctr", "cvr"))
+    assert (ctr.matrix_l2, ctr.wide_part) == (DENSE_L2["ctr"], (True, WIDE_L2["ctr"]))
+    assert (cvr.matrix_l2, cvr.wide_part) == (0.0, (False, 0.0))
+    off = dataclasses.replace(ctr, dense_l2=0.0, network=NetworkConfig(wide=False))
+    assert (off.matrix_l2, off.wide_part[0]) == (0.0, False)
     for bad in ({"dense_l2": -1.0}, {"wide_l2": -1.0}, {"sample_fraction": 0.0},
                 {"sample_fraction": 1.5}):  # fmt: skip
         with pytest.raises(Exception, match=next(iter(bad)).replace("_", ".")):

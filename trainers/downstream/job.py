@@ -41,6 +41,14 @@ NO_DERM, WITH_DERM = "derm model", "derm model + DERM"
 # logistic regression's L2 at the C it picks on the demo log, 1 / (2 C n) with C = 0.1 and
 # n = 90k rows (measured in BENCHMARKS.md, "Model quality"). CVR: not measured, so none.
 EMBEDDING_L2 = {"ctr": 5.6e-5, "cvr": 0.0}
+# CTR: an L2 on every other weight matrix (`system.dense_penalty`) and a Wide & Deep term
+# over the logistic regression's sparse inputs with that regression's own L2 had the lowest
+# validation log loss of the settings swept (`benchmarks/downstream_lift.py --sweep`,
+# BENCHMARKS.md "Model quality"). CVR: no setting moved its validation log loss beyond the
+# seeds' spread, so none.
+DENSE_L2 = {"ctr": 1e-4, "cvr": 0.0}
+WIDE = {"ctr": True, "cvr": False}
+WIDE_L2 = {"ctr": 5.6e-5, "cvr": 0.0}
 
 
 def task_defaults(task: str) -> tuple[int, int]:
@@ -68,8 +76,8 @@ class DownstreamConfig:
     weight_decay: float = 1e-4
     patience: int = 2  # validation checks without a better log loss before stopping
     embedding_l2: float | None = None  # None: the task's EMBEDDING_L2
-    dense_l2: float = 0.0  # on every other weight matrix (`system.dense_penalty`)
-    wide_l2: float = 0.0  # on the Wide & Deep term, with network.wide
+    dense_l2: float | None = None  # every other weight matrix; None: the task's DENSE_L2
+    wide_l2: float | None = None  # the Wide & Deep term; None: the task's WIDE_L2
     # Fraction of the training days' rows (train and validation parts alike) the model and
     # the baselines learn from, drawn per seed; the eval rows are always all of them. < 1
     # mimics a downstream team with less data than the upstream models (paper 1, 4.1).
@@ -126,6 +134,17 @@ class DownstreamConfig:
     def table_l2(self) -> float:
         """The embedding tables' L2 weight of this run: embedding_l2, else the task's."""
         return EMBEDDING_L2[self.task] if self.embedding_l2 is None else self.embedding_l2
+
+    @property
+    def matrix_l2(self) -> float:
+        """The other weight matrices' L2 weight: dense_l2, else the task's DENSE_L2."""
+        return DENSE_L2[self.task] if self.dense_l2 is None else self.dense_l2
+
+    @property
+    def wide_part(self) -> tuple[bool, float]:
+        """(Wide & Deep term on, its L2): network.wide and wide_l2, else the task's."""
+        on = WIDE[self.task] if self.network.wide is None else self.network.wide
+        return on, WIDE_L2[self.task] if self.wide_l2 is None else self.wide_l2
 
     def training_sets(
         self, embeddings: tuple[str, ...] | None = None
@@ -211,11 +230,12 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train = select_embeddings(enc.train, enc.dims, keys)
     val = select_embeddings(enc.val, enc.dims, keys)
+    wide, wide_l2 = cfg.wide_part
     model = MODELS[cfg.task](
         tower_layout(enc.schema, enc.feature_cfg),
         [enc.dims[k] for k in keys],
         spec.tasks,
-        cfg.network,
+        replace(cfg.network, wide=wide),
         num_counts=train["counts"].shape[1],
         num_scores=train["derm_score"].shape[1],
     )
@@ -225,7 +245,7 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
     model.init_output_bias(priors)
     system = DownstreamSystem(
         model, spec.tasks, spec.primary, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        embedding_l2=cfg.table_l2, dense_l2=cfg.dense_l2, wide_l2=cfg.wide_l2,
+        embedding_l2=cfg.table_l2, dense_l2=cfg.matrix_l2, wide_l2=wide_l2,
     )  # fmt: skip
     best = BestWeights("val_logloss")
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -17,7 +17,8 @@ Transformer encoder), so both models see the same inputs as the upstream towers,
 the DERM embeddings' own knowledge.
 
     CTRModel  concat(tokens, DERM block) -> MMoE of low-rank DCNv2 experts -> one MLP tower
-              per task (click, conversion)
+              per task (click, conversion), plus by default a wide linear term over the
+              hashed sparse inputs (`WideLinear`, Wide & Deep; Cheng et al. 2016)
     CVRModel  tokens + DERM tokens -> DHEN -> one MLP head per task (conversion)
 
 The DERM block (`DermInputs`) is the embeddings and their presence flags, optionally
@@ -55,8 +56,9 @@ class NetworkConfig:
     count_features: bool = True  # the point-in-time counts of counts.py
     projection_dim: int | None = None  # appendix D.1; None feeds the embeddings as they are
     # Wide & Deep: a linear term per task over the logistic regression's sparse inputs
-    # (`WideLinear`), added to the deep logit; its L2 is `DownstreamConfig.wide_l2`.
-    wide: bool = False
+    # (`WideLinear`), added to the deep logit; its L2 is `DownstreamConfig.wide_l2`. None:
+    # the task's default (`job.WIDE`: on for ctr); the models read None as off.
+    wide: bool | None = None
     # CTR: mixture of low-rank DCNv2 experts
     num_experts: int = 3
     cross_layers: int = 2
