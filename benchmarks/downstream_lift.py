@@ -321,7 +321,7 @@ def sweep(args, encoded: Encodings) -> None:
     lr_cache: dict = {}
     for setting in settings:
         label = ",".join(f"{k}={v:g}" for k, v in setting.items()) or "defaults"
-        rows = []
+        rows, seed_preds = [], {}
         for seed in range(args.seeds):
             cfg = configure(encoded.config(task, seed=seed, epochs=epochs, batch_size=batch,
                                            threads=args.threads), setting)  # fmt: skip
@@ -340,6 +340,8 @@ def sweep(args, encoded: Encodings) -> None:
                               "train_rows": info["train_rows"]}  # fmt: skip
             ref = models[0]
             result = compare(labels, preds, reference=ref, resamples=1000, seed=seed)
+            for model in models:
+                row[model]["roc_auc_ci"] = result["models"][model]["roc_auc_ci"]
             for other in preds:
                 if other != ref:
                     r = result["models"][other]
@@ -348,11 +350,36 @@ def sweep(args, encoded: Encodings) -> None:
                          "logloss": result["models"]["LR"]["logloss"]}  # fmt: skip
             row["best_constant_logloss"] = result["best_constant_logloss"]
             rows.append(row)
+            seed_preds.update({(m, seed): p for m, p in preds.items()})
             print(f"[{label}] seed {seed}: " + _seed_line(row, models, ref), flush=True)
-        print(f"[{label}] {task} over {len(rows)} seeds: " + _summary(rows, models), flush=True)
+        pooled = seed_mean_intervals(labels, seed_preds, ref, args.seeds)
+        print(f"[{label}] {task} over {len(rows)} seeds: " + _summary(rows, models) + "; "
+              + "; ".join(f"{k} seed-mean {v[0]:+.2f} % [{v[1]:+.2f}, {v[2]:+.2f}]"
+                          for k, v in pooled.items()), flush=True)  # fmt: skip
         with open(args.out / f"sweep-{task}.jsonl", "a") as f:
-            f.write(json.dumps({"setting": setting, "policy": policy_name(args), "seeds": rows},
-                               default=float) + "\n")  # fmt: skip
+            f.write(json.dumps({"setting": setting, "policy": policy_name(args), "seeds": rows,
+                                "seed_mean": pooled}, default=float) + "\n")  # fmt: skip
+
+
+def seed_mean_intervals(labels, preds: dict, ref: str, seeds: int) -> dict[str, list[float]]:
+    """ROC-AUC lift % over `ref` of each other model, averaged over seeds, with the 95 %
+    paired-bootstrap interval of that seed mean (every seed scores the same eval rows, so one
+    replicate weights the rows of every run alike, as `derm experiment` does).
+    preds: (model, seed) -> [n] probabilities. Returns "<model> vs <ref>" -> [mean, lo, hi]."""
+    import numpy as np
+
+    from trainers.downstream.evaluation import bootstrap, interval, point_metrics
+
+    reps = bootstrap(labels, {f"{m}/{s}": p for (m, s), p in preds.items()}, 1000)
+    out = {}
+    for model in sorted({m for m, _ in preds} - {ref}):
+        point = [100.0 * (point_metrics(labels, preds[(model, s)])["roc_auc"]
+                          / point_metrics(labels, preds[(ref, s)])["roc_auc"] - 1.0)
+                 for s in range(seeds)]  # fmt: skip
+        paired = np.mean([100.0 * (reps[f"{model}/{s}"]["roc_auc"] / reps[f"{ref}/{s}"]["roc_auc"]
+                                   - 1.0) for s in range(seeds)], axis=0)  # fmt: skip
+        out[f"{model} vs {ref}"] = [statistics.fmean(point), *interval(paired)]
+    return out
 
 
 def _seed_line(row: dict, models: list[str], ref: str) -> str:
