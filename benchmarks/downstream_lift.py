@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="Settings instead of SWEEP, separated by ';': each comma-separated key=value "
         f"with keys {', '.join(SETTINGS)} (e.g. 'dense_l2=1e-4;wide=1,wide_l2=1e-4'); the "
-        "old 'dropout:wd:lr' form is read too. Unset keys keep the defaults.",
+        "old 'dropout:wd:lr' form is read too; 'defaults' is a setting too. Unset keys keep the "
+        "defaults.",
     )
     parser.add_argument(
         "--sweep-models",
@@ -271,12 +272,15 @@ SWEEP = (
 
 
 def parse_settings(text: str) -> list[dict[str, float]]:
-    """'k=v,k=v;k=v' (or the old 'dropout:wd:lr,...') -> one dict per setting."""
+    """'k=v,k=v;defaults;k=v' (or the old 'dropout:wd:lr,...') -> one dict per setting."""
     if text and "=" not in text:
         return [dict(zip(("dropout", "wd", "lr"), map(float, v.split(":")), strict=True))
                 for v in text.split(",") if v]  # fmt: skip
     out = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
+        if part == "defaults":  # the task's defaults as they are
+            out.append({})
+            continue
         setting = {}
         for item in part.split(","):
             key, _, value = item.partition("=")
