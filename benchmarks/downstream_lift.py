@@ -14,9 +14,22 @@
    intervals and the paired lift.
 3. Prints per seed the lift of the model with DERM over the model without, with its paired
    interval, then the mean and spread over seeds, and writes everything to
-   OUT/lift-<policy>.json and .md.
+   OUT/lift-<policy>[-f<fraction>].json and .md.
 
-The backfill is resumable: a second run with the same --out and policy reuses it.
+`--sample-fraction F` trains the downstream models and the baselines on a seeded share F
+of the training days' rows (eval rows unchanged) while the upstream models keep the whole
+log: the paper's setting, where upstream learns from far more data than each downstream
+model (paper 1, 3, 4.1).
+
+`--sweep` trains one task (`--sweep-task`) under each of several settings instead
+(`--sweep-only 'dense_l2=1e-4;wide=1,wide_l2=5.6e-5'`, keys in SETTINGS, among them the
+embedding L2 `emb_l2` and the sample `fraction`) and prints per seed the validation log
+loss (what a setting is chosen by), eval log loss and ROC-AUC without and with DERM,
+DERM's paired lift and the tuned logistic regression's paired lead, then means and spreads;
+one JSON line per setting goes to OUT/sweep-<task>.jsonl.
+
+The backfill is resumable: a second run with the same --out and policy reuses it, and each
+task's encoded sets are cached in the policy folder (encoded-<task>.pt).
 """
 
 from __future__ import annotations
@@ -90,26 +103,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default="ctr,cvr")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--sample-fraction",
+        type=float,
+        default=1.0,
+        help="Downstream sample fraction: the share of the training days' rows the downstream "
+        "models and the baselines learn from, drawn per seed (eval rows unchanged; the upstream "
+        "models keep the whole log).",
+    )
+    parser.add_argument(
         "--sweep",
         action="store_true",
-        help="Instead of the comparison: downstream dropout x weight decay on the ctr task "
-        "(validation and eval log loss, eval ROC-AUC; without and with DERM; --seeds seeds).",
+        help="Instead of the comparison: a sweep of downstream settings on one task (SWEEP, or "
+        "--sweep-only), over training sets encoded once; per seed the validation log loss, "
+        "eval log loss and ROC-AUC without and with DERM, the paired lift and the tuned "
+        "logistic regression beside them.",
     )
-    parser.add_argument("--sweep-only", default="", help="dropout:wd:lr,... instead of SWEEP")
+    parser.add_argument("--sweep-task", default="ctr", help="The task the sweep trains.")
+    parser.add_argument(
+        "--sweep-only",
+        default="",
+        help="Settings instead of SWEEP, separated by ';': each comma-separated key=value "
+        f"with keys {', '.join(SETTINGS)} (e.g. 'dense_l2=1e-4;wide=1,wide_l2=1e-4'); the "
+        "old 'dropout:wd:lr' form is read too; 'defaults' is a setting too. Unset keys keep the "
+        "defaults.",
+    )
+    parser.add_argument(
+        "--sweep-models",
+        default="none,derm",
+        help="Which of the model without DERM (none) and with it (derm) each setting trains.",
+    )
     args = parser.parse_args(argv)
 
     from derm_features.core.workdir import Workdir
     from derm_features.feast.repo import apply
     from derm_features.synthetic import GenerateConfig, generate_logs
     from trainers.downstream.evaluation import markdown
-    from trainers.downstream.job import (
-        NO_DERM,
-        WITH_DERM,
-        DownstreamConfig,
-        compare_downstream,
-        task_defaults,
-    )
-    from trainers.downstream.training_set import TrainingSetConfig, build_training_set
+    from trainers.downstream.job import NO_DERM, WITH_DERM, compare_downstream, task_defaults
 
     logs = args.logs
     if logs is None:
@@ -128,27 +157,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"policy {name}: backfill {seconds:.0f} s; upstream held-out ROC-AUC {upstream}")
 
     end = START + dt.timedelta(days=args.days - 1)
-    train_start, train_end = START + dt.timedelta(days=7), end - dt.timedelta(days=2)
-    eval_start = end - dt.timedelta(days=1)
-    sets = [
-        build_training_set(TrainingSetConfig(logs, workdir.root, a, b, ALL))
-        for a, b in ((train_start, train_end), (eval_start, end))
-    ]
+    # train days 8-12 (12 validates), eval 13-14 on the demo's 14
+    days = (START + dt.timedelta(days=7), end - dt.timedelta(days=2), end - dt.timedelta(days=1),
+            end)  # fmt: skip
+    encoded = Encodings(logs, workdir, days)
     if args.sweep:
-        sweep(args, logs, workdir, sets, (train_start, train_end, eval_start, end))
+        sweep(args, encoded)
         return
-    results = {"policy": name, "backfill_s": seconds, "upstream_roc_auc": upstream, "tasks": {}}
+    fraction = args.sample_fraction
+    if fraction != 1:
+        name += f"-f{fraction:g}"
+    results = {"policy": name, "backfill_s": seconds, "upstream_roc_auc": upstream,
+               "sample_fraction": fraction, "tasks": {}}  # fmt: skip
     tables = []
     for task in args.tasks.split(","):
         epochs, batch = task_defaults(task)
         per_seed = []
         for seed in range(args.seeds):
-            cfg = DownstreamConfig(
-                task=task, logs=logs, workdir=workdir.root, train_start=train_start,
-                train_end=train_end, eval_start=eval_start, eval_end=end, embeddings=ALL,
-                seed=seed, epochs=epochs, batch_size=batch,
-            )  # fmt: skip
-            result = compare_downstream(cfg, *sets, progress=False)
+            cfg = encoded.config(task, seed=seed, epochs=epochs, batch_size=batch,
+                                 sample_fraction=fraction)  # fmt: skip
+            result = compare_downstream(cfg, progress=False, encoded=encoded.get(task))
             per_seed.append(result)
             tables.append(markdown(result, f"{task}, seed {seed}, upstream policy {name}"))
             m = result["models"]
@@ -159,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"[{d['roc_auc_lift_ci'][0]:+.2f}, {d['roc_auc_lift_ci'][1]:+.2f}]; "
                 f"LR {m['logistic regression']['roc_auc']:.4f}; log loss {d['logloss']:.4f} "
                 f"(best constant {result['best_constant_logloss']:.4f}); positives "
-                f"{result['eval_positives']}",
+                f"{result['eval_positives']}; train rows {result['runs'][NO_DERM]['train_rows']}",
                 flush=True,
             )
         lifts = [r["models"][WITH_DERM]["roc_auc_lift_pct"] for r in per_seed]
@@ -175,6 +203,67 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"lift-{name}.md").write_text("\n".join(tables))
 
 
+class Encodings:
+    """Each task's training and eval sets, built from Feast and encoded once (at sample
+    fraction 1), cached in the policy folder as encoded-<task>.pt so that later runs of the
+    same --out (sweeps, other fractions) skip the point-in-time joins and the encoding."""
+
+    def __init__(self, logs: Path, workdir, days: tuple[dt.date, ...]) -> None:
+        self.logs, self.workdir, self.days = logs, workdir, days
+        self._sets = None
+        self._encoded: dict = {}
+
+    def config(self, task: str, **kw):
+        from trainers.downstream.job import DownstreamConfig
+
+        train_start, train_end, eval_start, end = self.days
+        return DownstreamConfig(
+            task=task, logs=self.logs, workdir=self.workdir.root, train_start=train_start,
+            train_end=train_end, eval_start=eval_start, eval_end=end, embeddings=ALL, **kw,
+        )  # fmt: skip
+
+    def get(self, task: str):
+        import torch
+
+        from trainers.downstream.job import encode
+        from trainers.downstream.training_set import TrainingSetConfig, build_training_set
+
+        if task in self._encoded:
+            return self._encoded[task]
+        cfg = self.config(task)
+        # what the encoding depends on besides the backfill: the days and the input features
+        key = repr((self.days, cfg.network.feature_config(("x",)), cfg.network.count_features))
+        path = self.workdir.root / f"encoded-{task}.pt"
+        if path.exists():
+            saved = torch.load(path, weights_only=False)
+            if saved["key"] == key:
+                self._encoded[task] = saved["encoded"]
+                return saved["encoded"]
+        if self._sets is None:
+            train_start, train_end, eval_start, end = self.days
+            self._sets = [
+                build_training_set(TrainingSetConfig(self.logs, self.workdir.root, a, b, ALL))
+                for a, b in ((train_start, train_end), (eval_start, end))
+            ]
+        enc = encode(cfg, *self._sets)
+        torch.save({"key": key, "encoded": enc}, path)
+        self._encoded[task] = enc
+        return enc
+
+
+# Settings a sweep may set: key -> (where, field); "network" fields go to NetworkConfig.
+SETTINGS = {
+    "dropout": ("network", "dropout"),
+    "wide": ("network", "wide"),
+    "wd": ("run", "weight_decay"),
+    "lr": ("run", "lr"),
+    "emb_l2": ("run", "embedding_l2"),
+    "dense_l2": ("run", "dense_l2"),
+    "wide_l2": ("run", "wide_l2"),
+    "fraction": ("run", "sample_fraction"),
+    "patience": ("run", "patience"),
+    "batch": ("run", "batch_size"),
+}
 # (dropout, weight decay, learning rate); the first is the old default, the second today's
 SWEEP = (
     (0.0, 1e-5, 2e-3), (0.1, 1e-4, 2e-3), (0.3, 1e-4, 2e-3), (0.1, 1e-3, 2e-3),
@@ -182,40 +271,149 @@ SWEEP = (
 )  # fmt: skip
 
 
-def sweep(args, logs, workdir, sets, days) -> None:
-    """Dropout x weight decay of the ctr model, encoded once; one line per setting."""
+def parse_settings(text: str) -> list[dict[str, float]]:
+    """'k=v,k=v;defaults;k=v' (or the old 'dropout:wd:lr,...') -> one dict per setting."""
+    if text and "=" not in text:
+        return [dict(zip(("dropout", "wd", "lr"), map(float, v.split(":")), strict=True))
+                for v in text.split(",") if v]  # fmt: skip
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        if part == "defaults":  # the task's defaults as they are
+            out.append({})
+            continue
+        setting = {}
+        for item in part.split(","):
+            key, _, value = item.partition("=")
+            if key.strip() not in SETTINGS:
+                raise SystemExit(f"--sweep-only: unknown key {key!r}; known: {list(SETTINGS)}")
+            setting[key.strip()] = float(value)
+        out.append(setting)
+    return out
+
+
+def configure(base, setting: dict[str, float]):
+    """base DownstreamConfig with `setting` applied (`SETTINGS`)."""
     from dataclasses import replace
 
-    from trainers.downstream.evaluation import point_metrics
-    from trainers.downstream.job import DownstreamConfig, encode, fit, predict
-    from trainers.downstream.models import NetworkConfig
+    run, network = {}, {}
+    for key, value in setting.items():
+        where, field = SETTINGS[key]
+        if field in ("wide",):
+            value = bool(value)
+        elif field in ("patience", "batch_size"):
+            value = int(value)
+        (network if where == "network" else run)[field] = value
+    return replace(base, network=replace(base.network, **network), **run)
 
-    train_start, train_end, eval_start, end = days
-    base = DownstreamConfig(
-        task="ctr", logs=logs, workdir=workdir.root, train_start=train_start,
-        train_end=train_end, eval_start=eval_start, eval_end=end, embeddings=ALL,
-    )  # fmt: skip
-    enc = encode(base, *sets)
-    only = [tuple(float(x) for x in v.split(":")) for v in args.sweep_only.split(",") if v]
-    for dropout, wd, lr in only or SWEEP:
-        for keys in ((), ALL):
-            vals, evals = [], []
-            for seed in range(args.seeds):
-                cfg = replace(base, seed=seed, weight_decay=wd, lr=lr,
-                              network=NetworkConfig(dropout=dropout))  # fmt: skip
-                system, info = fit(cfg, enc, keys, progress=False)
-                labels, probs = predict(cfg, system, enc, keys)
-                vals.append(info["val_logloss"])
-                evals.append({**point_metrics(labels, probs), "epoch": info["best_epoch"]})
-            print(
-                f"dropout {dropout} wd {wd:g} lr {lr:g} {'DERM' if keys else 'none'}: val logloss "
-                f"{statistics.fmean(vals):.5f}; eval logloss "
-                f"{statistics.fmean(e['logloss'] for e in evals):.5f}, ROC-AUC "
-                f"{statistics.fmean(e['roc_auc'] for e in evals):.4f} ± "
-                f"{statistics.pstdev(e['roc_auc'] for e in evals):.4f}; best epochs "
-                f"{[e['epoch'] for e in evals]}",
-                flush=True,
-            )
+
+def sweep(args, encoded: Encodings) -> None:
+    """Downstream settings on one task over sets encoded once: per setting and seed, the
+    validation log loss (what chooses), the eval log loss and ROC-AUC without and with
+    DERM, DERM's paired lift and the no-DERM model's paired difference from the tuned
+    logistic regression (on the same sampled rows); then the means and spreads over seeds.
+    One JSON line per setting is appended to OUT/sweep-<task>.jsonl."""
+    from trainers.downstream.evaluation import compare, point_metrics
+    from trainers.downstream.job import fit, predict, sample, score_baselines, task_defaults
+
+    task = args.sweep_task
+    epochs, batch = task_defaults(task)
+    enc = encoded.get(task)
+    settings = parse_settings(args.sweep_only) or [
+        dict(zip(("dropout", "wd", "lr"), v, strict=True)) for v in SWEEP
+    ]
+    models = [m for m in args.sweep_models.split(",") if m]
+    lr_cache: dict = {}
+    for setting in settings:
+        label = ",".join(f"{k}={v:g}" for k, v in setting.items()) or "defaults"
+        rows, seed_preds = [], {}
+        for seed in range(args.seeds):
+            cfg = configure(encoded.config(task, seed=seed, epochs=epochs, batch_size=batch,
+                                           threads=args.threads), setting)  # fmt: skip
+            part = sample(enc, cfg)
+            # the regression depends on the rows only: once per drawn sample
+            lr_key = (cfg.sample_fraction, seed if cfg.sample_fraction < 1 else 0)
+            if lr_key not in lr_cache:
+                lr_cache[lr_key] = score_baselines(cfg, part, [()])["logistic regression"]
+            preds, row = {"LR": lr_cache[lr_key]}, {"seed": seed}
+            for model in models:
+                keys = ALL if model == "derm" else ()
+                system, info = fit(cfg, part, keys, progress=False)
+                labels, preds[model] = predict(cfg, system, part, keys)
+                row[model] = {**point_metrics(labels, preds[model]),
+                              "val_logloss": info["val_logloss"], "epoch": info["best_epoch"],
+                              "train_rows": info["train_rows"]}  # fmt: skip
+            ref = models[0]
+            result = compare(labels, preds, reference=ref, resamples=1000, seed=seed)
+            for model in models:
+                row[model]["roc_auc_ci"] = result["models"][model]["roc_auc_ci"]
+            for other in preds:
+                if other != ref:
+                    r = result["models"][other]
+                    row[f"{other}_vs_{ref}"] = [r["roc_auc_lift_pct"], *r["roc_auc_lift_ci"]]
+            row["LR"] = {"roc_auc": result["models"]["LR"]["roc_auc"],
+                         "logloss": result["models"]["LR"]["logloss"]}  # fmt: skip
+            row["best_constant_logloss"] = result["best_constant_logloss"]
+            rows.append(row)
+            seed_preds.update({(m, seed): p for m, p in preds.items()})
+            print(f"[{label}] seed {seed}: " + _seed_line(row, models, ref), flush=True)
+        pooled = seed_mean_intervals(labels, seed_preds, ref, args.seeds)
+        print(f"[{label}] {task} over {len(rows)} seeds: " + _summary(rows, models) + "; "
+              + "; ".join(f"{k} seed-mean {v[0]:+.2f} % [{v[1]:+.2f}, {v[2]:+.2f}]"
+                          for k, v in pooled.items()), flush=True)  # fmt: skip
+        with open(args.out / f"sweep-{task}.jsonl", "a") as f:
+            f.write(json.dumps({"setting": setting, "policy": policy_name(args), "seeds": rows,
+                                "seed_mean": pooled}, default=float) + "\n")  # fmt: skip
+
+
+def seed_mean_intervals(labels, preds: dict, ref: str, seeds: int) -> dict[str, list[float]]:
+    """ROC-AUC lift % over `ref` of each other model, averaged over seeds, with the 95 %
+    paired-bootstrap interval of that seed mean (every seed scores the same eval rows, so one
+    replicate weights the rows of every run alike, as `derm experiment` does).
+    preds: (model, seed) -> [n] probabilities. Returns "<model> vs <ref>" -> [mean, lo, hi]."""
+    import numpy as np
+
+    from trainers.downstream.evaluation import bootstrap, interval, point_metrics
+
+    reps = bootstrap(labels, {f"{m}/{s}": p for (m, s), p in preds.items()}, 1000)
+    out = {}
+    for model in sorted({m for m, _ in preds} - {ref}):
+        point = [100.0 * (point_metrics(labels, preds[(model, s)])["roc_auc"]
+                          / point_metrics(labels, preds[(ref, s)])["roc_auc"] - 1.0)
+                 for s in range(seeds)]  # fmt: skip
+        paired = np.mean([100.0 * (reps[f"{model}/{s}"]["roc_auc"] / reps[f"{ref}/{s}"]["roc_auc"]
+                                   - 1.0) for s in range(seeds)], axis=0)  # fmt: skip
+        out[f"{model} vs {ref}"] = [statistics.fmean(point), *interval(paired)]
+    return out
+
+
+def _seed_line(row: dict, models: list[str], ref: str) -> str:
+    parts = [
+        f"{m} val {row[m]['val_logloss']:.5f} eval {row[m]['logloss']:.5f} "
+        f"AUC {row[m]['roc_auc']:.4f} (epoch {row[m]['epoch']}, {row[m]['train_rows']} rows)"
+        for m in models
+    ]
+    parts += [f"{k.replace('_vs_', ' vs ')} {v[0]:+.2f} % [{v[1]:+.2f}, {v[2]:+.2f}]"
+              for k, v in row.items() if "_vs_" in k]  # fmt: skip
+    parts.append(f"LR AUC {row['LR']['roc_auc']:.4f} eval {row['LR']['logloss']:.5f}")
+    parts.append(f"best constant eval {row['best_constant_logloss']:.5f}")
+    return "; ".join(parts)
+
+
+def _summary(rows: list[dict], models: list[str]) -> str:
+    def ms(values) -> str:
+        values = list(values)
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.5g} ± {sd:.2g}"
+
+    parts = [
+        f"{m} val {ms(r[m]['val_logloss'] for r in rows)}, "
+        f"eval {ms(r[m]['logloss'] for r in rows)}, AUC {ms(r[m]['roc_auc'] for r in rows)}"
+        for m in models
+    ]
+    if "derm_vs_none" in rows[0]:
+        parts.append(f"DERM lift {ms(r['derm_vs_none'][0] for r in rows)} %")
+    parts.append(f"LR AUC {ms(r['LR']['roc_auc'] for r in rows)}")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

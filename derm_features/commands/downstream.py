@@ -84,6 +84,14 @@ def downstream_cmd(
         bool,
         typer.Option(help="Point-in-time impression/click/conversion counts per user and Pin."),
     ] = True,
+    sample_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Train the models and baselines on this seeded share of the training days' "
+            "rows (eval rows unchanged): a downstream model with less data than the upstream "
+            "ones, as in the paper."
+        ),
+    ] = 1.0,
 ) -> None:
     """Train a downstream CTR or CVR model on point-in-time-correct Feast training sets.
 
@@ -130,6 +138,7 @@ def downstream_cmd(
             epochs=epochs or default_epochs,
             batch_size=batch_size or default_batch,
             patience=patience,
+            sample_fraction=sample_fraction,
             network=NetworkConfig(
                 projection_dim=projection_dim,
                 id_features=id_features,

@@ -279,3 +279,91 @@ def test_embedding_l2_adds_the_tables_squared_norm_to_the_training_loss(tmp_path
     assert DownstreamConfig(task="ctr", embedding_l2=0.0, **run).table_l2 == 0.0
     with pytest.raises(Exception, match="embedding_l2"):
         DownstreamConfig(task="ctr", embedding_l2=-1.0, **run)
+
+
+@torch.no_grad()
+def test_wide_part_reads_exactly_the_logistic_regressions_sparse_inputs():
+    from trainers.downstream.baselines import design_matrix
+    from trainers.downstream.models import WideLinear
+
+    cfg = NetworkConfig(token_dim=4, num_buckets=1024, seq_len=10)
+    batch = fake_batch(6, [], cfg)
+    n = 6
+    batch.update(labels=torch.zeros(n, 1), counts=torch.zeros(n, 0), derm_score=torch.zeros(n, 0))
+    wide = WideLinear(cfg.num_buckets, 1)
+    assert torch.equal(wide(batch), torch.zeros(n, 1))  # starts as a fresh regression
+    w = torch.randn(cfg.num_buckets, generator=torch.Generator().manual_seed(1))
+    wide.weight.weight.copy_(w[:, None])
+    x, _ = design_matrix(batch, cfg.num_buckets)
+    sparse = x[:, : cfg.num_buckets].toarray()  # the one-hot and sequence-bag columns
+    np.testing.assert_allclose(wide(batch)[:, 0].numpy(), sparse @ w.numpy(), rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@torch.no_grad()
+def test_dense_and_wide_l2_add_their_own_squared_norms(tmp_path):
+    import dataclasses
+
+    from trainers.downstream.job import DENSE_L2, WIDE_L2, DownstreamConfig
+    from trainers.downstream.system import (
+        DownstreamSystem,
+        dense_penalty,
+        embedding_penalty,
+        masked_bce,
+        wide_penalty,
+    )
+
+    cfg = NetworkConfig(token_dim=4, num_buckets=64, seq_len=8, num_experts=1, cross_rank=2,
+                        wide=True)  # fmt: skip
+    model = CTRModel(tower_layout(SCHEMA, cfg.feature_config(("click",))), [], ("click",), cfg)
+    model.wide.weight.weight.fill_(0.5)
+    batch = fake_batch(16, [], cfg)
+    batch["labels"] = (torch.arange(16) % 4 == 0).float()[:, None]
+    batch["label_mask"] = torch.ones(16, 1, dtype=torch.bool)
+    matrices = [p for n, p in model.named_parameters()
+                if p.ndim >= 2 and not n.startswith(("features.embedding.", "wide."))]  # fmt: skip
+    dense = sum(float(p.pow(2).sum()) for p in matrices)
+    assert float(dense_penalty(model)) == pytest.approx(dense, rel=1e-5)
+    assert float(wide_penalty(model)) == pytest.approx(64 * 0.25)
+    # each penalty sees only its own weights
+    table = float(model.features.embedding.table.weight.pow(2).sum())
+    assert float(embedding_penalty(model)) == pytest.approx(table, rel=1e-5)
+    bce = float(masked_bce(model.eval()(batch), batch["labels"], batch["label_mask"]))
+    system = DownstreamSystem(model, ("click",), "click", dense_l2=0.1, wide_l2=0.01).eval()
+    assert float(system.training_step(batch, 0)) == pytest.approx(
+        bce + 0.1 * dense + 0.01 * 16.0, rel=1e-5
+    )
+    day, after = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+    run = {"logs": tmp_path, "workdir": tmp_path, "train_start": day, "train_end": day,
+           "eval_start": after, "eval_end": after}  # fmt: skip
+    ctr, cvr = (DownstreamConfig(task=t, **run) for t in ("ctr", "cvr"))
+    assert (ctr.matrix_l2, ctr.wide_part) == (DENSE_L2["ctr"], (True, WIDE_L2["ctr"]))
+    assert (cvr.matrix_l2, cvr.wide_part) == (0.0, (False, 0.0))
+    off = dataclasses.replace(ctr, dense_l2=0.0, network=NetworkConfig(wide=False))
+    assert (off.matrix_l2, off.wide_part[0]) == (0.0, False)
+    for bad in ({"dense_l2": -1.0}, {"wide_l2": -1.0}, {"sample_fraction": 0.0},
+                {"sample_fraction": 1.5}):  # fmt: skip
+        with pytest.raises(Exception, match=next(iter(bad)).replace("_", ".")):
+            DownstreamConfig(task="ctr", **run, **bad)
+
+
+def test_sample_fraction_draws_train_and_validation_rows_per_seed(tmp_path):
+    from trainers.downstream.job import DownstreamConfig, Encoded, sample
+
+    def rows(n: int) -> dict[str, torch.Tensor]:
+        return {"labels": torch.arange(n).float()[:, None], "ts": torch.arange(n)}
+
+    enc = Encoded(rows(10_000), rows(2_000), rows(500), {}, SCHEMA, None)
+    day, after = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+    run = {"task": "ctr", "logs": tmp_path, "workdir": tmp_path, "train_start": day,
+           "train_end": day, "eval_start": after, "eval_end": after}  # fmt: skip
+    assert sample(enc, DownstreamConfig(**run)) is enc
+    part = sample(enc, DownstreamConfig(**run, sample_fraction=0.3, seed=1))
+    assert 2_700 < len(part.train["labels"]) < 3_300 and 500 < len(part.val["labels"]) < 700
+    assert part.eval is enc.eval  # eval rows never sampled
+    # rows stay aligned across tensors; the same seed draws the same rows, another seed others
+    assert torch.equal(part.train["labels"][:, 0].long(), part.train["ts"])
+    again = sample(enc, DownstreamConfig(**run, sample_fraction=0.3, seed=1))
+    other = sample(enc, DownstreamConfig(**run, sample_fraction=0.3, seed=2))
+    assert torch.equal(again.train["ts"], part.train["ts"])
+    assert not torch.equal(other.train["ts"][:100], part.train["ts"][:100])

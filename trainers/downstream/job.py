@@ -39,8 +39,17 @@ NO_DERM, WITH_DERM = "derm model", "derm model + DERM"
 # L2 weight on the hashed embedding tables per task (`system.embedding_penalty`): without
 # it rare ids keep their random start and early stopping ends at the first epoch. CTR: the
 # logistic regression's L2 at the C it picks on the demo log, 1 / (2 C n) with C = 0.1 and
-# n = 90k rows (measured in BENCHMARKS.md, "Model quality"). CVR: not measured, so none.
+# n = 90k rows (measured in BENCHMARKS.md, "Model quality"). CVR: 0, 1e-3 and 1e-2 gave the
+# same validation log loss within the seeds' spread, so none.
 EMBEDDING_L2 = {"ctr": 5.6e-5, "cvr": 0.0}
+# CTR: an L2 on every other weight matrix (`system.dense_penalty`) and a Wide & Deep term
+# over the logistic regression's sparse inputs with that regression's own L2 had the lowest
+# validation log loss of the settings swept (`benchmarks/downstream_lift.py --sweep`,
+# BENCHMARKS.md "Model quality"). CVR: no setting moved its validation log loss beyond the
+# seeds' spread, so none.
+DENSE_L2 = {"ctr": 1e-4, "cvr": 0.0}
+WIDE = {"ctr": True, "cvr": False}
+WIDE_L2 = {"ctr": 5.6e-5, "cvr": 0.0}
 
 
 def task_defaults(task: str) -> tuple[int, int]:
@@ -68,6 +77,12 @@ class DownstreamConfig:
     weight_decay: float = 1e-4
     patience: int = 2  # validation checks without a better log loss before stopping
     embedding_l2: float | None = None  # None: the task's EMBEDDING_L2
+    dense_l2: float | None = None  # every other weight matrix; None: the task's DENSE_L2
+    wide_l2: float | None = None  # the Wide & Deep term; None: the task's WIDE_L2
+    # Fraction of the training days' rows (train and validation parts alike) the model and
+    # the baselines learn from, drawn per seed; the eval rows are always all of them. < 1
+    # mimics a downstream team with less data than the upstream models (paper 1, 4.1).
+    sample_fraction: float = 1.0
     val_checks_per_epoch: int = 1  # 4 measured no better (BENCHMARKS.md)
     resamples: int = 1000  # bootstrap replicates of the intervals
     # torch intra-op threads. 1 by default: on a shared or oversubscribed CPU, OpenMP
@@ -104,13 +119,33 @@ class DownstreamConfig:
         ):
             if value < 1:
                 raise TrainingSetError(f"{name} must be >= 1, got {value}")
-        if self.embedding_l2 is not None and not self.embedding_l2 >= 0:
-            raise TrainingSetError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
+        for name, value in (
+            ("embedding_l2", self.embedding_l2),
+            ("dense_l2", self.dense_l2),
+            ("wide_l2", self.wide_l2),
+        ):
+            if value is not None and not value >= 0:
+                raise TrainingSetError(f"{name} must be >= 0, got {value}")
+        if not 0 < self.sample_fraction <= 1:
+            raise TrainingSetError(
+                f"--sample-fraction must be in (0, 1], got {self.sample_fraction}"
+            )
 
     @property
     def table_l2(self) -> float:
         """The embedding tables' L2 weight of this run: embedding_l2, else the task's."""
         return EMBEDDING_L2[self.task] if self.embedding_l2 is None else self.embedding_l2
+
+    @property
+    def matrix_l2(self) -> float:
+        """The other weight matrices' L2 weight: dense_l2, else the task's DENSE_L2."""
+        return DENSE_L2[self.task] if self.dense_l2 is None else self.dense_l2
+
+    @property
+    def wide_part(self) -> tuple[bool, float]:
+        """(Wide & Deep term on, its L2): network.wide and wide_l2, else the task's."""
+        on = WIDE[self.task] if self.network.wide is None else self.network.wide
+        return on, WIDE_L2[self.task] if self.wide_l2 is None else self.wide_l2
 
     def training_sets(
         self, embeddings: tuple[str, ...] | None = None
@@ -159,7 +194,23 @@ def encode(cfg: DownstreamConfig, train_set: TrainingSet, eval_set: TrainingSet)
     evaluation = encode_training_set(eval_set, encoder, keys, spec.clicked_only, counts)
     train, val = time_split(train)
     dims = {k: train_set.dim(k) for k in keys}
-    return Encoded(train, val, evaluation, dims, schema, feature_cfg)
+    return sample(Encoded(train, val, evaluation, dims, schema, feature_cfg), cfg)
+
+
+def sample(enc: Encoded, cfg: DownstreamConfig) -> Encoded:
+    """enc with each train and validation row kept with probability cfg.sample_fraction
+    (a Bernoulli draw seeded by cfg.seed, so every model of one seed sees the same rows);
+    the eval rows untouched. enc itself when the fraction is 1."""
+    import torch
+
+    if cfg.sample_fraction >= 1:
+        return enc
+    generator = torch.Generator().manual_seed(7_919 * cfg.seed + 17)
+    parts = []
+    for rows in (enc.train, enc.val):
+        keep = torch.rand(len(rows["labels"]), generator=generator) < cfg.sample_fraction
+        parts.append({k: v[keep] for k, v in rows.items()})
+    return replace(enc, train=parts[0], val=parts[1])
 
 
 def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bool = True):
@@ -180,11 +231,12 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train = select_embeddings(enc.train, enc.dims, keys)
     val = select_embeddings(enc.val, enc.dims, keys)
+    wide, wide_l2 = cfg.wide_part
     model = MODELS[cfg.task](
         tower_layout(enc.schema, enc.feature_cfg),
         [enc.dims[k] for k in keys],
         spec.tasks,
-        cfg.network,
+        replace(cfg.network, wide=wide),
         num_counts=train["counts"].shape[1],
         num_scores=train["derm_score"].shape[1],
     )
@@ -194,7 +246,7 @@ def fit(cfg: DownstreamConfig, enc: Encoded, keys: tuple[str, ...], progress: bo
     model.init_output_bias(priors)
     system = DownstreamSystem(
         model, spec.tasks, spec.primary, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        embedding_l2=cfg.table_l2,
+        embedding_l2=cfg.table_l2, dense_l2=cfg.matrix_l2, wide_l2=wide_l2,
     )  # fmt: skip
     best = BestWeights("val_logloss")
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -321,16 +373,22 @@ def compare_downstream(
     train_set: TrainingSet | None = None,
     eval_set: TrainingSet | None = None,
     progress: bool = True,
+    encoded: Encoded | None = None,
 ) -> dict:
     """Baselines, the model without DERM and with cfg.embeddings, on the same eval rows.
 
+    `encoded`: the sets already encoded at sample fraction 1 (`encode`), reused across seeds
+    and fractions; cfg.sample_fraction is drawn from it here.
     Returns `evaluation.compare`'s dict (models: prior, pin rate, logistic regression
     [+ DERM], derm model [+ DERM]; lifts paired against the derm model without DERM) plus
     "runs": each trained model's `run_downstream` metrics.
     """
     from trainers.downstream.evaluation import compare
 
-    enc = encode(cfg, *_sets(cfg, train_set, eval_set, progress))
+    if encoded is not None:
+        enc = sample(encoded, cfg)
+    else:
+        enc = encode(cfg, *_sets(cfg, train_set, eval_set, progress))
     runs, predictions = {}, {}
     variants = [(NO_DERM, ())] + ([(WITH_DERM, cfg.embeddings)] if cfg.embeddings else [])
     for name, keys in variants:

@@ -17,7 +17,8 @@ Transformer encoder), so both models see the same inputs as the upstream towers,
 the DERM embeddings' own knowledge.
 
     CTRModel  concat(tokens, DERM block) -> MMoE of low-rank DCNv2 experts -> one MLP tower
-              per task (click, conversion)
+              per task (click, conversion), plus by default a wide linear term over the
+              hashed sparse inputs (`WideLinear`, Wide & Deep; Cheng et al. 2016)
     CVRModel  tokens + DERM tokens -> DHEN -> one MLP head per task (conversion)
 
 The DERM block (`DermInputs`) is the embeddings and their presence flags, optionally
@@ -54,6 +55,10 @@ class NetworkConfig:
     id_features: bool = True  # user_id and pin_id as hashed categoricals
     count_features: bool = True  # the point-in-time counts of counts.py
     projection_dim: int | None = None  # appendix D.1; None feeds the embeddings as they are
+    # Wide & Deep: a linear term per task over the logistic regression's sparse inputs
+    # (`WideLinear`), added to the deep logit; its L2 is `DownstreamConfig.wide_l2`. None:
+    # the task's default (`job.WIDE`: on for ctr); the models read None as off.
+    wide: bool | None = None
     # CTR: mixture of low-rank DCNv2 experts
     num_experts: int = 3
     cross_layers: int = 2
@@ -126,6 +131,46 @@ class DermInputs(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
+class WideLinear(nn.Module):
+    """The wide part of Wide & Deep: one weight per hashed bucket and task over exactly the
+    sparse inputs of the logistic regression baseline (`baselines.design_matrix`): each
+    categorical's bucket with weight 1, each sequence's buckets with weight 1 / length.
+
+    Args:
+        num_buckets (int): the encoder's bucket space (the encoder's ids are already in it;
+            others are reduced mod num_buckets, as `HashedEmbedding` does).
+        num_tasks (int): T, one linear term per task.
+
+    Call args:
+        batch (dict[str, Tensor]): `{tower}_cat` [B, n_cat] and `{tower}_seq` [B, n_seq, L]
+            bucket ids (0 in a sequence is padding).
+
+    Returns:
+        Tensor: [B, T] logits, zero at the start (weights start at 0, as a fresh LR's).
+    """
+
+    def __init__(self, num_buckets: int, num_tasks: int) -> None:
+        super().__init__()
+        self.num_buckets = num_buckets
+        self.weight = nn.Embedding(num_buckets, num_tasks)
+        nn.init.zeros_(self.weight.weight)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        out = 0.0
+        for tower in TOWERS:
+            cat = batch.get(f"{tower}_cat")
+            if cat is not None and cat.shape[1]:
+                out = out + self.weight(torch.remainder(cat, self.num_buckets)).sum(1)
+            seq = batch.get(f"{tower}_seq")
+            if seq is not None and seq.numel():
+                seq = seq.flatten(1)
+                keep = (seq > 0).to(self.weight.weight.dtype)
+                length = keep.sum(1, keepdim=True).clamp(min=1.0)
+                rows = self.weight(torch.remainder(seq, self.num_buckets))
+                out = out + (rows * (keep / length).unsqueeze(-1)).sum(1)
+        return out
+
+
 def init_output_bias(heads: nn.ModuleList, priors: Sequence[float]) -> None:
     """Starts each head's output bias at logit(prior), its task's training positive rate.
 
@@ -191,6 +236,7 @@ class CTRModel(nn.Module):
             MLP(width, [*cfg.tower_hidden, 1], dropout=cfg.dropout, activate_last=False)
             for _ in tasks
         )
+        self.wide = WideLinear(cfg.num_buckets, len(tasks)) if cfg.wide else None
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         tokens = _all_tokens(self.features, batch).flatten(1)
@@ -199,7 +245,8 @@ class CTRModel(nn.Module):
             parts.append(batch["counts"])
         x = self.input_norm(torch.cat(parts, -1))
         mixed = self.moe(x)  # [B, T, width]
-        return torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=-1)
+        logits = torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=-1)
+        return logits + self.wide(batch) if self.wide is not None else logits
 
     def init_output_bias(self, priors: Sequence[float]) -> None:
         init_output_bias(self.towers, priors)
@@ -244,6 +291,7 @@ class CVRModel(nn.Module):
             MLP(n * d, [*cfg.tower_hidden, 1], dropout=cfg.dropout, activate_last=False)
             for _ in tasks
         )
+        self.wide = WideLinear(cfg.num_buckets, len(tasks)) if cfg.wide else None
         self.token_dim = d
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -255,7 +303,8 @@ class CVRModel(nn.Module):
         if self.counts is not None:
             tokens = torch.cat([tokens, self.counts(batch["counts"]).unsqueeze(1)], dim=1)
         h = self.dhen(tokens).flatten(1)
-        return torch.cat([head(h) for head in self.heads], dim=-1)
+        logits = torch.cat([head(h) for head in self.heads], dim=-1)
+        return logits + self.wide(batch) if self.wide is not None else logits
 
     def init_output_bias(self, priors: Sequence[float]) -> None:
         init_output_bias(self.heads, priors)

@@ -2,10 +2,13 @@
 
 Loss: the mean over tasks of each task's binary cross-entropy on the rows whose label is
 known (`label_mask`), plus `embedding_l2` times the squared norm of the hashed id/categorical
-tables (`embedding_penalty`). Validation (a time split of the training days, `data.time_split`):
-ROC-AUC, PR-AUC and log loss of the primary task over the whole split, logged as
-`val_logloss` etc.; early stopping watches `val_logloss` and `BestWeights` restores the
-epoch that had the lowest. The eval days are scored afterwards (`predict`), never seen here.
+tables (`embedding_penalty`), `dense_l2` times that of every other weight matrix
+(`dense_penalty`: crossing, gates, towers, heads, encoders) and `wide_l2` times that of the
+Wide & Deep linear term (`models.WideLinear`), when it has one. Validation (a time split of
+the training days, `data.time_split`): ROC-AUC, PR-AUC and log loss of the primary task over
+the whole split, logged as `val_logloss` etc.; early stopping watches `val_logloss` and
+`BestWeights` restores the epoch that had the lowest. The eval days are scored afterwards
+(`predict`), never seen here.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
+from trainers.downstream.models import WideLinear
 from trainers.modules.encoders import HashedEmbedding
 
 
@@ -46,6 +50,31 @@ def embedding_penalty(model: nn.Module) -> Tensor:
     return sum(t.pow(2).sum() for t in tables)
 
 
+def _tables(model: nn.Module) -> set[int]:
+    """ids of the parameters with penalties of their own (hashed tables, wide weights)."""
+    return {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, (HashedEmbedding, WideLinear))
+        for p in m.parameters()
+    }
+
+
+def dense_penalty(model: nn.Module) -> Tensor:
+    """Sum of squares of every weight matrix (ndim >= 2) of `model` other than the hashed
+    tables and the wide weights: the crossing layers, gates, towers, heads and encoders.
+    Biases and norms are left free, as a logistic regression's intercept is."""
+    own = _tables(model)
+    weights = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in own]
+    return sum(w.pow(2).sum() for w in weights) if weights else torch.zeros(())
+
+
+def wide_penalty(model: nn.Module) -> Tensor:
+    """Sum of squares of the Wide & Deep linear weights of `model` (0 when it has none)."""
+    tables = [m.weight.weight for m in model.modules() if isinstance(m, WideLinear)]
+    return sum(t.pow(2).sum() for t in tables) if tables else torch.zeros(())
+
+
 class DownstreamSystem(L.LightningModule):
     """Trains a downstream network (CTRModel or CVRModel) on its tasks.
 
@@ -55,6 +84,7 @@ class DownstreamSystem(L.LightningModule):
         primary (str): the task the eval metrics are computed on.
         lr (float), weight_decay (float): AdamW.
         embedding_l2 (float): weight of `embedding_penalty` in the training loss (0: none).
+        dense_l2 (float), wide_l2 (float): weights of `dense_penalty` and `wide_penalty`.
     """
 
     def __init__(
@@ -65,6 +95,8 @@ class DownstreamSystem(L.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 1e-5,
         embedding_l2: float = 0.0,
+        dense_l2: float = 0.0,
+        wide_l2: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -72,6 +104,7 @@ class DownstreamSystem(L.LightningModule):
         self.primary_index = self.tasks.index(primary)
         self.lr, self.weight_decay = lr, weight_decay
         self.embedding_l2 = embedding_l2
+        self.dense_l2, self.wide_l2 = dense_l2, wide_l2
         self.roc_auc = BinaryAUROC()
         self.pr_auc = BinaryAveragePrecision()
         self._logloss_sum = 0.0
@@ -83,6 +116,10 @@ class DownstreamSystem(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         if self.embedding_l2:
             loss = loss + self.embedding_l2 * embedding_penalty(self.model)
+        if self.dense_l2:
+            loss = loss + self.dense_l2 * dense_penalty(self.model)
+        if self.wide_l2:
+            loss = loss + self.wide_l2 * wide_penalty(self.model)
         return loss
 
     def on_validation_epoch_start(self) -> None:
