@@ -349,6 +349,7 @@ def demo_cmd(
     window_days: Annotated[int, typer.Option("--window-days", help="Days of the window fit.")] = 7,
     seed: Annotated[int, typer.Option("--seed", help="Seed of everything.")] = 0,
     threads: ThreadsOption = None,
+    progress: ProgressOption = None,
 ) -> None:
     """Run everything end to end on a generated log and print the lift table.
 
@@ -369,6 +370,7 @@ def demo_cmd(
         window_days=window_days,
         seed=seed,
         threads=threads,
+        progress=show_progress(progress),
     )
     result = run_or_exit(lambda: run_demo(cfg), "derm demo")
     typer.echo(result["table"])

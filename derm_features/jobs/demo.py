@@ -36,6 +36,7 @@ class DemoConfig:
     window_days: int = 7
     seed: int = 0
     threads: int | None = None
+    progress: bool = True  # bars on stderr (the command: only when it is a terminal)
 
     def __post_init__(self) -> None:
         # window, then >= 1 incremental day to train downstream on and 2 to evaluate
@@ -78,6 +79,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                     seed=cfg.seed,
                     impressions_per_day=cfg.impressions_per_day,
                     overwrite=True,
+                    progress=cfg.progress,
                 )
             )
         )
@@ -93,6 +95,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         seed=cfg.seed,
         model=DEMO_MODEL,
         train={"threads": cfg.threads} if cfg.threads else {},
+        progress=cfg.progress,
     )
     backfill(pipeline, START, end)
 
@@ -129,6 +132,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             ),
             train_set=sets[0],
             eval_set=sets[1],
+            progress=cfg.progress,
         )
         tables.append(markdown(results[task], f"{task.upper()} task, eval {eval_start}..{end}"))
     table = "\n".join(tables)

@@ -89,10 +89,16 @@ class GapError(ValueError):
 
 
 def log_fingerprint(log, day: dt.date) -> str:
-    """A digest of the files holding `day`'s rows (path, size, modification time): a
-    corrected or re-delivered log of the day changes it."""
+    """A digest of the files holding `day`'s rows (path within the log, size, modification
+    time): a corrected or re-delivered log of the day changes it; spelling the log's path
+    another way (relative, absolute, through a link) does not."""
     files = [f for f in log.files if not log.partitioned or f"ds={day.isoformat()}" in f.parts]
-    stats = [(str(f), s.st_size, s.st_mtime_ns) for f in files for s in [f.stat()]]
+    root = log.path if log.path.is_dir() else log.path.parent
+    stats = [
+        (f.relative_to(root).as_posix(), s.st_size, s.st_mtime_ns)
+        for f in files
+        for s in [f.stat()]
+    ]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 

@@ -127,12 +127,15 @@ def test_a_second_run_on_the_same_work_directory_exits_4(tiny_log, tmp_path):
         pass
 
 
-def test_a_changed_log_is_reported_and_force_recomputes(tiny_log, tmp_path, caplog):
+def test_a_changed_log_is_reported_and_force_recomputes(tiny_log, tmp_path, caplog, monkeypatch):
     caplog.set_level("INFO", logger="derm")
     from derm_features.core.logs import open_log
 
     wd = Workdir(tmp_path / "wd")
     before = log_fingerprint(open_log(tiny_log), DAY)
+    # the same log spelled another way (relative to the working directory) is the same input
+    monkeypatch.chdir(tiny_log.parent)
+    assert log_fingerprint(open_log(tiny_log.name), DAY) == before
     runs = []
 
     def work():
