@@ -51,13 +51,11 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", wor
     stops every process on exit. Raises RuntimeError, with the launcher's output, when the
     cluster does not come up within two minutes. Needs Java 17 (as pyspark does).
     """
-    import json
     import shutil
     import socket
     import subprocess
     import tempfile
     import time
-    import urllib.request
     from pathlib import Path
 
     import pyspark
@@ -72,7 +70,7 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", wor
     own_dir = work_dir is None
     work = Path(work_dir or tempfile.mkdtemp(prefix="derm-spark-cluster-"))
     work.mkdir(parents=True, exist_ok=True)
-    port, ui = free_port(), free_port()
+    port = free_port()
     master = f"spark://127.0.0.1:{port}"
     # The launcher reads SPARK_HOME and the log directory from its environment: a child's
     # environment, this process's stays as it is.
@@ -81,7 +79,7 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", wor
     processes = [
         subprocess.Popen(
             [str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-             "--port", str(port), "--webui-port", str(ui)],
+             "--port", str(port), "--webui-port", "0"],
             env=env, stdout=logs, stderr=subprocess.STDOUT,
         )
     ]  # fmt: skip
@@ -91,18 +89,19 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", wor
                 subprocess.Popen(
                     [str(spark_class), "org.apache.spark.deploy.worker.Worker", master,
                      "--host", "127.0.0.1", "--cores", str(cores), "--memory", memory,
-                     "--webui-port", str(free_port()), "--work-dir", str(work / f"worker-{i}")],
+                     "--webui-port", "0", "--work-dir", str(work / f"worker-{i}")],
                     env=env, stdout=logs, stderr=subprocess.STDOUT,
                 )
             )  # fmt: skip
+        # ready once the master has registered every worker (its own log says so; web UIs on
+        # random ports, so no port picked here can be taken by another process meanwhile)
         deadline = time.monotonic() + 120
         while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=5) as r:
-                    if json.load(r).get("aliveworkers", 0) >= workers:
-                        break
-            except OSError:
-                pass
+            logs.flush()
+            if (work / "cluster.log").read_text(errors="replace").count(
+                "Registering worker"
+            ) >= workers:
+                break
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                 logs.flush()
                 raise RuntimeError(
