@@ -158,10 +158,11 @@ def apply(workdir: Workdir, quiet: bool = False) -> None:
     for model, entity, _ in workdir.spec.views():
         workdir.offline(model, entity).mkdir(parents=True, exist_ok=True)
     objects = feast_objects(workdir)
-    feature_store(workdir).apply(objects)
+    store = feature_store(workdir)
+    store.apply(objects)
     if not quiet:
         names = sorted(getattr(o, "name", "?") for o in objects)
-        where = registry_file(workdir) or repo_config(workdir).registry.path
+        where = registry_file(workdir) or store.config.registry.path
         print(f"feast apply: {len(objects)} objects registered in {where}")
         print("  " + ", ".join(names))
 

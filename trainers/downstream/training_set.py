@@ -422,21 +422,32 @@ def embedding_fetcher(workdir: Workdir, store=None, backend: str = "auto") -> Ca
     return lambda *args: fetch_embeddings(store, *args)
 
 
-def fetch_chunk(log, fetch: Callable, keys, dims, days: list[dt.date]) -> dict[str, Lookup]:
-    """The embeddings every event of `days` needs: one Feast call per entity kind."""
+def entity_lookups(
+    fetch: Callable, keys, dims, ids_by_day_of: Callable[[str], dict[dt.date, np.ndarray]]
+) -> dict[str, Lookup]:
+    """entity -> its `Lookup`, for each entity kind among `keys`: one `fetch` over the
+    distinct (day, id) pairs of `ids_by_day_of(entity)` (day -> int64 ids; days without
+    ids are left out)."""
     lookups = {}
     for entity in ENTITY_NAMES:
         entity_keys = tuple(k for k in keys if embedding_view(k)[1] == entity)
-        if not entity_keys:
-            continue
+        if entity_keys:
+            ids_by_day = {d: v for d, v in ids_by_day_of(entity).items() if len(v)}
+            lookups[entity] = fetch(entity, entity_keys, dims, *distinct_pairs(ids_by_day))
+    return lookups
+
+
+def fetch_chunk(log, fetch: Callable, keys, dims, days: list[dt.date]) -> dict[str, Lookup]:
+    """The embeddings every event of `days` needs: one join per entity kind."""
+
+    def ids_by_day(entity: str) -> dict[dt.date, np.ndarray]:
         column = join_key(entity)
-        ids_by_day = {
+        return {
             day: hash_ids_to_int64(log.scanner(day, day, columns=[column]).to_table()[column])
             for day in days
         }
-        cuts, ids = distinct_pairs({d: v for d, v in ids_by_day.items() if len(v)})
-        lookups[entity] = fetch(entity, entity_keys, dims, cuts, ids)
-    return lookups
+
+    return entity_lookups(fetch, keys, dims, ids_by_day)
 
 
 @dataclass(frozen=True)
@@ -465,7 +476,7 @@ def point_in_time_embeddings(
     (`derm_features.core.ids.hash_ids_to_int64`). embeddings: keys such as ``ctr_user``
     (default: every embedding of the work directory's spec). An event on day t sees the
     value derm published at the end of day t-1 (DESIGN.md, the point-in-time rule): one
-    Feast `get_historical_features` call per entity over the distinct (day, id) pairs.
+    join per entity over the distinct (day, id) pairs (`embedding_fetcher`).
 
     Raises TrainingSetError naming a missing column, a null id or timestamp, or an
     unknown key.
@@ -496,19 +507,25 @@ def point_in_time_embeddings(
     stamps = pd.to_datetime(entity_df["event_timestamp"])
     stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
     row_days = stamps.dt.date.to_numpy()
-    fetch = embedding_fetcher(wd)
     dims = {k: view_dim(wd, k) for k in keys}
+    days = sorted(set(row_days))
+    ids = {  # entity -> the rows' int64 ids
+        e: hash_ids_to_int64(pa.array(entity_df[join_key(e)].to_numpy()))
+        for e in {embedding_view(k)[1] for k in keys}
+    }
+    lookups = (
+        entity_lookups(
+            embedding_fetcher(wd), keys, dims, lambda e: {d: ids[e][row_days == d] for d in days}
+        )
+        if n
+        else {}
+    )
     vectors, present = {}, {}
-    for entity in ENTITY_NAMES:
-        entity_keys = tuple(k for k in keys if embedding_view(k)[1] == entity)
-        if not entity_keys or n == 0:
-            continue
-        ids = hash_ids_to_int64(pa.array(entity_df[join_key(entity)].to_numpy()))
-        ids_by_day = {day: ids[row_days == day] for day in sorted(set(row_days))}
-        lookup = fetch(entity, entity_keys, dims, *distinct_pairs(ids_by_day))
+    for entity, lookup in lookups.items():
         index = np.empty(n, np.int64)
-        for day, rows in ((d, np.flatnonzero(row_days == d)) for d in ids_by_day):
-            index[rows] = lookup.rows_of(day, ids[rows])
+        for day in days:
+            rows = np.flatnonzero(row_days == day)
+            index[rows] = lookup.rows_of(day, ids[entity][rows])
         for k, (matrix, found) in lookup.values.items():
             vectors[k], present[k] = matrix[index], found[index]
     for k in keys:  # an empty dataframe: empty matrices of the right width
