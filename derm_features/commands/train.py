@@ -131,7 +131,8 @@ def train_cmd(
     """Train the upstream DERM model: a window fit (--start/--end) or one incremental day (--date).
 
     Prints, as its last line, one JSON object of validation metrics (roc_auc, pr_auc of the
-    model's own task, ssl_recall_at_k) on the day after the trained range when the log has
+    model's own task; tower_roc_auc, the ROC-AUC of the embeddings' dot product u.p alone;
+    ssl_recall_at_k) on the day after the trained range when the log has
     it ("eval_held_out": true), else on the last trained day.
     """
     from derm_features.core.logs import LogContractError

@@ -224,6 +224,36 @@ def test_window_fit_saves_a_loadable_snapshot(window_run, generated):
     assert "train/loss" in csv.read_text().splitlines()[0]
 
 
+def test_tower_roc_auc_is_the_dot_products_ranking_of_the_held_out_day(window_run, generated):
+    """The marker's tower_roc_auc equals sklearn's ROC-AUC of u.p from the snapshot, computed
+    here row by row over the held-out day's batches."""
+    from sklearn.metrics import roc_auc_score
+
+    from trainers.upstream.checkpoint import load_snapshot
+    from trainers.upstream.data import UpstreamDataModule
+    from trainers.upstream.system import UpstreamSystem
+
+    workdir, metrics = window_run
+    log = open_log(generated / "logs")
+    snap = load_snapshot(workdir.checkpoint("ctr", WINDOW_END))
+    system = UpstreamSystem(log.schema, snap.model_cfg, "ctr")
+    system.load_state_dict(snap.state_dict)
+    system.eval()
+    data = UpstreamDataModule(
+        log.path, log.schema, snap.model_cfg, batch_size=512, val_range=(day(3), day(3))
+    )
+    data.setup("validate")
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            out = system.model(batch)
+            scores.append((out["user"] * out["pin"]).sum(-1).numpy())
+            labels.append(batch["labels"][:, 0].numpy())
+    expected = roc_auc_score(np.concatenate(labels), np.concatenate(scores))
+    assert metrics["tower_roc_auc"] == pytest.approx(expected, abs=1e-4)
+    assert metrics["tower_roc_auc"] != pytest.approx(metrics["roc_auc"], abs=1e-4)
+
+
 def test_training_is_deterministic(generated, tmp_path):
     from trainers.upstream.train import train
 

@@ -61,6 +61,9 @@ class UpstreamSystem(L.LightningModule):
         self.val_positives = nn.ModuleDict({t: SumMetric() for t in tasks})
         self.val_known = nn.ModuleDict({t: SumMetric() for t in tasks})
         self.val_recall = MeanMetric()
+        # how well the embeddings alone (u.p) rank the held-out day's primary label: what a
+        # downstream model or an ANN index gets from them, apart from the interaction tower
+        self.val_tower_auroc = BinaryAUROC()
         self.val_ssl = MeanMetric()
         self.last_val: dict[str, float | None] = {}
 
@@ -114,6 +117,9 @@ class UpstreamSystem(L.LightningModule):
             self.val_ap[task].update(probs[known, j], target)
             self.val_positives[task].update(target.sum())
             self.val_known[task].update(known.sum())
+        primary = mask[:, self.primary]
+        tower_score = (out["user"] * out["pin"]).sum(dim=-1)
+        self.val_tower_auroc.update(tower_score[primary], labels[primary, self.primary].long())
         # uncorrected scores: Pins first seen on a held-out day would otherwise get the
         # estimator's "rare" boost and crowd the top k
         ssl, ssl_logits = self._ssl(out, batch, correct=False)
@@ -141,6 +147,10 @@ class UpstreamSystem(L.LightningModule):
                 self.val_known[task],
             ):
                 metric.reset()
+        primary = self.model_cfg.tasks[self.primary]
+        both = 0 < (results[f"{primary}/positives"] or 0) < (results[f"{primary}/rows"] or 0)
+        results["tower_roc_auc"] = float(self.val_tower_auroc.compute()) if both else None
+        self.val_tower_auroc.reset()
         has_ssl = self.val_recall.update_count > 0
         results["ssl_recall_at_k"] = float(self.val_recall.compute()) if has_ssl else None
         results["ssl_loss"] = float(self.val_ssl.compute()) if has_ssl else None

@@ -167,6 +167,7 @@ def train(cfg: TrainConfig) -> dict:
         "task": primary,
         "roc_auc": val.get(f"{primary}/roc_auc"),
         "pr_auc": val.get(f"{primary}/pr_auc"),
+        "tower_roc_auc": val.get("tower_roc_auc"),  # u.p alone, the embeddings' own ranking
         "ssl_recall_at_k": val.get("ssl_recall_at_k"),
         "k": cfg.recall_k,
         "train_rows": rows,
