@@ -118,6 +118,15 @@ def main(argv: list[str] | None = None) -> None:
         "eval log loss and ROC-AUC without and with DERM, the paired lift and the tuned "
         "logistic regression beside them.",
     )
+    parser.add_argument(
+        "--oracle",
+        type=float,
+        default=None,
+        metavar="NOISE",
+        help="Replace the trained DERM embeddings by the generator's true vectors plus "
+        "Gaussian noise of this relative size (0: exact): the lift a perfect upstream model "
+        "would give. Generated logs only (reads truth/ beside the logs).",
+    )
     parser.add_argument("--sweep-task", default="ctr", help="The task the sweep trains.")
     parser.add_argument(
         "--sweep-only",
@@ -160,7 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     # train days 8-12 (12 validates), eval 13-14 on the demo's 14
     days = (START + dt.timedelta(days=7), end - dt.timedelta(days=2), end - dt.timedelta(days=1),
             end)  # fmt: skip
-    encoded = Encodings(logs, workdir, days)
+    oracle = None
+    if args.oracle is not None:
+        oracle = (logs.parent / "truth", args.oracle)
+        name += f"-oracle{args.oracle:g}"
+    encoded = Encodings(logs, workdir, days, oracle)
     if args.sweep:
         sweep(args, encoded)
         return
@@ -208,8 +221,8 @@ class Encodings:
     fraction 1), cached in the policy folder as encoded-<task>.pt so that later runs of the
     same --out (sweeps, other fractions) skip the point-in-time joins and the encoding."""
 
-    def __init__(self, logs: Path, workdir, days: tuple[dt.date, ...]) -> None:
-        self.logs, self.workdir, self.days = logs, workdir, days
+    def __init__(self, logs: Path, workdir, days: tuple[dt.date, ...], oracle=None) -> None:
+        self.logs, self.workdir, self.days, self.oracle = logs, workdir, days, oracle
         self._sets = None
         self._encoded: dict = {}
 
@@ -232,8 +245,10 @@ class Encodings:
             return self._encoded[task]
         cfg = self.config(task)
         # what the encoding depends on besides the backfill: the days and the input features
-        key = repr((self.days, cfg.network.feature_config(("x",)), cfg.network.count_features))
-        path = self.workdir.root / f"encoded-{task}.pt"
+        key = repr((self.days, cfg.network.feature_config(("x",)), cfg.network.count_features,
+                    self.oracle))  # fmt: skip
+        suffix = "" if self.oracle is None else f"-oracle{self.oracle[1]:g}"
+        path = self.workdir.root / f"encoded-{task}{suffix}.pt"
         if path.exists():
             saved = torch.load(path, weights_only=False)
             if saved["key"] == key:
@@ -245,10 +260,99 @@ class Encodings:
                 build_training_set(TrainingSetConfig(self.logs, self.workdir.root, a, b, ALL))
                 for a, b in ((train_start, train_end), (eval_start, end))
             ]
+            if self.oracle is not None:
+                self._sets = [oracle_set(s, *self.oracle) for s in self._sets]
         enc = encode(cfg, *self._sets)
         torch.save({"key": key, "encoded": enc}, path)
         self._encoded[task] = enc
         return enc
+
+
+def oracle_set(training_set, truth_dir: Path, noise: float):
+    """A copy of `training_set` whose four DERM columns hold the generator's truth instead
+    of the trained embeddings: the ceiling any upstream model could give (`--oracle`).
+
+    For an event on day t the vectors are the world's as of day t - 1 (what a daily refresh
+    could know): ctr_user . ctr_pin = click_affinity / click_scale and cvr_user . cvr_pin =
+    conversion_affinity / conversion_scale (`derm_features.synthetic.config` formulas), the
+    biases in two extra slots; N(0, noise^2 / d) is added to each latent coordinate (seeded),
+    then zeros pad to the view's D. Every entity is present.
+    """
+    import dataclasses
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from derm_features.core.files import parquet_files
+    from derm_features.synthetic.config import WorldParams
+    from derm_features.synthetic.world import interest_at
+    from trainers.downstream.training_set import (
+        embedding_column,
+        fixed_size_list,
+        open_training_set,
+        presence_column,
+    )
+
+    meta = json.loads((truth_dir / "meta.json").read_text())
+    p = WorldParams(**{k: tuple(v) if isinstance(v, list) else v
+                       for k, v in meta["params"].items()
+                       if k in {f.name for f in dataclasses.fields(WorldParams)}})  # fmt: skip
+    start = dt.date.fromisoformat(meta["config"]["start"])
+    users = pq.read_table(truth_dir / "users.parquet")
+    pins = pq.read_table(truth_dir / "pins.parquet")
+
+    def matrix(table, column):
+        flat = table[column].combine_chunks().flatten().to_numpy()
+        return flat.reshape(len(table), -1)
+
+    u_a, u_b, intent = (matrix(users, c) for c in ("interest_a", "interest_b", "intent"))
+    content, conv = matrix(pins, "content"), matrix(pins, "conversion_vector")
+    s, r = p.conversion_shared, (1 - p.conversion_shared**2) ** 0.5
+    out = training_set.path.with_name(training_set.path.name + f"-oracle{noise:g}")
+    if out.exists():
+        shutil.rmtree(out)
+    rng = np.random.default_rng(0)
+    for file in parquet_files(training_set.path):
+        table = pq.read_table(file)
+        day = table["ts"][0].as_py().date()
+        t = (day - start).days - 1
+        u = table["user_id"].to_numpy() - users["user_id"][0].as_py()
+        q = table["pin_id"].to_numpy() - pins["pin_id"][0].as_py()
+        interest = interest_at(u_a, u_b, users["drift_rate"].to_numpy(),
+                               users["drift_phase"].to_numpy(), t)[u]  # fmt: skip
+        n, d = interest.shape
+        one, zero = np.ones((n, 1)), np.zeros((n, 1))
+        ub, pb = users["user_bias"].to_numpy()[u][:, None], pins["pin_bias"].to_numpy()[q][:, None]
+        cb = pins["conversion_bias"].to_numpy()[q][:, None]
+
+        def noisy(x, d=d):
+            return x + rng.normal(0, noise / d**0.5, x.shape)
+
+        vectors = {
+            "ctr_user": np.hstack([noisy(interest), ub / p.click_scale, one]),
+            "ctr_pin": np.hstack([noisy(content[q]), one, pb / p.click_scale]),
+            "cvr_user": np.hstack([noisy(s * interest + r * intent[u]), one, zero]),
+            "cvr_pin": np.hstack(
+                [noisy(s * content[q] + r * conv[q]), cb / p.conversion_scale, zero]
+            ),  # fmt: skip
+        }
+        for key, v in vectors.items():
+            dim = training_set.dim(key)
+            padded = np.zeros((n, dim), np.float32)
+            padded[:, : min(dim, v.shape[1])] = v[:, :dim]
+            column = embedding_column(key)
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     fixed_size_list(padded))  # fmt: skip
+            has = presence_column(key)
+            ones = pa.array(np.ones(n), table.schema.field(has).type)
+            table = table.set_column(table.schema.get_field_index(has), has, ones)
+        target = out / file.relative_to(training_set.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, target)
+    shutil.copy(training_set.path / "meta.json", out / "meta.json")
+    return open_training_set(out)
 
 
 # Settings a sweep may set: key -> (where, field); "network" fields go to NetworkConfig.
