@@ -88,13 +88,21 @@ class UpstreamSystem(L.LightningModule):
             user_ids=batch["user_id"],  # a user's other positives are not their negatives
         )
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        # the estimator sees the batch before scoring it, as in Yi et al.'s Algorithm 2
-        self.frequency.update(batch["pin_id"], self.global_step)
+    def loss(self, batch: dict[str, Tensor], step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One training step's loss: bce + ssl_lambda * ssl (paper 3.1).
+
+        Updates the frequency estimator with the batch first (as in Yi et al.'s Algorithm 2,
+        the estimator sees a batch before scoring it); `step` is the global step it counts in.
+        Returns (loss, bce, ssl, ssl_logits [P, B]).
+        """
+        self.frequency.update(batch["pin_id"], step)
         out = self.model(batch)
         bce = masked_bce(out["logits"], batch["labels"], batch["label_mask"])
         ssl, ssl_logits = self._ssl(out, batch)
-        loss = bce + self.model_cfg.ssl_lambda * ssl
+        return bce + self.model_cfg.ssl_lambda * ssl, bce, ssl, ssl_logits
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, bce, ssl, ssl_logits = self.loss(batch, self.global_step)
         size = batch["labels"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/bce", bce, batch_size=size)
