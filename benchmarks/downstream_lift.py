@@ -21,6 +21,14 @@ of the training days' rows (eval rows unchanged) while the upstream models keep 
 log: the paper's setting, where upstream learns from far more data than each downstream
 model (paper 1, 3, 4.1).
 
+`--window-days W` (default 7) makes the upstream window fit W days long and the downstream
+train on the days after it (`--days` long in all): the paper's "extended time window" of
+the initial fit (appendix B.2), longer than any downstream model's training days.
+`--oracle NOISE` replaces the trained embeddings by the generator's true vectors plus noise
+(`oracle_set`): the lift a perfect upstream model would give, the ceiling of the others.
+The upstream figures printed are each model's held-out ROC-AUC and its `tower_roc_auc`
+(u.p alone), means over the incremental days.
+
 `--sweep` trains one task (`--sweep-task`) under each of several settings instead
 (`--sweep-only 'dense_l2=1e-4;wide=1,wide_l2=5.6e-5'`, keys in SETTINGS, among them the
 embedding L2 `emb_l2` and the sample `fraction`) and prints per seed the validation log
@@ -46,7 +54,8 @@ START = dt.date(2026, 1, 1)
 
 
 def policy_name(args) -> str:
-    return (
+    window = "" if args.window_days == 7 else f"w{args.window_days}-"
+    return window + (
         f"e{args.epochs}-s{args.min_steps}-m{args.max_epochs}-r{args.replay_days}"
         f"-b{args.batch_size}"
     )
@@ -66,7 +75,7 @@ def backfill(args, workdir, logs: Path, days: int) -> float:
         "threads": args.threads,
     }
     cfg = PipelineConfig(
-        logs=logs, workdir=workdir, window_days=7, model=DEMO_MODEL, train=train,
+        logs=logs, workdir=workdir, window_days=args.window_days, model=DEMO_MODEL, train=train,
         online=False, index=False, progress=False,
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -74,18 +83,20 @@ def backfill(args, workdir, logs: Path, days: int) -> float:
     return time.perf_counter() - t0
 
 
-def upstream_quality(workdir, days: int) -> dict:
+def upstream_quality(workdir, days: int, window_days: int = 7) -> dict:
     """Each model's held-out ROC-AUC of its own label, mean over the incremental days."""
     from derm_features.jobs.pipeline import read_marker
 
     out = {}
     for model in ("ctr", "cvr"):
-        aucs = []
-        for i in range(7, days - 1):
-            m = read_marker(workdir, model, "train", START + dt.timedelta(days=i)) or {}
-            if m.get("roc_auc") is not None:
-                aucs.append(m["roc_auc"])
-        out[model] = statistics.fmean(aucs) if aucs else None
+        for metric in ("roc_auc", "tower_roc_auc"):
+            values = []
+            for i in range(window_days, days - 1):
+                m = read_marker(workdir, model, "train", START + dt.timedelta(days=i)) or {}
+                if m.get(metric) is not None:
+                    values.append(m[metric])
+            key = model if metric == "roc_auc" else f"{model}_tower"
+            out[key] = round(statistics.fmean(values), 4) if values else None
     return out
 
 
@@ -94,6 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="Work area (reused).")
     parser.add_argument("--logs", type=Path, help="A log to use instead of generating one.")
     parser.add_argument("--days", type=int, default=14)
+    parser.add_argument(
+        "--window-days",
+        type=int,
+        default=7,
+        help="Days of the upstream window fit; the downstream models train on the days after "
+        "it (all but the last two, the last of them validating) and are scored on the last two.",
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--min-steps", type=int, default=30)
     parser.add_argument("--max-epochs", type=int, default=10)
@@ -162,13 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     workdir.root.mkdir(parents=True, exist_ok=True)
     apply(workdir, quiet=True)
     seconds = backfill(args, workdir, logs, args.days)
-    upstream = upstream_quality(workdir, args.days)
+    upstream = upstream_quality(workdir, args.days, args.window_days)
     print(f"policy {name}: backfill {seconds:.0f} s; upstream held-out ROC-AUC {upstream}")
 
     end = START + dt.timedelta(days=args.days - 1)
-    # train days 8-12 (12 validates), eval 13-14 on the demo's 14
-    days = (START + dt.timedelta(days=7), end - dt.timedelta(days=2), end - dt.timedelta(days=1),
-            end)  # fmt: skip
+    # train days 8-12 (12 validates), eval 13-14 on the demo's 14 with a 7-day window
+    first = START + dt.timedelta(days=args.window_days)
+    days = (first, end - dt.timedelta(days=2), end - dt.timedelta(days=1), end)
     oracle = None
     if args.oracle is not None:
         oracle = (logs.parent / "truth", args.oracle)
