@@ -32,6 +32,7 @@ from derm_features.feast.repo import check_ttl
 from materialize import health
 from materialize.engines import ENGINES, make_engine
 from materialize.kernel import HEURISTICS, KernelParams
+from materialize.memory import returning_memory_pool
 from materialize.storage import (
     DailyInput,
     MaterializeError,
@@ -165,7 +166,18 @@ def materialize_offline(
     """Steps 1-4: builds pool(t), the offline day file and the health row of day t.
 
     Raises MaterializeError before any work when the TTL differs from the registered views'.
+    Arrow's freed memory goes back to the OS meanwhile (`memory.returning_memory_pool`).
     """
+    with returning_memory_pool():
+        return _materialize_offline(config, spark, progress, on_total)
+
+
+def _materialize_offline(
+    config: MaterializeConfig,
+    spark,
+    progress: Callable[[int], None] | None,
+    on_total: Callable[[int], None] | None,
+) -> DayReport:
     wd, key = config.workdir, config.id_column
     try:
         check_ttl(wd, config.ttl_days)

@@ -1,7 +1,8 @@
 """What keeps `derm materialize`'s memory near its buckets (issue 15): the day's vectors
 validated a block at a time, read into one buffer, pool buckets read row group by row
 group into one matrix, checksums over blocks of a file, changed rows sorted without a
-concatenated copy. Each gives the same result as the plain whole-table way it replaced."""
+concatenated copy, and Arrow's freed pages given back. Each gives the same result as
+the plain whole-table way it replaced."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from materialize_helpers import DIM, VERSION, daily_table, unit_rows
 
-from materialize import storage
+from materialize import memory, storage
 from materialize.kernel import embedding_matrix, gather_rows, pool_schema, sorted_by, vectors
 from materialize.storage import (
     VECTOR_PARQUET,
@@ -128,3 +129,13 @@ def test_sorted_by_over_chunks_equals_sorting_the_combined_table():
     table = pa.concat_tables(chunks)
     expected = table.combine_chunks().sort_by("user_id")
     assert sorted_by(table, "user_id").combine_chunks().equals(expected)
+
+
+def test_returning_memory_pool_restores_the_default_pool():
+    before = pa.default_memory_pool().backend_name
+    with memory.returning_memory_pool():
+        inside = pa.default_memory_pool().backend_name
+        kept = pa.array(np.arange(1000))
+    assert pa.default_memory_pool().backend_name == before
+    assert inside in ("jemalloc", before)
+    assert kept.sum().as_py() == 499_500
