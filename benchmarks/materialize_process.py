@@ -54,7 +54,8 @@ from materialize.storage import (  # noqa: E402
 DAY = dt.date(2024, 6, 2)
 W = 0.8  # the spec's default `ma` weight, which the peer hard-codes
 SPEEDUP_TARGET = 4.0
-RSS_TARGET_BYTES = 1.2e9  # at 1M x 128
+RSS_TARGET_BYTES = 1.2e9
+RSS_TARGET_SHAPE = (1_000_000, 128)
 DAILY_CHUNK = 1 << 18  # rows generated and written at a time (bounds this process's memory)
 
 
@@ -325,11 +326,12 @@ def versus_peer(base: Path, args) -> None:
             theirs.append(run_child(peer_argv(wd, base / "peer"), base / "peer.log"))
             print(f"  pandas peer       run {i + 1}: {fmt_run(theirs[-1])}", flush=True)
     a = best(ours)
-    rss_met = "met" if a.peak_rss < RSS_TARGET_BYTES else "not met"
-    print(
-        f"  ours: {fmt_run(a)}  (peak RSS target < {RSS_TARGET_BYTES / 1e9} GB at 1M x 128: "
-        f"{rss_met})"
-    )
+    if (e, d) == RSS_TARGET_SHAPE:
+        met = "met" if a.peak_rss < RSS_TARGET_BYTES else "not met"
+        verdict = f"target < {RSS_TARGET_BYTES / 1e9} GB: {met}"
+    else:
+        verdict = f"the {RSS_TARGET_BYTES / 1e9} GB target is for 1M x 128"
+    print(f"  ours: {fmt_run(a)}  (largest peak RSS of the runs; {verdict})")
     if args.peer:
         print(f"  {check_equal(wd, base / 'peer')}")
         b = best(theirs)
@@ -351,12 +353,17 @@ def scaling(base: Path, sizes: list[int], dim: int, args) -> None:
         f"scaling, derm materialize alone, x {dim}, {args.updated:.0%} updated + "
         f"{args.duplicates:.0%} duplicate rows (best of {args.repeat})"
     )
-    print("  entities    daily rows  buckets   wall s   us/entity   peak RSS GB   load")
+    print("  entities    daily rows  buckets   wall s   us/entity   peak RSS GB   B/entity   load")
     for e in sizes:
-        need = e * dim * 4 * (2 + 2 * args.updated * (1 + args.duplicates)) * 1.1
-        free = shutil.disk_usage(base).free
-        if need > free:
-            print(f"  {e:>10,}  skipped: needs ~{need / 1e9:.0f} GB of disk, {free / 1e9:.0f} free")
+        day_bytes = e * args.updated * (1 + args.duplicates) * dim * 4
+        disk = e * dim * 4 * 2.2 + 2 * day_bytes  # pools t-1 and t, the day, offline rows
+        memory = 3 * day_bytes + 2e9  # the day, changed rows and their sorted copy, buckets
+        free, available = shutil.disk_usage(base).free, available_memory()
+        if disk > free or memory > available:
+            print(
+                f"  {e:>10,}  skipped: needs ~{disk / 1e9:.0f} GB of disk ({free / 1e9:.0f} free) "
+                f"and ~{memory / 1e9:.0f} GB of memory ({available / 1e9:.0f} available)"
+            )
             continue
         wd, rows = prepare(base / f"wd-{e}-{dim}", e, dim, args.updated, args.duplicates)
         buckets = buckets_for(e, dim)
@@ -364,10 +371,19 @@ def scaling(base: Path, sizes: list[int], dim: int, args) -> None:
         r = best(runs)
         print(
             f"  {e:>10,}  {rows:>11,}  {buckets:>7}  {r.wall_s:7.2f}  {r.wall_s / e * 1e6:10.2f}"
-            f"  {r.peak_rss / 1e9:12.2f}  {os.getloadavg()[0]:5.2f}",
+            f"  {r.peak_rss / 1e9:12.2f}  {r.peak_rss / e:9.0f}  {os.getloadavg()[0]:5.2f}",
             flush=True,
         )
         shutil.rmtree(wd.root)
+
+
+def available_memory() -> int:
+    """MemAvailable of /proc/meminfo, bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
 def main() -> None:
