@@ -220,6 +220,9 @@ def _materialize_offline(
         output = engine.merge(
             previous_dir, daily, params, dim, buckets, tmp, progress or (lambda n: None)
         )
+        # The day's rows are not needed past the merge: freed before the changed rows
+        # are sorted into the offline rows (a day-sized copy each).
+        del daily
         rows = offline_rows(output.changed, key, config.day)
         if reset and previous is not None:
             # Feast would keep serving the abandoned lineage's values (another embedding
