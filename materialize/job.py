@@ -32,6 +32,7 @@ from derm_features.feast.repo import check_ttl
 from materialize import health
 from materialize.engines import ENGINES, make_engine
 from materialize.kernel import HEURISTICS, KernelParams
+from materialize.memory import returning_memory_pool
 from materialize.storage import (
     DailyInput,
     MaterializeError,
@@ -165,7 +166,18 @@ def materialize_offline(
     """Steps 1-4: builds pool(t), the offline day file and the health row of day t.
 
     Raises MaterializeError before any work when the TTL differs from the registered views'.
+    Arrow's freed memory goes back to the OS meanwhile (`memory.returning_memory_pool`).
     """
+    with returning_memory_pool():
+        return _materialize_offline(config, spark, progress, on_total)
+
+
+def _materialize_offline(
+    config: MaterializeConfig,
+    spark,
+    progress: Callable[[int], None] | None,
+    on_total: Callable[[int], None] | None,
+) -> DayReport:
     wd, key = config.workdir, config.id_column
     try:
         check_ttl(wd, config.ttl_days)
@@ -208,6 +220,9 @@ def materialize_offline(
         output = engine.merge(
             previous_dir, daily, params, dim, buckets, tmp, progress or (lambda n: None)
         )
+        # The day's rows are not needed past the merge: freed before the changed rows
+        # are sorted into the offline rows (a day-sized copy each).
+        del daily
         rows = offline_rows(output.changed, key, config.day)
         if reset and previous is not None:
             # Feast would keep serving the abandoned lineage's values (another embedding

@@ -636,11 +636,32 @@ def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     for name in table.column_names:
         column = table[name]
         if pa.types.is_fixed_size_list(column.type):
-            matrix = embedding_matrix(column, column.type.list_size)
-            columns.append(vectors(np.take(matrix, rows, axis=0)))
+            columns.append(vectors(gather_rows(column, rows, column.type.list_size)))
         else:
             columns.append(column.take(take))
     return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+def gather_rows(column: pa.ChunkedArray, rows: np.ndarray, dim: int) -> np.ndarray:
+    """rows [k] of a vector column (chunked, no nulls) as a (k, dim) float32 matrix.
+
+    Gathered chunk by chunk into the output: a column of many chunks (a day's changed
+    rows, one chunk per bucket) is never concatenated first, which held a third copy of
+    the day's changed vectors while they were sorted.
+    """
+    rows = np.asarray(rows, dtype=np.int64)  # (Arrow's sort indices are uint64)
+    if column.num_chunks == 1:
+        return np.take(embedding_matrix(column, dim), rows, axis=0)
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    starts = np.cumsum([0, *(len(chunk) for chunk in column.chunks)])
+    chunk_of = np.searchsorted(starts, rows, side="right") - 1
+    by_chunk = np.argsort(chunk_of, kind="stable")
+    bounds = np.searchsorted(chunk_of[by_chunk], np.arange(column.num_chunks + 1))
+    for k, chunk in enumerate(column.chunks):
+        picked = by_chunk[bounds[k] : bounds[k + 1]]
+        if len(picked):
+            out[picked] = np.take(embedding_matrix(chunk, dim), rows[picked] - starts[k], axis=0)
+    return out
 
 
 def sorted_by(table: pa.Table, id_column: str) -> pa.Table:

@@ -34,7 +34,14 @@ import pyarrow.parquet as pq
 from derm_features.core.atomic import write_parquet_atomic, write_text_atomic
 from derm_features.core.files import parquet_files
 from derm_features.core.provenance import ModelVersion, compatible
-from materialize.kernel import TIMESTAMP, day_start, row_norms, sorted_by
+from materialize.kernel import (
+    TIMESTAMP,
+    day_start,
+    embedding_matrix,
+    row_norms,
+    sorted_by,
+    vectors,
+)
 
 DAILY_COLUMNS = ("ts", "embedding", "model_version")
 LAYOUT_FILE = "_layout.json"
@@ -146,28 +153,55 @@ def _vector_problems(column: pa.ChunkedArray, dim: int) -> list[str]:
     """Rows of a daily `embedding` column that no merge can use, each rule with its count
     and first row (0-based, in the file): values that are NaN or inf, or beyond float32's
     range (the pool's type), and zero norms. Norms are float64 (`row_norms`), so a finite
-    vector of huge values (x1e30) is accepted and merges like any other."""
-    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    values = flat.astype(np.float64, copy=False).reshape(-1, dim)
-    problems = []
+    vector of huge values (x1e30) is accepted and merges like any other.
 
-    def report(bad: np.ndarray, what: str) -> None:
+    Checked `_CHECK_ROWS` rows at a time: whole-column float64 copies of a day's vectors
+    were the largest allocation of a `derm materialize` run (4x the day's float32 bytes)."""
+    masks: dict[str, list[np.ndarray]] = {what: [] for what in _VECTOR_RULES}
+    for chunk in column.chunks:
+        for begin in range(0, len(chunk), _CHECK_ROWS):
+            part = chunk.slice(begin, _CHECK_ROWS)
+            flat = part.flatten().to_numpy(zero_copy_only=False)
+            for what, bad in _bad_vector_rows(flat.reshape(-1, dim)).items():
+                masks[what].append(bad)
+    problems = []
+    for what in _VECTOR_RULES:
+        bad = np.concatenate(masks[what]) if masks[what] else np.zeros(0, dtype=bool)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             problems.append(
                 f"{int(bad.sum())} row(s) {what} in column 'embedding' (first: row {first})"
             )
+    return problems
 
+
+# Rows of daily vectors checked at a time (256-d float64: 32 MiB).
+_CHECK_ROWS = 16_384
+_VECTOR_RULES = (
+    "with NaN or inf",
+    "with values beyond float32's range",
+    "with a non-finite norm",
+    "with a zero-norm vector",
+)
+
+
+def _bad_vector_rows(values: np.ndarray) -> dict[str, np.ndarray]:
+    """[n] bool per rule of `_VECTOR_RULES` for an (n, D) block of float vectors."""
     finite = np.isfinite(values).all(axis=1)
-    report(~finite, "with NaN or inf")
-    too_large = finite & (np.abs(values) > np.finfo(np.float32).max).any(axis=1)
-    report(too_large, "with values beyond float32's range")
+    if values.dtype == np.float32:  # a finite float32 is within float32's range
+        too_large = np.zeros(len(values), dtype=bool)
+    else:
+        too_large = finite & (np.abs(values) > np.finfo(np.float32).max).any(axis=1)
     usable = finite & ~too_large
     norms = np.full(len(values), np.nan)
-    norms[usable] = row_norms(values[usable].astype(np.float32))
-    report(usable & ~np.isfinite(norms), "with a non-finite norm")
-    report(usable & (norms == 0), "with a zero-norm vector")
-    return problems
+    norms[usable] = row_norms(values[usable].astype(np.float32, copy=False))
+    return dict(
+        zip(
+            _VECTOR_RULES,
+            (~finite, too_large, usable & ~np.isfinite(norms), usable & (norms == 0)),
+            strict=True,
+        )
+    )
 
 
 def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -> DailyInput:
@@ -190,7 +224,10 @@ def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -
     tables, errors = [], []
     for path in files:
         try:
-            table = pq.read_table(path)
+            # Not pq.read_table: its pre-buffered reads allocate from Arrow's C++ default
+            # pool, whose freed pages stayed in the process (~0.26 GB after reading a
+            # 169 MB day, measured), and its chunks had to be copied into one buffer.
+            table = read_contiguous(path)
         except (pa.ArrowInvalid, OSError) as exc:
             errors.append(f"{path}: unreadable Parquet ({exc})")
             continue
@@ -218,7 +255,24 @@ def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -
             for t in tables
         ]
     )
-    return DailyInput(table, tuple(files), dims.pop() if dims else 0, tuple(versions))
+    del tables
+    dim = dims.pop() if dims else 0
+    return DailyInput(_contiguous_embedding(table, dim), tuple(files), dim, tuple(versions))
+
+
+def _contiguous_embedding(table: pa.Table, dim: int) -> pa.Table:
+    """`table` with its `embedding` column (list<float32>, no nulls, every row `dim` long:
+    validated) as one chunk over one contiguous (n, dim) buffer: the engines then view it
+    as a matrix without a copy (Parquet gives one chunk per row group, and a second copy
+    of the day's vectors was held while the first was). Over 2**31 values it stays
+    chunked."""
+    if table.num_rows == 0 or table["embedding"].num_chunks == 1 or table.num_rows * dim >= 2**31:
+        return table  # (a list column's int32 offsets stop at 2**31 values)
+    matrix = embedding_matrix(table["embedding"], dim)
+    offsets = pa.array(np.arange(len(matrix) + 1, dtype=np.int32) * dim)
+    column = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+    at = table.schema.get_field_index("embedding")
+    return table.set_column(at, table.schema.field(at), column)
 
 
 def _check_compatible(versions: list[str], where: str) -> None:
@@ -280,18 +334,35 @@ def _crc32(data: bytes | memoryview) -> str:
     return f"{zlib.crc32(data):08x}"
 
 
+# Bytes read at a time for a file's checksum: a whole pool file in memory (128-256 MiB)
+# only to checksum it raised a run's peak RSS by as much.
+_CRC_BLOCK = 8 << 20
+
+
+def _file_crc32(path: Path) -> tuple[int, str]:
+    """(size in bytes, crc32 as `_crc32` gives it) of a file, read `_CRC_BLOCK` at a time."""
+    crc, size = 0, 0
+    block = bytearray(_CRC_BLOCK)
+    view = memoryview(block)
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(block):
+            crc = zlib.crc32(view[:n], crc)
+            size += n
+    return size, f"{crc:08x}"
+
+
 def write_pool_bucket(pool_dir: Path, bucket: int, table: pa.Table) -> PoolFile:
     """One bucket of the pool being built (inside `atomic_dir`, so not atomic on its own).
 
     Returns the file's manifest entry (rows, bytes and crc32 of what was written; the file
-    is read back from the page cache for the checksum).
+    is read back from the page cache for the checksum, a block at a time).
     """
     relative = f"bucket={bucket}/part-00000.parquet"
     path = pool_dir / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, **VECTOR_PARQUET)
-    data = path.read_bytes()
-    return PoolFile(bucket, relative, table.num_rows, len(data), _crc32(data))
+    size, crc = _file_crc32(path)
+    return PoolFile(bucket, relative, table.num_rows, size, crc)
 
 
 def write_layout(pool_dir: Path, buckets: int, files: Sequence[PoolFile]) -> None:
@@ -441,21 +512,73 @@ def _footer_rows(pool_dir: Path, path: Path) -> int:
 
 
 def _read_verified(pool_dir: Path, f: PoolFile) -> pa.Table:
-    """One manifest-listed file, read whole, its size, crc32 and rows checked."""
+    """One manifest-listed file, its size, crc32 and rows checked, read whole.
+
+    The checksum is taken a block at a time before the file is parsed (not over a copy of
+    the whole file held in memory): pools are written once into a fresh directory and a
+    day's runs hold the work directory's lock, so the two reads see the same bytes.
+    """
     _check_size(pool_dir, f)
-    data = (pool_dir / f.path).read_bytes()
-    if _crc32(data) != f.crc32:
+    path = pool_dir / f.path
+    _, crc = _file_crc32(path)
+    if crc != f.crc32:
         raise PoolIntegrityError(
-            f"pool {pool_dir}: {f.path} has crc32 {_crc32(data)}, its manifest says "
+            f"pool {pool_dir}: {f.path} has crc32 {crc}, its manifest says "
             f"{f.crc32} (corrupted); {_REBUILD}"
         )
-    table = pq.read_table(pa.BufferReader(data))
+    table = read_contiguous(path)
     if table.num_rows != f.rows:
         raise PoolIntegrityError(
             f"pool {pool_dir}: {f.path} holds {table.num_rows} rows, its manifest says "
             f"{f.rows}; {_REBUILD}"
         )
     return table
+
+
+def read_contiguous(path: Path) -> pa.Table:
+    """A Parquet file (a pool bucket, a day's tower outputs) as `pq.read_table` gives it,
+    but one chunk per column, its fixed-size float32 vector columns (without nulls)
+    copied row group by row group into one (n, D) matrix each: the file's vectors then
+    take their own size in memory, once, and the kernel views them without a copy (read
+    whole, Arrow returns a chunk per row group, which the kernel concatenated into a
+    second copy; with the default pre-buffering it also held the file's raw column chunks
+    while decoding). A vector column with a null row makes it read the file as
+    `pq.read_table` does.
+    """
+    source = pq.ParquetFile(path)
+    schema = source.schema_arrow
+    n = source.metadata.num_rows
+    dense = {
+        field.name: np.empty((n, field.type.list_size), dtype=np.float32)
+        for field in schema
+        if pa.types.is_fixed_size_list(field.type) and field.type.value_type == pa.float32()
+    }
+    parts: dict[str, list[pa.Array]] = {name: [] for name in schema.names}
+    row = 0
+    for group in range(source.num_row_groups):
+        table = source.read_row_group(group)
+        for name in schema.names:
+            column = table[name]
+            if name not in dense:
+                parts[name].extend(column.chunks)
+            elif column.null_count:  # never in a pool's vectors: read as Arrow gives it
+                return pq.read_table(path)
+            else:
+                matrix = embedding_matrix(column, schema.field(name).type.list_size)
+                dense[name][row : row + len(matrix)] = matrix
+        row += table.num_rows
+        del table
+    if row != n:
+        raise ValueError(f"{path}: row groups hold {row} rows, the footer says {n}")
+    columns = []
+    for field in schema:
+        if field.name in dense:
+            columns.append(vectors(dense[field.name]).cast(field.type))
+        elif parts[field.name]:
+            columns.append(pa.concat_arrays(parts[field.name]))
+        else:
+            columns.append(pa.array([], field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def read_pool_bucket(pool_dir: Path, bucket: int, layout: Layout | None = None) -> pa.Table:

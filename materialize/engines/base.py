@@ -26,7 +26,7 @@ STATS_COLUMNS = ("status", "cosine", "norm", "degenerate", "last_seen")
 class EngineOutput:
     """What the job needs from an engine once the pool is written."""
 
-    changed: pa.Table  # <id>, embedding, last_seen, model_version (new and updated)
+    changed: pa.Table  # <id>, embedding, last_seen, model_version (new and updated; any order)
     stats: pa.Table  # STATS_COLUMNS, one row per entity of either input
 
 

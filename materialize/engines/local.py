@@ -21,7 +21,6 @@ from materialize.kernel import (
     embedding_matrix,
     empty_pool,
     merge_day,
-    sorted_by,
     split_annotated,
     take_rows,
     vectors,
@@ -97,11 +96,9 @@ def run_local(
             files.append(written.result())
             progress(1)
     write_layout(out_dir, buckets, files)
-    changed_all = pa.concat_tables(changed)
-    return EngineOutput(
-        changed=sorted_by(changed_all, key),
-        stats=pa.concat_tables(stats),
-    )
+    # Unsorted (one chunk per bucket): the job sorts them for the offline file once the
+    # day's rows are freed (`offline_rows`), so the two are never held with a sorted copy.
+    return EngineOutput(changed=pa.concat_tables(changed), stats=pa.concat_tables(stats))
 
 
 class LocalEngine(Engine):

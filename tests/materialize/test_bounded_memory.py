@@ -1,0 +1,141 @@
+"""What keeps `derm materialize`'s memory near its buckets (issue 15): the day's vectors
+validated a block at a time, read into one buffer, pool buckets read row group by row
+group into one matrix, checksums over blocks of a file, changed rows sorted without a
+concatenated copy, and Arrow's freed pages given back. Each gives the same result as
+the plain whole-table way it replaced."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from materialize_helpers import DIM, VERSION, daily_table, unit_rows
+
+from materialize import memory, storage
+from materialize.kernel import embedding_matrix, gather_rows, pool_schema, sorted_by, vectors
+from materialize.storage import (
+    VECTOR_PARQUET,
+    _file_crc32,
+    _vector_problems,
+    read_contiguous,
+    read_daily,
+)
+
+DAY = dt.date(2024, 3, 1)
+
+
+def test_vector_checks_count_and_locate_across_blocks_and_chunks(monkeypatch):
+    """Blocks of 7 rows over chunks of 5: counts add up and the first bad row is the
+    file's row number, as one whole-column check gives them."""
+    monkeypatch.setattr(storage, "_CHECK_ROWS", 7)
+    values = unit_rows(np.random.default_rng(0), 40).astype(np.float64)
+    values[[12, 31], 2] = np.nan
+    values[[18, 19, 39]] = 0.0
+    values[25, 0] = 1e39
+    flat = pa.array(values.reshape(-1))
+    column = pa.FixedSizeListArray.from_arrays(flat, DIM)
+    chunked = pa.chunked_array([column.slice(i, 5) for i in range(0, 40, 5)])
+    expected = [
+        "2 row(s) with NaN or inf in column 'embedding' (first: row 12)",
+        "1 row(s) with values beyond float32's range in column 'embedding' (first: row 25)",
+        "3 row(s) with a zero-norm vector in column 'embedding' (first: row 18)",
+    ]
+    assert _vector_problems(chunked, DIM) == expected
+    monkeypatch.setattr(storage, "_CHECK_ROWS", 1 << 20)
+    assert _vector_problems(pa.chunked_array([column]), DIM) == expected
+
+
+def test_read_daily_gives_the_day_as_one_contiguous_chunk(tmp_path):
+    rng = np.random.default_rng(1)
+    for name, n in (("a", 23), ("b", 9)):
+        table = daily_table(np.arange(n), unit_rows(rng, n), DAY)
+        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=4)
+    daily = read_daily(tmp_path, "user_id", "ctr")
+    column = daily.table["embedding"]
+    assert column.num_chunks == 1 and column.type == pa.list_(pa.float32())
+    plain = pa.concat_tables(pq.read_table(tmp_path / f"{n}.parquet") for n in "ab")
+    np.testing.assert_array_equal(
+        embedding_matrix(column, DIM), embedding_matrix(plain["embedding"], DIM)
+    )
+    assert daily.table["user_id"].equals(plain["user_id"])
+
+
+def pool_bucket(n: int, rng) -> pa.Table:
+    schema = pool_schema(pa.int64(), DIM).set(0, pa.field("user_id", pa.int64()))
+    return pa.Table.from_arrays(
+        [
+            pa.array(rng.permutation(n).astype(np.int64)),
+            vectors(unit_rows(rng, n)),
+            pa.array(rng.uniform(0.5, 1, n)),
+            pa.array(np.arange(n) * 1_000_000, pa.timestamp("us", "UTC")),
+            pa.nulls(n, schema.field("prev_daily").type),
+            pa.array([VERSION] * n),
+        ],
+        schema=schema,
+    )
+
+
+@pytest.mark.parametrize("rows", [0, 1, 10, 37])
+def test_read_contiguous_equals_read_table(tmp_path, rows):
+    path = tmp_path / "bucket.parquet"
+    options = {**VECTOR_PARQUET, "row_group_size": 8}
+    pq.write_table(pool_bucket(rows, np.random.default_rng(rows)), path, **options)
+    table = read_contiguous(path)
+    assert table.equals(pq.read_table(path))
+    assert table.schema == pq.read_table(path).schema
+    assert all(column.num_chunks == 1 for column in table.columns)
+
+
+def test_read_contiguous_reads_null_vectors_as_arrow_does(tmp_path):
+    path = tmp_path / "nulls.parquet"
+    table = pool_bucket(12, np.random.default_rng(2))
+    with_null = pa.FixedSizeListArray.from_arrays(
+        table["embedding"].combine_chunks().values, DIM, mask=pa.array(np.arange(12) == 9)
+    )
+    table = table.set_column(1, table.schema.field(1), with_null)
+    pq.write_table(table, path, row_group_size=5)
+    assert read_contiguous(path).equals(pq.read_table(path))
+
+
+def test_file_crc32_over_blocks_is_the_whole_file_crc32(tmp_path, monkeypatch):
+    path = tmp_path / "data.bin"
+    path.write_bytes(np.random.default_rng(3).bytes(100_003))
+    monkeypatch.setattr(storage, "_CRC_BLOCK", 4096)
+    assert _file_crc32(path) == (100_003, f"{zlib.crc32(path.read_bytes()):08x}")
+
+
+@pytest.mark.parametrize("sizes", [[5, 0, 7, 3], [10], [0, 4], [1, 1, 1]])
+def test_gather_rows_from_chunks_equals_take_on_the_concatenation(sizes):
+    rng = np.random.default_rng(len(sizes))
+    parts = [unit_rows(rng, n) for n in sizes]
+    column = pa.chunked_array([vectors(p) for p in parts], type=pa.list_(pa.float32(), DIM))
+    whole = np.concatenate(parts)
+    rows = rng.permutation(len(whole)).astype(np.uint64)  # Arrow's sort indices' type
+    np.testing.assert_array_equal(gather_rows(column, rows, DIM), whole[rows.astype(int)])
+    np.testing.assert_array_equal(gather_rows(column, rows[:2], DIM), whole[rows[:2].astype(int)])
+
+
+def test_sorted_by_over_chunks_equals_sorting_the_combined_table():
+    rng = np.random.default_rng(5)
+    chunks = [
+        pa.table({"user_id": rng.permutation(50)[:n] + 100 * k, "embedding": vectors(rows)})
+        for k, n in enumerate((6, 0, 9, 4))
+        for rows in [unit_rows(rng, n)]
+    ]
+    table = pa.concat_tables(chunks)
+    expected = table.combine_chunks().sort_by("user_id")
+    assert sorted_by(table, "user_id").combine_chunks().equals(expected)
+
+
+def test_returning_memory_pool_restores_the_default_pool():
+    before = pa.default_memory_pool().backend_name
+    with memory.returning_memory_pool():
+        inside = pa.default_memory_pool().backend_name
+        kept = pa.array(np.arange(1000))
+    assert pa.default_memory_pool().backend_name == before
+    assert inside in ("jemalloc", before)
+    assert kept.sum().as_py() == 499_500
