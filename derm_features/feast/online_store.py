@@ -35,6 +35,7 @@ daily materializer removes the view's fields of every entity that leaves the poo
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -179,9 +180,9 @@ def check_reachable(store: FeatureStore, action: str) -> None:
 EVENT_TIMESTAMP = "event_timestamp"
 # Rows per pipelined round trip: ~4 MB of 256-d embeddings, enough to hide the latency.
 CHUNK_ROWS = 4096
-# Chunks a push keeps in flight, each on its own connection: while one waits on Redis (the
-# GIL is released on socket I/O) another thread encodes the next, so the client's CPU and
-# Redis's overlap instead of taking turns (BENCHMARKS.md, online push).
+# Chunks a push keeps in flight, each sent on its own connection by a thread (the GIL is
+# released on socket I/O) while the calling thread encodes the next, so the client's CPU
+# and Redis's overlap instead of taking turns (BENCHMARKS.md, online push).
 PUSH_CONNECTIONS = 2
 
 
@@ -196,8 +197,9 @@ def push_rows(
     source's `field_mapping` says) and `event_timestamp`. Other columns are ignored. Each
     row replaces the entity's values of this view whatever their timestamp; if an id
     repeats, its last row wins. `key_ttl_seconds` of the store config, if set, is applied
-    as Feast does. Rows go in chunks of `CHUNK_ROWS`, up to `connections` chunks in flight
-    at once (each on its own connection; 1: one chunk after the other). If Redis fails
+    as Feast does. Rows go in chunks of `CHUNK_ROWS`, encoded on this thread while up to
+    `connections` chunks are in flight (each on its own connection and thread; 1: one
+    chunk after the other on this thread). If Redis fails
     midway, other chunks may stay written, and re-running the push completes it (every
     write is idempotent). The first error of any chunk is raised once the chunks already
     sent have finished (ValueError for bad rows or `connections` < 1, redis-py's
@@ -213,16 +215,16 @@ def push_rows(
     # Chunks may land in any order, so an id's earlier rows are dropped first: the last wins.
     unique = _last_row_per_id(rows, layout.join_key) if connections > 1 else rows
 
-    def push_chunk(start: int) -> None:
+    def encode(start: int) -> list:
         hset = hset_columns(layout, unique.slice(start, CHUNK_ROWS))
         if ttl:  # as Feast: every written key gets the ttl
-            run_pipelined(client, hset, [b"EXPIRE", hset[1], str(ttl).encode()])
-        else:
-            run_pipelined(client, hset)
+            return [hset, [b"EXPIRE", hset[1], str(ttl).encode()]]
+        return [hset]
 
     with unavailable_as_clear_error(store, f"online push to '{view_name}'"):
         client = redis_client(store)
-        _in_flight(push_chunk, range(0, unique.num_rows, CHUNK_ROWS), connections)
+        chunks = map(encode, range(0, unique.num_rows, CHUNK_ROWS))
+        _in_flight(lambda batches: run_pipelined(client, *batches), chunks, connections)
     return rows.num_rows
 
 
@@ -238,22 +240,28 @@ def _last_row_per_id(rows: pa.Table, join_key: str) -> pa.Table:
     return rows.take(np.sort(rows.num_rows - 1 - first_from_end))
 
 
-def _in_flight(task, items: Sequence, workers: int) -> None:
-    """Run `task(item)` for every item, up to `workers` at once on threads (in order on
-    this thread when 1). The first exception is raised after the running tasks end; the
-    items not yet started are skipped."""
-    if workers == 1 or len(items) <= 1:
+def _in_flight(send, items: Iterator, connections: int) -> None:
+    """`send(item)` for every item of `items` (produced lazily on this thread), on up to
+    `connections` threads at once; the next item is produced while they send, and at most
+    `connections` sends wait unfinished (so memory holds that many chunks plus one). With 1,
+    one after the other on this thread. The first exception (of the oldest send, or of
+    `items`) is raised after the sends already started end; later items are not sent."""
+    if connections == 1:
         for item in items:
-            task(item)
+            send(item)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="derm-push") as pool:
-        futures = [pool.submit(task, item) for item in items]
+    with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="derm-push") as pool:
+        pending: collections.deque = collections.deque()
         try:
-            for future in futures:
-                future.result()
+            for item in items:
+                if len(pending) == connections:
+                    pending.popleft().result()
+                pending.append(pool.submit(send, item))
+            while pending:
+                pending.popleft().result()
         finally:
-            for future in futures:
-                future.cancel()  # a no-op for those done or running
+            for future in pending:
+                future.cancel()  # a no-op for those running: the pool's exit waits for them
 
 
 def hset_columns(layout: ViewLayout, chunk: pa.Table) -> list:
