@@ -183,7 +183,7 @@ CHUNK_ROWS = 4096
 # Chunks a push keeps in flight, each sent on its own connection by a thread (the GIL is
 # released on socket I/O) while the calling thread encodes the next, so the client's CPU
 # and Redis's overlap instead of taking turns (BENCHMARKS.md, online push).
-PUSH_CONNECTIONS = 2
+PUSH_CONNECTIONS = 4
 
 
 def push_rows(
