@@ -199,11 +199,11 @@ def push_rows(
     repeats, its last row wins. `key_ttl_seconds` of the store config, if set, is applied
     as Feast does. Rows go in chunks of `CHUNK_ROWS`, encoded on this thread while up to
     `connections` chunks are in flight (each on its own connection and thread; 1: one
-    chunk after the other on this thread). If Redis fails
-    midway, other chunks may stay written, and re-running the push completes it (every
-    write is idempotent). The first error of any chunk is raised once the chunks already
-    sent have finished (ValueError for bad rows or `connections` < 1, redis-py's
-    ResponseError, OnlineStoreUnavailable when Redis cannot be reached).
+    chunk after the other on this thread). If Redis fails midway, other chunks may stay
+    written, and re-running the push completes it (every write is idempotent). The first
+    error of any chunk is raised once the chunks already sent have finished (ValueError
+    for bad rows or `connections` < 1, redis-py's ResponseError, OnlineStoreUnavailable
+    when Redis cannot be reached).
     """
     if connections < 1:
         raise ValueError(f"connections must be at least 1, got {connections}")
