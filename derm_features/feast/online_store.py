@@ -15,8 +15,9 @@ below is one per node (`redis_layout.run_pipelined`).
 - Every row overwrites. Feast first reads each entity's `_ts:<view>` and skips rows
   whose timestamp is not newer (feast-dev/feast#2795), so re-running a day, or replacing
   a value after a reset, would silently keep the old one.
-- It is fast: values are serialized over whole batches with NumPy, and each chunk is
-  one pipelined round trip of HSETs (no read before write).
+- It is fast: values are serialized over whole batches with NumPy, each chunk is one
+  pipelined round trip of HSETs (no read before write), and `PUSH_CONNECTIONS` chunks
+  are in flight at once on their own connections.
 
 `remove_entities` drops one view's fields from entities (the TTL of the pool): the hash
 holds every view of an entity, so Redis key expiry is no substitute.
@@ -34,12 +35,15 @@ daily materializer removes the view's fields of every entity that leaves the poo
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from feast import FeatureStore
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.value_type import ValueType
@@ -176,9 +180,15 @@ def check_reachable(store: FeatureStore, action: str) -> None:
 EVENT_TIMESTAMP = "event_timestamp"
 # Rows per pipelined round trip: ~4 MB of 256-d embeddings, enough to hide the latency.
 CHUNK_ROWS = 4096
+# Chunks a push keeps in flight, each sent on its own connection by a thread (the GIL is
+# released on socket I/O) while the calling thread encodes the next, so the client's CPU
+# and Redis's overlap instead of taking turns (BENCHMARKS.md, online push).
+PUSH_CONNECTIONS = 4
 
 
-def push_rows(store: FeatureStore, view_name: str, rows: pa.Table) -> int:
+def push_rows(
+    store: FeatureStore, view_name: str, rows: pa.Table, connections: int = PUSH_CONNECTIONS
+) -> int:
     """Write `rows` into `view_name`'s online store; returns the number of rows written.
 
     `rows`: the view's join key (`user_id` / `pin_id`, int64), the source column of each
@@ -187,26 +197,71 @@ def push_rows(store: FeatureStore, view_name: str, rows: pa.Table) -> int:
     source's `field_mapping` says) and `event_timestamp`. Other columns are ignored. Each
     row replaces the entity's values of this view whatever their timestamp; if an id
     repeats, its last row wins. `key_ttl_seconds` of the store config, if set, is applied
-    as Feast does. Rows go in chunks of `CHUNK_ROWS`: if Redis fails midway, the chunks before stay
-    written, and re-running the push completes it (every write is idempotent).
+    as Feast does. Rows go in chunks of `CHUNK_ROWS`, encoded on this thread while up to
+    `connections` chunks are in flight (each on its own connection and thread; 1: one
+    chunk after the other on this thread). If Redis fails midway, other chunks may stay
+    written, and re-running the push completes it (every write is idempotent). The first
+    error of any chunk is raised once the chunks already sent have finished (ValueError
+    for bad rows or `connections` < 1, redis-py's ResponseError, OnlineStoreUnavailable
+    when Redis cannot be reached).
     """
+    if connections < 1:
+        raise ValueError(f"connections must be at least 1, got {connections}")
     layout = view_layout(store, view_name)
     _check_columns(
         rows, view_name, [layout.join_key, *layout.source_columns.values(), EVENT_TIMESTAMP]
     )
     ttl = store.config.online_store.key_ttl_seconds
-    written = 0
+    # Chunks may land in any order, so an id's earlier rows are dropped first: the last wins.
+    unique = _last_row_per_id(rows, layout.join_key) if connections > 1 else rows
+
+    def encode(start: int) -> list:
+        hset = hset_columns(layout, unique.slice(start, CHUNK_ROWS))
+        if ttl:  # as Feast: every written key gets the ttl
+            return [hset, [b"EXPIRE", hset[1], str(ttl).encode()]]
+        return [hset]
+
     with unavailable_as_clear_error(store, f"online push to '{view_name}'"):
         client = redis_client(store)
-        for start in range(0, rows.num_rows, CHUNK_ROWS):
-            chunk = rows.slice(start, CHUNK_ROWS)
-            hset = hset_columns(layout, chunk)
-            if ttl:  # as Feast: every written key gets the ttl
-                run_pipelined(client, hset, [b"EXPIRE", hset[1], str(ttl).encode()])
-            else:
-                run_pipelined(client, hset)
-            written += chunk.num_rows
-    return written
+        chunks = map(encode, range(0, unique.num_rows, CHUNK_ROWS))
+        _in_flight(lambda batches: run_pipelined(client, *batches), chunks, connections)
+    return rows.num_rows
+
+
+def _last_row_per_id(rows: pa.Table, join_key: str) -> pa.Table:
+    """`rows` without the rows whose id appears again later (order kept); `rows` itself,
+    no copy, when every id is distinct (the materializer's case). Null ids are left for
+    `entity_keys` to refuse."""
+    ids = rows.column(join_key)
+    if ids.null_count or pc.count_distinct(ids).as_py() == rows.num_rows:
+        return rows
+    reversed_ids = ids.to_numpy()[::-1]
+    _, first_from_end = np.unique(reversed_ids, return_index=True)
+    return rows.take(np.sort(rows.num_rows - 1 - first_from_end))
+
+
+def _in_flight(send, items: Iterator, connections: int) -> None:
+    """`send(item)` for every item of `items` (produced lazily on this thread), on up to
+    `connections` threads at once; the next item is produced while they send, and at most
+    `connections` sends wait unfinished (so memory holds that many chunks plus one). With 1,
+    one after the other on this thread. The first exception (of the oldest send, or of
+    `items`) is raised after the sends already started end; later items are not sent."""
+    if connections == 1:
+        for item in items:
+            send(item)
+        return
+    with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="derm-push") as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for item in items:
+                if len(pending) == connections:
+                    pending.popleft().result()
+                pending.append(pool.submit(send, item))
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()  # a no-op for those running: the pool's exit waits for them
 
 
 def hset_columns(layout: ViewLayout, chunk: pa.Table) -> list:

@@ -18,6 +18,7 @@ from feast.protos.feast.types.Value_pb2 import FloatList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from derm_features.core.spec import PUBLISHED_COLUMNS, feature_name
+from derm_features.feast import online_store
 from derm_features.feast.online_store import OnlineStoreUnavailable, push_rows, remove_entities
 from derm_features.feast.redis_layout import (
     decode_float_lists,
@@ -210,3 +211,31 @@ def test_unreachable_redis_is_a_clear_error_without_the_password(applied_workdir
     assert "redis://:***@127.0.0.1:6390/0" in message
     assert "secret" not in message
     assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+def test_several_connections_write_what_one_writes(applied_workdir, redis_url, monkeypatch):
+    monkeypatch.setattr(online_store, "CHUNK_ROWS", 7)  # many chunks from few rows
+    store = feature_store(applied_workdir)
+    ids = np.r_[np.arange(60), [5, 41, 5]]  # repeated ids in later chunks: the last row wins
+    rows = embedding_rows("pin", ids, dim=32, seed=3)
+    client = redis.Redis.from_url(redis_url)
+    written = {}
+    for connections in (1, 4):
+        client.flushdb()
+        assert push_rows(store, "ctr_pin_embedding", rows, connections=connections) == len(ids)
+        written[connections] = raw_hashes(redis_url, store, "ctr_pin_embedding", range(60))
+    assert written[4] == written[1]
+    last = [int(np.flatnonzero(ids == i)[-1]) for i in range(60)]
+    assert_online_equals(store, "ctr_pin_embedding", rows.take(last))
+
+
+def test_an_error_on_one_connection_is_raised(applied_workdir, redis_url, monkeypatch):
+    monkeypatch.setattr(online_store, "CHUNK_ROWS", 7)
+    store = feature_store(applied_workdir)
+    (key,) = entity_keys(view_layout(store, "ctr_pin_embedding"), [30])
+    redis.Redis.from_url(redis_url).set(key, b"not a hash")  # HSET on it: WRONGTYPE
+    rows = embedding_rows("pin", np.arange(60))
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        push_rows(store, "ctr_pin_embedding", rows, connections=3)
+    with pytest.raises(ValueError, match="at least 1"):
+        push_rows(store, "ctr_pin_embedding", rows, connections=0)

@@ -19,6 +19,7 @@ from test_online_read import ALL_VIEWS, feast_embeddings
 from benchmarks.redis_cluster import cluster_feast_config
 from derm_features.core.spec import PUBLISHED_COLUMNS, feature_name
 from derm_features.core.workdir import Workdir
+from derm_features.feast import online_store
 from derm_features.feast.online_store import (
     EmbeddingReader,
     OnlineStoreUnavailable,
@@ -363,3 +364,13 @@ def test_after_a_failover_the_reader_and_the_push_follow_the_promoted_replica(
         second = embedding_rows("pin", pins, dim=4, seed=2)  # the push client retries
         assert push_rows(store, "ctr_pin_embedding", second) == len(pins)
         assert_online_equals(store, "ctr_pin_embedding", second)
+
+
+def test_several_connections_in_flight_on_the_cluster(cluster_workdir, monkeypatch):
+    monkeypatch.setattr(online_store, "CHUNK_ROWS", 7)  # many chunks, each on every node
+    store = feature_store(cluster_workdir)
+    pins = np.r_[np.arange(1000, 1060), [1003, 1003]]  # a repeated id: its last row wins
+    rows = embedding_rows("pin", pins, dim=16, seed=4)
+    assert push_rows(store, "ctr_pin_embedding", rows, connections=3) == len(pins)
+    last = [int(np.flatnonzero(pins == p)[-1]) for p in np.unique(pins)]
+    assert_online_equals(store, "ctr_pin_embedding", rows.take(last))
