@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from derm_features.core.processes import stop_processes
+
 
 class ClusterUnavailable(RuntimeError):
     """redis-server / redis-cli are missing or could not form a cluster here (the reason)."""
@@ -101,14 +103,7 @@ def _redis_servers(
                 raise ClusterUnavailable(f"redis-server on port {port} exited with {code}")
         yield ports
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(processes, timeout_s=10)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from derm_features.core.processes import stop_processes
 from derm_features.core.workdir import Workdir
 from derm_features.feast.repo import REPO_ROOT, apply
 from derm_features.serving.ann import IndexConfig, build_index
@@ -229,12 +230,7 @@ def main(cfg: LoadConfig) -> None:
             load("derm /retrieve k=100", derm_port, "/retrieve", retrieve_bodies, cfg.threads),
         ]
     finally:
-        for process in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         client.flushdb()
     print(
         f"{cfg.requests} requests per scenario, {cfg.threads} threads, {cfg.workers} worker(s) "

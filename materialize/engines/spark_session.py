@@ -60,6 +60,8 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", wor
 
     import pyspark
 
+    from derm_features.core.processes import stop_processes
+
     spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
 
     def free_port() -> int:
@@ -111,13 +113,7 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", wor
             time.sleep(0.5)
         yield master
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(reversed(processes))  # workers before the master
         logs.close()
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)

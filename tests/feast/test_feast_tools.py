@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from derm_features.core.processes import stop_processes
 from derm_features.feast.online_store import push_rows
 from derm_features.feast.repo import REPO_ROOT, feature_store
 
@@ -56,11 +57,7 @@ def request(url: str, body: dict | None = None, wait_s: float = 120) -> tuple[in
 
 
 def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_processes([process])
 
 
 def test_feast_ui_starts_and_lists_derms_views_and_services(applied_workdir, redis_url):
