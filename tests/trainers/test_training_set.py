@@ -156,6 +156,27 @@ def test_point_in_time_rule_is_adversarially_correct(
     assert table.column("click").to_pylist() == [events.index(e) % 2 for e in by_ts]
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "feast"])
+def test_a_tombstone_hides_the_older_value(applied_workdir, tmp_path, backend):
+    """A model switch leaves a null offline row for an abandoned entity: events after it see
+    no embedding (the older value is hidden, as in Feast), events before it still see the
+    older one; an entity updated instead sees its newest value."""
+    t, day = dt.date(2024, 3, 10), dt.timedelta(days=1)
+    write_offline(
+        applied_workdir,
+        "ctr",
+        "user",
+        [(1, t - 2 * day, vec(1.0)), (2, t - 2 * day, vec(3.0)), (1, t - day, None),
+         (2, t - day, vec(4.0))],
+    )  # fmt: skip
+    log = tmp_path / "log.parquet"
+    write_log(log, [(1, 7, at(t - day, 5)), (1, 7, at(t, 5)), (2, 7, at(t, 6))])
+    cfg = TrainingSetConfig(log, applied_workdir.root, t - day, t, embeddings=("ctr_user",))
+    table = build_training_set(cfg, backend=backend).read().sort_by("ts")
+    assert table.column("has_ctr_user_embedding").to_pylist() == [1, 0, 1]
+    assert [v[0] for v in table.column("ctr_user_embedding").to_pylist()] == [1.0, 0.0, 4.0]
+
+
 def test_rows_keep_their_labels_and_features_after_feast_reorders(applied_workdir, tmp_path):
     """Many users on one day: every row's embedding must be its own user's (Feast's DuckDB
     store returns rows in its own order; the builder re-keys them)."""

@@ -258,16 +258,36 @@ def cut_micros(day: dt.date) -> int:
 
 @dataclass(frozen=True)
 class Lookup:
-    """Embeddings of distinct (day, id) pairs, sorted by day then id."""
+    """Where the embeddings of distinct (day, id) pairs are, pairs sorted by day then id.
+
+    Per key, the pairs point into a matrix of vectors rather than holding copies: with
+    derm's own join that matrix is the view's offline rows as read (no [P, D] copy of the
+    pairs' vectors is ever made); with Feast's it is Feast's result, one row per pair. The
+    training-set rows are then gathered from it once, straight into their output column.
+    """
 
     cuts: np.ndarray  # [P] int64 microseconds (lookup_time of the pair's day)
     ids: np.ndarray  # [P] int64
-    values: dict[str, tuple[np.ndarray, np.ndarray]]  # key -> ([P, D] float32, [P] bool)
+    vectors: dict[str, np.ndarray]  # key -> [M, D] float32 the pairs point into
+    rows: dict[str, np.ndarray]  # key -> [P] int64, each pair's row of vectors[key]; -1: none
 
     def rows_of(self, day: dt.date, row_ids: np.ndarray) -> np.ndarray:
         """Pair index of each (day, row id); every row id must be among the day's pairs."""
         lo, hi = np.searchsorted(self.cuts, [cut_micros(day), cut_micros(day) + 1])
         return lo + np.searchsorted(self.ids[lo:hi], row_ids)
+
+    def gather(self, key: str, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of `pairs` ([n] pair indices): ([n, D] float32, zeros where there is
+        none; [n] bool, whether there is one). One pass over the output bytes."""
+        source, rows = self.vectors[key], self.rows[key][pairs]
+        present = rows >= 0
+        if not len(source):  # nothing to point into: every row is absent
+            return np.zeros((len(pairs), source.shape[1]), np.float32), present
+        # -1 reads the last row (numpy wraps); those rows are zeroed just after
+        out = np.take(source, rows, axis=0)
+        if not present.all():
+            out[~present] = 0.0
+        return out, present
 
 
 def fetch_embeddings(
@@ -305,11 +325,33 @@ def fetch_embeddings(
             "pairs; expected exactly one row per pair"
         )
     take = pa.array(order)
-    values = {}
+    vectors, rows = {}, {}
     for k in keys:
         column = "__".join(refs[k])  # Feast's full name: <view>__<feature>
-        values[k] = embedding_matrix(result.column(column).take(take), dims[k], column)
-    return Lookup(cuts, ids, values)
+        vectors[k], present = embedding_matrix(result.column(column).take(take), dims[k], column)
+        rows[k] = np.where(present, np.arange(len(ids)), -1)
+    return Lookup(cuts, ids, vectors, rows)
+
+
+def source_vectors(values: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A view's offline ``embedding`` column (list or fixed-size list of float) as
+    ([S, D] float32, [S] int64 lengths).
+
+    lengths[s] is -1 for a null vector (a model switch's tombstone) and the vector's length
+    otherwise; a row whose length is not `dim` (an older D) is left zero in the matrix, so
+    that only an event that would actually see it is refused (`asof_embeddings`). When
+    every row holds `dim` values the matrix is a view of the Arrow buffer, not a copy.
+    """
+    values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    lengths = pc.list_value_length(values).fill_null(-1).to_numpy().astype(np.int64)
+    ok = lengths == dim
+    if ok.all():  # flatten: the rows' values back to back, honouring the array's offset
+        return values.flatten().to_numpy().reshape(-1, dim), lengths
+    matrix = np.zeros((len(values), dim), np.float32)
+    if ok.any():
+        kept = values.filter(pa.array(ok))
+        matrix[ok] = kept.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return matrix, lengths
 
 
 def asof_embeddings(
@@ -323,11 +365,16 @@ def asof_embeddings(
     """Feast's point-in-time join computed by DuckDB straight over the views' Parquet
     sources, for the distinct (cut, id) pairs sorted by cut then id (as `fetch_embeddings`).
 
-    Per view, one ``ASOF LEFT JOIN``: each pair takes the source row of its id with the
-    latest ``event_timestamp <= cut``, kept when ``cut <= event_timestamp + ttl`` (Feast's
-    inclusive ttl, `DermSpec.feast_ttl`); a null row (a model switch's tombstone) is
-    "absent" as in Feast. Equal to `get_historical_features` row for row (tested), without
-    Feast's per-call planning: the fast path for the DuckDB/file offline stores.
+    Per view, the offline rows are read once (id, stamp, vector) and one ``ASOF LEFT JOIN``
+    finds, for each pair, the row of its id with the latest ``event_timestamp <= cut``, kept
+    when ``cut <= event_timestamp + ttl`` (Feast's inclusive ttl, `DermSpec.feast_ttl`); a
+    null row (a model switch's tombstone) is "absent" as in Feast. The join carries only
+    row numbers, never vectors: the pairs point into the rows as read (`Lookup`). Equal to
+    `get_historical_features` row for row (tested), without Feast's per-call planning: the
+    fast path for the DuckDB/file offline stores.
+
+    Raises TrainingSetError naming the view if a pair would see a vector whose length is not
+    the view's D (`dims`).
     """
     import duckdb
 
@@ -338,39 +385,52 @@ def asof_embeddings(
         {
             "i": pa.array(np.arange(len(ids), dtype=np.int64)),
             "id": pa.array(ids, pa.int64()),
-            "cut": pa.array(cuts, pa.int64()).cast(TIMESTAMP),
+            "cut": pa.array(cuts, pa.int64()),
         }
     )
     con.register("pairs", pairs)
     key_column = join_key(entity)
-    values = {}
+    vectors, rows = {}, {}
     for k in keys:
         model, _, view = embedding_view(k)
         files = parquet_files(workdir.offline(model, entity))
+        rows[k] = np.full(len(ids), -1, np.int64)
         if not files:
-            values[k] = (np.zeros((len(ids), dims[k]), np.float32), np.zeros(len(ids), bool))
+            vectors[k] = np.zeros((0, dims[k]), np.float32)
             continue
-        con.read_parquet([str(p) for p in files]).select(
-            f'"{key_column}" AS id, event_timestamp AS ts, embedding'
-        ).create_view("source", replace=True)
-        try:  # FLOAT[D]: a fixed-size list in Arrow, read as one [n, D] block
-            result = con.sql(
-                f"""
-                SELECT p.i,
-                       CASE WHEN p.cut <= s.ts + INTERVAL ({ttl_us}) MICROSECOND
-                            THEN s.embedding::FLOAT[{dims[k]}] END AS embedding
-                FROM pairs p ASOF LEFT JOIN source s ON p.id = s.id AND p.cut >= s.ts
-                ORDER BY p.i
-                """
-            ).to_arrow_table()
-        except duckdb.ConversionException as exc:
+        # stamps as epoch microseconds, compared with the cuts as integers (naive stamps
+        # count as UTC, as in Feast)
+        source = con.sql(
+            f'SELECT "{key_column}"::BIGINT AS id, epoch_us(event_timestamp) AS ts, embedding '
+            f"FROM read_parquet({[str(p) for p in files]})"
+        ).to_arrow_table()
+        vectors[k], lengths = source_vectors(source.column("embedding"), dims[k])
+        con.register(
+            "source",
+            source.select(["id", "ts"]).append_column(
+                "r", pa.array(np.arange(source.num_rows, dtype=np.int64))
+            ),
+        )
+        found = con.sql(
+            f"""
+            SELECT p.i, CASE WHEN p.cut <= s.ts + {ttl_us} THEN s.r END AS r
+            FROM pairs p ASOF LEFT JOIN source s ON p.id = s.id AND p.cut >= s.ts
+            """
+        ).to_arrow_table()
+        con.unregister("source")
+        rows[k][found.column("i").to_numpy()] = found.column("r").fill_null(-1).to_numpy()
+        hit = np.flatnonzero(rows[k] >= 0)
+        seen = lengths[rows[k][hit]]  # the length of each found vector; -1: a null one
+        wrong = seen[(seen >= 0) & (seen != dims[k])]
+        if len(wrong):
             raise TrainingSetError(
-                f"view '{view}': an embedding a training event would see is not of length "
-                f"{dims[k]} (every vector of a view must share the view's D): {exc}"
-            ) from None
-        values[k] = embedding_matrix(result.column("embedding"), dims[k], view)
+                f"view '{view}': an embedding a training event would see has length "
+                f"{int(wrong[0])}, expected {dims[k]} (every vector of a view must share the "
+                "view's D)"
+            )
+        rows[k][hit[seen < 0]] = -1  # a tombstone hides the older values: absent
     con.close()
-    return Lookup(cuts, ids, values)
+    return Lookup(cuts, ids, vectors, rows)
 
 
 def distinct_pairs(ids_by_day: dict[dt.date, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -387,10 +447,11 @@ def join_day(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> pa.Tab
     """One day's log rows plus, per embedding key, its column and has_ indicator."""
     columns = {"event_timestamp": pa.array(np.full(rows.num_rows, cut_micros(day))).cast(TIMESTAMP)}
     for entity, lookup in lookups.items():
-        index = lookup.rows_of(day, hash_ids_to_int64(rows.column(join_key(entity))))
-        for k, (matrix, present) in lookup.values.items():
-            columns[embedding_column(k)] = fixed_size_list(matrix[index])
-            columns[presence_column(k)] = pa.array(present[index].astype(np.int8))
+        pairs = lookup.rows_of(day, hash_ids_to_int64(rows.column(join_key(entity))))
+        for k in lookup.rows:
+            matrix, present = lookup.gather(k, pairs)
+            columns[embedding_column(k)] = fixed_size_list(matrix)
+            columns[presence_column(k)] = pa.array(present.astype(np.int8))
     for name, values in columns.items():
         rows = rows.append_column(name, values)
     return rows
@@ -526,8 +587,8 @@ def point_in_time_embeddings(
         for day in days:
             rows = np.flatnonzero(row_days == day)
             index[rows] = lookup.rows_of(day, ids[entity][rows])
-        for k, (matrix, found) in lookup.values.items():
-            vectors[k], present[k] = matrix[index], found[index]
+        for k in lookup.rows:
+            vectors[k], present[k] = lookup.gather(k, index)
     for k in keys:  # an empty dataframe: empty matrices of the right width
         vectors.setdefault(k, np.zeros((0, dims[k]), np.float32))
         present.setdefault(k, np.zeros(0, bool))
