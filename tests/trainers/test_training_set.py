@@ -335,3 +335,19 @@ def test_an_event_that_would_see_another_d_is_refused_naming_the_view(
     cfg = TrainingSetConfig(log, applied_workdir.root, t, t, embeddings=("ctr_user",))
     with pytest.raises(TrainingSetError, match=r"ctr_user_embedding.*length.*4"):
         build_training_set(cfg, backend=backend)
+
+
+def test_rows_of_finds_pairs_for_rows_in_any_order():
+    """`Lookup.rows_of` answers from the pairs' own index when a day's rows come back in
+    the order they were paired, and searches when they do not: the same pairs either way."""
+    from trainers.downstream.training_set import Lookup, distinct_pairs
+
+    day = dt.date(2024, 3, 10)
+    row_ids = np.array([30, 10, 30, 20, 10], np.int64)
+    cuts, ids, known = distinct_pairs({day: row_ids, day + dt.timedelta(days=1): row_ids[:2]})
+    assert ids.tolist() == [10, 20, 30, 10, 30]
+    lookup = Lookup(cuts, ids, {}, {}, known)
+    assert lookup.rows_of(day, row_ids).tolist() == [2, 0, 2, 1, 0]
+    shuffled = row_ids[::-1].copy()
+    assert lookup.rows_of(day, shuffled).tolist() == [0, 1, 2, 0, 2]
+    assert ids[lookup.rows_of(day + dt.timedelta(days=1), np.array([30, 10]))].tolist() == [30, 10]

@@ -23,15 +23,24 @@ the embedding of an event depends only on (entity id, day). For each chunk of
 and once for the distinct (Pin, day) pairs (Pin views); the results are joined back to the
 rows on (day, id). Labels and the log's own features never go through pandas: they stay
 Arrow columns and are written as read, so list columns (recent Pins, content embeddings)
-are never pandas object columns, and one day's rows are held in memory at a time.
+are never pandas object columns, and a day's rows are held in memory only until that day
+is written (at most `WRITERS` + 1 days at a time).
+
+Where the time goes (1M rows x 4 views, `benchmarks/training_set.py`). With derm's own
+join (`asof_embeddings`) the join is a small share: encoding and writing the set's Parquet
+is most of it, and grows with D (at D=256 the set is 4 GB of vectors). So the join carries
+row numbers rather than vectors, each output column is gathered once straight from the
+offline rows as read, and days are written on `WRITERS` threads while the next is joined.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +64,8 @@ def embedding_keys(spec: DermSpec) -> tuple[str, ...]:
 EMBEDDING_KEYS = embedding_keys(DermSpec())
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 META_FILE = "meta.json"
+# Days `build_training_set` writes at once (two: the 2-core machine it was tuned on).
+WRITERS = 2
 
 
 class TrainingSetError(ValueError):
@@ -271,8 +282,15 @@ class Lookup:
     vectors: dict[str, np.ndarray]  # key -> [M, D] float32 the pairs point into
     rows: dict[str, np.ndarray]  # key -> [P] int64, each pair's row of vectors[key]; -1: none
 
+    # day -> (its row ids when the pairs were made, their pair indices): the day's rows
+    # read again in the same order need no search
+    known: dict[dt.date, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
     def rows_of(self, day: dt.date, row_ids: np.ndarray) -> np.ndarray:
         """Pair index of each (day, row id); every row id must be among the day's pairs."""
+        ids, pairs = self.known.get(day, (None, None))
+        if ids is not None and np.array_equal(ids, row_ids):
+            return pairs
         lo, hi = np.searchsorted(self.cuts, [cut_micros(day), cut_micros(day) + 1])
         return lo + np.searchsorted(self.ids[lo:hi], row_ids)
 
@@ -433,14 +451,19 @@ def asof_embeddings(
     return Lookup(cuts, ids, vectors, rows)
 
 
-def distinct_pairs(ids_by_day: dict[dt.date, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(cuts, ids) of the distinct (day, id) pairs, sorted by day then id."""
-    days = sorted(ids_by_day)
-    uniques = [np.unique(ids_by_day[d]) for d in days]
-    cuts = np.concatenate(
-        [np.full(len(u), cut_micros(d), np.int64) for d, u in zip(days, uniques, strict=True)]
-    )
-    return cuts, np.concatenate(uniques).astype(np.int64)
+def distinct_pairs(
+    ids_by_day: dict[dt.date, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, dict[dt.date, tuple[np.ndarray, np.ndarray]]]:
+    """(cuts, ids) of the distinct (day, id) pairs, sorted by day then id, and per day
+    (its ids as given, the pair index of each): what `Lookup.rows_of` would compute."""
+    cuts, uniques, known, start = [], [], {}, 0
+    for day in sorted(ids_by_day):
+        unique, inverse = np.unique(ids_by_day[day], return_inverse=True)
+        cuts.append(np.full(len(unique), cut_micros(day), np.int64))
+        uniques.append(unique.astype(np.int64))
+        known[day] = (ids_by_day[day], start + inverse)
+        start += len(unique)
+    return np.concatenate(cuts), np.concatenate(uniques), known
 
 
 def join_day(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> pa.Table:
@@ -494,7 +517,8 @@ def entity_lookups(
         entity_keys = tuple(k for k in keys if embedding_view(k)[1] == entity)
         if entity_keys:
             ids_by_day = {d: v for d, v in ids_by_day_of(entity).items() if len(v)}
-            lookups[entity] = fetch(entity, entity_keys, dims, *distinct_pairs(ids_by_day))
+            cuts, ids, known = distinct_pairs(ids_by_day)
+            lookups[entity] = replace(fetch(entity, entity_keys, dims, cuts, ids), known=known)
     return lookups
 
 
@@ -624,7 +648,11 @@ def build_training_set(
     chunks = [days[i : i + cfg.days_per_fetch] for i in range(0, len(days), cfg.days_per_fetch)]
     rows_written = 0
     written_days = []
-    with atomic_dir(cfg.output_dir()) as tmp:
+    # Encoding the Parquet is most of the work (its list levels cost more than the join), and
+    # pyarrow writes a file on one thread without the GIL: days are written by WRITERS
+    # threads while the next day is joined. At most WRITERS joined days wait in memory.
+    with atomic_dir(cfg.output_dir()) as tmp, ThreadPoolExecutor(WRITERS) as writers:
+        pending: deque[Future] = deque()
         for chunk in progress(chunks) if progress else chunks:
             lookups = fetch_chunk(log, fetch, cfg.embeddings, dims, chunk) if cfg.embeddings else {}
             for day in chunk:
@@ -632,9 +660,21 @@ def build_training_set(
                 joined = join_day(rows, day, lookups)
                 part = tmp / f"ds={day.isoformat()}"
                 part.mkdir()
-                pq.write_table(joined, part / "part-0.parquet", **_parquet_options(joined))
+                if len(pending) == WRITERS:
+                    pending.popleft().result()
+                pending.append(
+                    writers.submit(
+                        pq.write_table,
+                        joined,
+                        part / "part-0.parquet",
+                        **_parquet_options(joined),
+                    )
+                )
                 rows_written += joined.num_rows
                 written_days.append(day.isoformat())
+                del rows, joined  # the writer holds the day until it is written
+        while pending:
+            pending.popleft().result()
         meta = {
             "logs": str(Path(cfg.logs).resolve()),
             "schema": log.schema.to_dict(),
