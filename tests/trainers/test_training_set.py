@@ -177,6 +177,38 @@ def test_a_tombstone_hides_the_older_value(applied_workdir, tmp_path, backend):
     assert [v[0] for v in table.column("ctr_user_embedding").to_pylist()] == [1.0, 0.0, 4.0]
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "feast"])
+def test_a_value_stamped_exactly_ttl_before_the_cut_is_still_seen(
+    applied_workdir, tmp_path, backend
+):
+    """Feast's ttl is inclusive: a value stamped exactly ttl before an event's cut is served,
+    one stamped a microsecond earlier is not, also when that event is the log's only one
+    (derm's join reads only the offline rows stamped in [first cut - ttl, last cut])."""
+    from trainers.downstream.training_set import lookup_time
+
+    t = dt.date(2024, 6, 1)
+    cut = lookup_time(t)
+    ttl = applied_workdir.spec.feast_ttl
+    for user, stamp in ((1, cut - ttl), (2, cut - ttl - dt.timedelta(microseconds=1))):
+        table = pa.table(
+            {
+                "user_id": pa.array([user], pa.int64()),
+                "event_timestamp": pa.array([stamp], UTC),
+                "embedding": pa.array([vec(float(user))], pa.list_(pa.float32())),
+                "last_seen": pa.array([stamp], UTC),
+                "model_version": pa.array([f"ctr-0123abcd-d{D}@{stamp.date()}"]),
+            }
+        )
+        directory = applied_workdir.offline("ctr", "user") / f"ds={stamp.date()}-{user}"
+        directory.mkdir(parents=True)
+        pq.write_table(table, directory / "part-0.parquet")
+    log = tmp_path / "log.parquet"
+    write_log(log, [(1, 7, at(t, 9)), (2, 7, at(t, 10))])
+    cfg = TrainingSetConfig(log, applied_workdir.root, t, t, embeddings=("ctr_user",))
+    table = build_training_set(cfg, backend=backend).read().sort_by("ts")
+    assert table.column("has_ctr_user_embedding").to_pylist() == [1, 0]
+
+
 def test_rows_keep_their_labels_and_features_after_feast_reorders(applied_workdir, tmp_path):
     """Many users on one day: every row's embedding must be its own user's (Feast's DuckDB
     store returns rows in its own order; the builder re-keys them)."""

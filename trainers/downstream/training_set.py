@@ -351,25 +351,37 @@ def fetch_embeddings(
     return Lookup(cuts, ids, vectors, rows)
 
 
-def source_vectors(values: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """A view's offline ``embedding`` column (list or fixed-size list of float) as
-    ([S, D] float32, [S] int64 lengths).
+def vector_lengths(values: pa.ChunkedArray) -> np.ndarray:
+    """[S] int64: the length of each vector of a list (or fixed-size list) column; -1 for a
+    null one (a model switch's tombstone)."""
+    return pc.list_value_length(values).fill_null(-1).to_numpy().astype(np.int64)
 
-    lengths[s] is -1 for a null vector (a model switch's tombstone) and the vector's length
-    otherwise; a row whose length is not `dim` (an older D) is left zero in the matrix, so
-    that only an event that would actually see it is refused (`asof_embeddings`). When
-    every row holds `dim` values the matrix is a view of the Arrow buffer, not a copy.
-    """
-    values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    lengths = pc.list_value_length(values).fill_null(-1).to_numpy().astype(np.int64)
-    ok = lengths == dim
-    if ok.all():  # flatten: the rows' values back to back, honouring the array's offset
-        return values.flatten().to_numpy().reshape(-1, dim), lengths
-    matrix = np.zeros((len(values), dim), np.float32)
+
+def chunk_matrix(chunk: pa.Array, dim: int) -> np.ndarray:
+    """[n, D] float32 of one chunk of vectors: a view of the Arrow buffer when every row
+    holds `dim` values; otherwise a copy whose null and other-length rows are zeros."""
+    ok = vector_lengths(pa.chunked_array([chunk])) == dim
+    if ok.all():  # flatten: the rows' values back to back, honouring the chunk's offset
+        return chunk.flatten().to_numpy().reshape(-1, dim)
+    matrix = np.zeros((len(chunk), dim), np.float32)
     if ok.any():
-        kept = values.filter(pa.array(ok))
-        matrix[ok] = kept.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    return matrix, lengths
+        kept = chunk.filter(pa.array(ok)).flatten()
+        matrix[ok] = kept.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return matrix
+
+
+def used_vectors(values: pa.ChunkedArray, used: np.ndarray, dim: int) -> np.ndarray:
+    """[U, D] float32: the vectors of rows `used` ([U] sorted row numbers of `values`),
+    copied chunk by chunk: only the rows some event sees are kept, never the whole source
+    (nor one concatenated copy of it)."""
+    out = np.empty((len(used), dim), np.float32)
+    start = 0
+    for chunk in values.chunks:
+        lo, hi = np.searchsorted(used, [start, start + len(chunk)])
+        if hi > lo:
+            np.take(chunk_matrix(chunk, dim), used[lo:hi] - start, axis=0, out=out[lo:hi])
+        start += len(chunk)
+    return out
 
 
 def asof_embeddings(
@@ -387,7 +399,8 @@ def asof_embeddings(
     finds, for each pair, the row of its id with the latest ``event_timestamp <= cut``, kept
     when ``cut <= event_timestamp + ttl`` (Feast's inclusive ttl, `DermSpec.feast_ttl`); a
     null row (a model switch's tombstone) is "absent" as in Feast. The join carries only
-    row numbers, never vectors: the pairs point into the rows as read (`Lookup`). Equal to
+    row numbers, never vectors; the vectors of the rows it found are then copied once
+    (`used_vectors`) and the pairs point into them (`Lookup`). Equal to
     `get_historical_features` row for row (tested), without Feast's per-call planning: the
     fast path for the DuckDB/file offline stores.
 
@@ -407,22 +420,24 @@ def asof_embeddings(
         }
     )
     con.register("pairs", pairs)
+    # Only rows stamped in [first cut - ttl, last cut] can be seen (an older row is expired
+    # for every pair, so dropping it changes no answer); DuckDB skips the rest by the files'
+    # statistics. Stamps are compared as epoch microseconds (naive ones count as UTC, as in
+    # Feast).
+    window = f"epoch_us(event_timestamp) BETWEEN {int(cuts.min()) - ttl_us} AND {int(cuts.max())}"
     key_column = join_key(entity)
     vectors, rows = {}, {}
     for k in keys:
         model, _, view = embedding_view(k)
         files = parquet_files(workdir.offline(model, entity))
         rows[k] = np.full(len(ids), -1, np.int64)
-        if not files:
+        if not files or not len(ids):
             vectors[k] = np.zeros((0, dims[k]), np.float32)
             continue
-        # stamps as epoch microseconds, compared with the cuts as integers (naive stamps
-        # count as UTC, as in Feast)
         source = con.sql(
             f'SELECT "{key_column}"::BIGINT AS id, epoch_us(event_timestamp) AS ts, embedding '
-            f"FROM read_parquet({[str(p) for p in files]})"
+            f"FROM read_parquet({[str(p) for p in files]}) WHERE {window}"
         ).to_arrow_table()
-        vectors[k], lengths = source_vectors(source.column("embedding"), dims[k])
         con.register(
             "source",
             source.select(["id", "ts"]).append_column(
@@ -438,7 +453,7 @@ def asof_embeddings(
         con.unregister("source")
         rows[k][found.column("i").to_numpy()] = found.column("r").fill_null(-1).to_numpy()
         hit = np.flatnonzero(rows[k] >= 0)
-        seen = lengths[rows[k][hit]]  # the length of each found vector; -1: a null one
+        seen = vector_lengths(source.column("embedding"))[rows[k][hit]]  # -1: a null vector
         wrong = seen[(seen >= 0) & (seen != dims[k])]
         if len(wrong):
             raise TrainingSetError(
@@ -446,7 +461,12 @@ def asof_embeddings(
                 f"{int(wrong[0])}, expected {dims[k]} (every vector of a view must share the "
                 "view's D)"
             )
-        rows[k][hit[seen < 0]] = -1  # a tombstone hides the older values: absent
+        hit = hit[seen >= 0]  # a tombstone hides the older values: absent
+        # keep only the source rows some pair sees, and point the pairs at them
+        used, renumbered = np.unique(rows[k][hit], return_inverse=True)
+        rows[k][:] = -1
+        rows[k][hit] = renumbered
+        vectors[k] = used_vectors(source.column("embedding"), used, dims[k])
     con.close()
     return Lookup(cuts, ids, vectors, rows)
 
