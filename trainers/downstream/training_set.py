@@ -409,6 +409,9 @@ def asof_embeddings(
     """
     import duckdb
 
+    if not len(ids):
+        return Lookup(cuts, ids, {k: np.zeros((0, dims[k]), np.float32) for k in keys},
+                      {k: np.zeros(0, np.int64) for k in keys})  # fmt: skip
     ttl_us = int(workdir.spec.feast_ttl.total_seconds() * 1_000_000)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -431,7 +434,7 @@ def asof_embeddings(
         model, _, view = embedding_view(k)
         files = parquet_files(workdir.offline(model, entity))
         rows[k] = np.full(len(ids), -1, np.int64)
-        if not files or not len(ids):
+        if not files:
             vectors[k] = np.zeros((0, dims[k]), np.float32)
             continue
         source = con.sql(
@@ -461,12 +464,14 @@ def asof_embeddings(
                 f"{int(wrong[0])}, expected {dims[k]} (every vector of a view must share the "
                 "view's D)"
             )
-        hit = hit[seen >= 0]  # a tombstone hides the older values: absent
-        # keep only the source rows some pair sees, and point the pairs at them
-        used, renumbered = np.unique(rows[k][hit], return_inverse=True)
-        rows[k][:] = -1
-        rows[k][hit] = renumbered
-        vectors[k] = used_vectors(source.column("embedding"), used, dims[k])
+        rows[k][hit[seen < 0]] = -1  # a tombstone hides the older values: absent
+        hit = hit[seen >= 0]
+        # keep only the source rows some pair sees (a mask rather than a sort), and point the
+        # pairs at them, renumbered in order
+        used = np.zeros(source.num_rows, bool)
+        used[rows[k][hit]] = True
+        rows[k][hit] = (np.cumsum(used) - 1)[rows[k][hit]]
+        vectors[k] = used_vectors(source.column("embedding"), np.flatnonzero(used), dims[k])
     con.close()
     return Lookup(cuts, ids, vectors, rows)
 
