@@ -383,3 +383,20 @@ def test_rows_of_finds_pairs_for_rows_in_any_order():
     shuffled = row_ids[::-1].copy()
     assert lookup.rows_of(day, shuffled).tolist() == [0, 1, 2, 0, 2]
     assert ids[lookup.rows_of(day + dt.timedelta(days=1), np.array([30, 10]))].tolist() == [30, 10]
+
+
+def test_used_vectors_copies_only_the_rows_asked_for_across_chunks():
+    """The ASOF join's vectors: rows picked by number across chunks (a chunk may hold a
+    tombstone or an older D's vector, which are never picked), list or fixed-size list."""
+    from trainers.downstream.training_set import used_vectors, vector_lengths
+
+    values = pa.chunked_array(
+        [
+            pa.array([[1.0, 2.0], None], pa.list_(pa.float32())),
+            pa.array([[3.0, 4.0, 5.0], [6.0, 7.0], [8.0, 9.0]], pa.list_(pa.float32())),
+        ]
+    )
+    assert vector_lengths(values).tolist() == [2, -1, 3, 2, 2]
+    np.testing.assert_array_equal(used_vectors(values, np.array([0, 4]), 2), [[1, 2], [8, 9]])
+    fixed = pa.chunked_array([pa.array([[0, 0], [1, 2], [3, 4]], pa.list_(pa.float32(), 2))[1:]])
+    np.testing.assert_array_equal(used_vectors(fixed, np.array([1]), 2), [[3, 4]])

@@ -351,7 +351,7 @@ def fetch_embeddings(
     return Lookup(cuts, ids, vectors, rows)
 
 
-def vector_lengths(values: pa.ChunkedArray) -> np.ndarray:
+def vector_lengths(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """[S] int64: the length of each vector of a list (or fixed-size list) column; -1 for a
     null one (a model switch's tombstone)."""
     return pc.list_value_length(values).fill_null(-1).to_numpy().astype(np.int64)
@@ -360,7 +360,7 @@ def vector_lengths(values: pa.ChunkedArray) -> np.ndarray:
 def chunk_matrix(chunk: pa.Array, dim: int) -> np.ndarray:
     """[n, D] float32 of one chunk of vectors: a view of the Arrow buffer when every row
     holds `dim` values; otherwise a copy whose null and other-length rows are zeros."""
-    ok = vector_lengths(pa.chunked_array([chunk])) == dim
+    ok = vector_lengths(chunk) == dim
     if ok.all():  # flatten: the rows' values back to back, honouring the chunk's offset
         return chunk.flatten().to_numpy().reshape(-1, dim)
     matrix = np.zeros((len(chunk), dim), np.float32)
