@@ -654,7 +654,8 @@ def build_training_set(
 
     `store` is a feast.FeatureStore to join through (default: none, see `embedding_fetcher`
     for `backend`). `progress` wraps the iterator over chunks of days (e.g. tqdm); None
-    shows nothing.
+    shows nothing. Memory: the offline vectors some event of a chunk sees, plus up to
+    `WRITERS` + 1 joined days (a day of n rows holds n x D x 4 bytes per embedding).
     """
     from derm_features.core.atomic import atomic_dir, write_text_atomic
     from derm_features.core.logs import open_log
