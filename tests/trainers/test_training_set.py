@@ -156,6 +156,59 @@ def test_point_in_time_rule_is_adversarially_correct(
     assert table.column("click").to_pylist() == [events.index(e) % 2 for e in by_ts]
 
 
+@pytest.mark.parametrize("backend", ["duckdb", "feast"])
+def test_a_tombstone_hides_the_older_value(applied_workdir, tmp_path, backend):
+    """A model switch leaves a null offline row for an abandoned entity: events after it see
+    no embedding (the older value is hidden, as in Feast), events before it still see the
+    older one; an entity updated instead sees its newest value."""
+    t, day = dt.date(2024, 3, 10), dt.timedelta(days=1)
+    write_offline(
+        applied_workdir,
+        "ctr",
+        "user",
+        [(1, t - 2 * day, vec(1.0)), (2, t - 2 * day, vec(3.0)), (1, t - day, None),
+         (2, t - day, vec(4.0))],
+    )  # fmt: skip
+    log = tmp_path / "log.parquet"
+    write_log(log, [(1, 7, at(t - day, 5)), (1, 7, at(t, 5)), (2, 7, at(t, 6))])
+    cfg = TrainingSetConfig(log, applied_workdir.root, t - day, t, embeddings=("ctr_user",))
+    table = build_training_set(cfg, backend=backend).read().sort_by("ts")
+    assert table.column("has_ctr_user_embedding").to_pylist() == [1, 0, 1]
+    assert [v[0] for v in table.column("ctr_user_embedding").to_pylist()] == [1.0, 0.0, 4.0]
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "feast"])
+def test_a_value_stamped_exactly_ttl_before_the_cut_is_still_seen(
+    applied_workdir, tmp_path, backend
+):
+    """Feast's ttl is inclusive: a value stamped exactly ttl before an event's cut is served,
+    one stamped a microsecond earlier is not, also when that event is the log's only one
+    (derm's join reads only the offline rows stamped in [first cut - ttl, last cut])."""
+    from trainers.downstream.training_set import lookup_time
+
+    t = dt.date(2024, 6, 1)
+    cut = lookup_time(t)
+    ttl = applied_workdir.spec.feast_ttl
+    for user, stamp in ((1, cut - ttl), (2, cut - ttl - dt.timedelta(microseconds=1))):
+        table = pa.table(
+            {
+                "user_id": pa.array([user], pa.int64()),
+                "event_timestamp": pa.array([stamp], UTC),
+                "embedding": pa.array([vec(float(user))], pa.list_(pa.float32())),
+                "last_seen": pa.array([stamp], UTC),
+                "model_version": pa.array([f"ctr-0123abcd-d{D}@{stamp.date()}"]),
+            }
+        )
+        directory = applied_workdir.offline("ctr", "user") / f"ds={stamp.date()}-{user}"
+        directory.mkdir(parents=True)
+        pq.write_table(table, directory / "part-0.parquet")
+    log = tmp_path / "log.parquet"
+    write_log(log, [(1, 7, at(t, 9)), (2, 7, at(t, 10))])
+    cfg = TrainingSetConfig(log, applied_workdir.root, t, t, embeddings=("ctr_user",))
+    table = build_training_set(cfg, backend=backend).read().sort_by("ts")
+    assert table.column("has_ctr_user_embedding").to_pylist() == [1, 0]
+
+
 def test_rows_keep_their_labels_and_features_after_feast_reorders(applied_workdir, tmp_path):
     """Many users on one day: every row's embedding must be its own user's (Feast's DuckDB
     store returns rows in its own order; the builder re-keys them)."""
@@ -314,3 +367,36 @@ def test_an_event_that_would_see_another_d_is_refused_naming_the_view(
     cfg = TrainingSetConfig(log, applied_workdir.root, t, t, embeddings=("ctr_user",))
     with pytest.raises(TrainingSetError, match=r"ctr_user_embedding.*length.*4"):
         build_training_set(cfg, backend=backend)
+
+
+def test_rows_of_finds_pairs_for_rows_in_any_order():
+    """`Lookup.rows_of` answers from the pairs' own index when a day's rows come back in
+    the order they were paired, and searches when they do not: the same pairs either way."""
+    from trainers.downstream.training_set import Lookup, distinct_pairs
+
+    day = dt.date(2024, 3, 10)
+    row_ids = np.array([30, 10, 30, 20, 10], np.int64)
+    cuts, ids, known = distinct_pairs({day: row_ids, day + dt.timedelta(days=1): row_ids[:2]})
+    assert ids.tolist() == [10, 20, 30, 10, 30]
+    lookup = Lookup(cuts, ids, {}, {}, known)
+    assert lookup.rows_of(day, row_ids).tolist() == [2, 0, 2, 1, 0]
+    shuffled = row_ids[::-1].copy()
+    assert lookup.rows_of(day, shuffled).tolist() == [0, 1, 2, 0, 2]
+    assert ids[lookup.rows_of(day + dt.timedelta(days=1), np.array([30, 10]))].tolist() == [30, 10]
+
+
+def test_used_vectors_copies_only_the_rows_asked_for_across_chunks():
+    """The ASOF join's vectors: rows picked by number across chunks (a chunk may hold a
+    tombstone or an older D's vector, which are never picked), list or fixed-size list."""
+    from trainers.downstream.training_set import used_vectors, vector_lengths
+
+    values = pa.chunked_array(
+        [
+            pa.array([[1.0, 2.0], None], pa.list_(pa.float32())),
+            pa.array([[3.0, 4.0, 5.0], [6.0, 7.0], [8.0, 9.0]], pa.list_(pa.float32())),
+        ]
+    )
+    assert vector_lengths(values).tolist() == [2, -1, 3, 2, 2]
+    np.testing.assert_array_equal(used_vectors(values, np.array([0, 4]), 2), [[1, 2], [8, 9]])
+    fixed = pa.chunked_array([pa.array([[0, 0], [1, 2], [3, 4]], pa.list_(pa.float32(), 2))[1:]])
+    np.testing.assert_array_equal(used_vectors(fixed, np.array([1]), 2), [[3, 4]])

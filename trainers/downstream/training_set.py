@@ -23,15 +23,24 @@ the embedding of an event depends only on (entity id, day). For each chunk of
 and once for the distinct (Pin, day) pairs (Pin views); the results are joined back to the
 rows on (day, id). Labels and the log's own features never go through pandas: they stay
 Arrow columns and are written as read, so list columns (recent Pins, content embeddings)
-are never pandas object columns, and one day's rows are held in memory at a time.
+are never pandas object columns, and a day's rows are held in memory only until that day
+is written (at most `WRITERS` + 1 days at a time).
+
+Where the time goes (1M rows x 4 views, `benchmarks/training_set.py`). With derm's own
+join (`asof_embeddings`) the join is a small share: encoding and writing the set's Parquet
+is most of it, and grows with D (at D=256 the set is 4 GB of vectors). So the join carries
+row numbers rather than vectors, each output column is gathered once straight from the
+offline rows as read, and days are written on `WRITERS` threads while the next is joined.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +64,8 @@ def embedding_keys(spec: DermSpec) -> tuple[str, ...]:
 EMBEDDING_KEYS = embedding_keys(DermSpec())
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 META_FILE = "meta.json"
+# Days `build_training_set` writes at once (two: the 2-core machine it was tuned on).
+WRITERS = 2
 
 
 class TrainingSetError(ValueError):
@@ -258,16 +269,43 @@ def cut_micros(day: dt.date) -> int:
 
 @dataclass(frozen=True)
 class Lookup:
-    """Embeddings of distinct (day, id) pairs, sorted by day then id."""
+    """Where the embeddings of distinct (day, id) pairs are, pairs sorted by day then id.
+
+    Per key, the pairs point into a matrix of vectors rather than holding copies: with
+    derm's own join that matrix is the view's offline rows as read (no [P, D] copy of the
+    pairs' vectors is ever made); with Feast's it is Feast's result, one row per pair. The
+    training-set rows are then gathered from it once, straight into their output column.
+    """
 
     cuts: np.ndarray  # [P] int64 microseconds (lookup_time of the pair's day)
     ids: np.ndarray  # [P] int64
-    values: dict[str, tuple[np.ndarray, np.ndarray]]  # key -> ([P, D] float32, [P] bool)
+    vectors: dict[str, np.ndarray]  # key -> [M, D] float32 the pairs point into
+    rows: dict[str, np.ndarray]  # key -> [P] int64, each pair's row of vectors[key]; -1: none
+
+    # day -> (its row ids when the pairs were made, their pair indices): the day's rows
+    # read again in the same order need no search
+    known: dict[dt.date, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def rows_of(self, day: dt.date, row_ids: np.ndarray) -> np.ndarray:
         """Pair index of each (day, row id); every row id must be among the day's pairs."""
+        ids, pairs = self.known.get(day, (None, None))
+        if ids is not None and np.array_equal(ids, row_ids):
+            return pairs
         lo, hi = np.searchsorted(self.cuts, [cut_micros(day), cut_micros(day) + 1])
         return lo + np.searchsorted(self.ids[lo:hi], row_ids)
+
+    def gather(self, key: str, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of `pairs` ([n] pair indices): ([n, D] float32, zeros where there is
+        none; [n] bool, whether there is one). One pass over the output bytes."""
+        source, rows = self.vectors[key], self.rows[key][pairs]
+        present = rows >= 0
+        if not len(source):  # nothing to point into: every row is absent
+            return np.zeros((len(pairs), source.shape[1]), np.float32), present
+        # -1 reads the last row (numpy wraps); those rows are zeroed just after
+        out = np.take(source, rows, axis=0)
+        if not present.all():
+            out[~present] = 0.0
+        return out, present
 
 
 def fetch_embeddings(
@@ -305,11 +343,45 @@ def fetch_embeddings(
             "pairs; expected exactly one row per pair"
         )
     take = pa.array(order)
-    values = {}
+    vectors, rows = {}, {}
     for k in keys:
         column = "__".join(refs[k])  # Feast's full name: <view>__<feature>
-        values[k] = embedding_matrix(result.column(column).take(take), dims[k], column)
-    return Lookup(cuts, ids, values)
+        vectors[k], present = embedding_matrix(result.column(column).take(take), dims[k], column)
+        rows[k] = np.where(present, np.arange(len(ids)), -1)
+    return Lookup(cuts, ids, vectors, rows)
+
+
+def vector_lengths(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """[S] int64: the length of each vector of a list (or fixed-size list) column; -1 for a
+    null one (a model switch's tombstone)."""
+    return pc.list_value_length(values).fill_null(-1).to_numpy().astype(np.int64)
+
+
+def chunk_matrix(chunk: pa.Array, dim: int) -> np.ndarray:
+    """[n, D] float32 of one chunk of vectors: a view of the Arrow buffer when every row
+    holds `dim` values; otherwise a copy whose null and other-length rows are zeros."""
+    ok = vector_lengths(chunk) == dim
+    if ok.all():  # flatten: the rows' values back to back, honouring the chunk's offset
+        return chunk.flatten().to_numpy().reshape(-1, dim)
+    matrix = np.zeros((len(chunk), dim), np.float32)
+    if ok.any():
+        kept = chunk.filter(pa.array(ok)).flatten()
+        matrix[ok] = kept.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return matrix
+
+
+def used_vectors(values: pa.ChunkedArray, used: np.ndarray, dim: int) -> np.ndarray:
+    """[U, D] float32: the vectors of rows `used` ([U] sorted row numbers of `values`),
+    copied chunk by chunk: only the rows some event sees are kept, never the whole source
+    (nor one concatenated copy of it)."""
+    out = np.empty((len(used), dim), np.float32)
+    start = 0
+    for chunk in values.chunks:
+        lo, hi = np.searchsorted(used, [start, start + len(chunk)])
+        if hi > lo:
+            np.take(chunk_matrix(chunk, dim), used[lo:hi] - start, axis=0, out=out[lo:hi])
+        start += len(chunk)
+    return out
 
 
 def asof_embeddings(
@@ -323,14 +395,23 @@ def asof_embeddings(
     """Feast's point-in-time join computed by DuckDB straight over the views' Parquet
     sources, for the distinct (cut, id) pairs sorted by cut then id (as `fetch_embeddings`).
 
-    Per view, one ``ASOF LEFT JOIN``: each pair takes the source row of its id with the
-    latest ``event_timestamp <= cut``, kept when ``cut <= event_timestamp + ttl`` (Feast's
-    inclusive ttl, `DermSpec.feast_ttl`); a null row (a model switch's tombstone) is
-    "absent" as in Feast. Equal to `get_historical_features` row for row (tested), without
-    Feast's per-call planning: the fast path for the DuckDB/file offline stores.
+    Per view, the offline rows are read once (id, stamp, vector) and one ``ASOF LEFT JOIN``
+    finds, for each pair, the row of its id with the latest ``event_timestamp <= cut``, kept
+    when ``cut <= event_timestamp + ttl`` (Feast's inclusive ttl, `DermSpec.feast_ttl`); a
+    null row (a model switch's tombstone) is "absent" as in Feast. The join carries only
+    row numbers, never vectors; the vectors of the rows it found are then copied once
+    (`used_vectors`) and the pairs point into them (`Lookup`). Equal to
+    `get_historical_features` row for row (tested), without Feast's per-call planning: the
+    fast path for the DuckDB/file offline stores.
+
+    Raises TrainingSetError naming the view if a pair would see a vector whose length is not
+    the view's D (`dims`).
     """
     import duckdb
 
+    if not len(ids):
+        return Lookup(cuts, ids, {k: np.zeros((0, dims[k]), np.float32) for k in keys},
+                      {k: np.zeros(0, np.int64) for k in keys})  # fmt: skip
     ttl_us = int(workdir.spec.feast_ttl.total_seconds() * 1_000_000)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -338,59 +419,87 @@ def asof_embeddings(
         {
             "i": pa.array(np.arange(len(ids), dtype=np.int64)),
             "id": pa.array(ids, pa.int64()),
-            "cut": pa.array(cuts, pa.int64()).cast(TIMESTAMP),
+            "cut": pa.array(cuts, pa.int64()),
         }
     )
     con.register("pairs", pairs)
+    # Only rows stamped in [first cut - ttl, last cut] can be seen (an older row is expired
+    # for every pair, so dropping it changes no answer); DuckDB skips the rest by the files'
+    # statistics. Stamps are compared as epoch microseconds (naive ones count as UTC, as in
+    # Feast).
+    window = f"epoch_us(event_timestamp) BETWEEN {int(cuts.min()) - ttl_us} AND {int(cuts.max())}"
     key_column = join_key(entity)
-    values = {}
+    vectors, rows = {}, {}
     for k in keys:
         model, _, view = embedding_view(k)
         files = parquet_files(workdir.offline(model, entity))
+        rows[k] = np.full(len(ids), -1, np.int64)
         if not files:
-            values[k] = (np.zeros((len(ids), dims[k]), np.float32), np.zeros(len(ids), bool))
+            vectors[k] = np.zeros((0, dims[k]), np.float32)
             continue
-        con.read_parquet([str(p) for p in files]).select(
-            f'"{key_column}" AS id, event_timestamp AS ts, embedding'
-        ).create_view("source", replace=True)
-        try:  # FLOAT[D]: a fixed-size list in Arrow, read as one [n, D] block
-            result = con.sql(
-                f"""
-                SELECT p.i,
-                       CASE WHEN p.cut <= s.ts + INTERVAL ({ttl_us}) MICROSECOND
-                            THEN s.embedding::FLOAT[{dims[k]}] END AS embedding
-                FROM pairs p ASOF LEFT JOIN source s ON p.id = s.id AND p.cut >= s.ts
-                ORDER BY p.i
-                """
-            ).to_arrow_table()
-        except duckdb.ConversionException as exc:
+        source = con.sql(
+            f'SELECT "{key_column}"::BIGINT AS id, epoch_us(event_timestamp) AS ts, embedding '
+            f"FROM read_parquet({[str(p) for p in files]}) WHERE {window}"
+        ).to_arrow_table()
+        con.register(
+            "source",
+            source.select(["id", "ts"]).append_column(
+                "r", pa.array(np.arange(source.num_rows, dtype=np.int64))
+            ),
+        )
+        found = con.sql(
+            f"""
+            SELECT p.i, CASE WHEN p.cut <= s.ts + {ttl_us} THEN s.r END AS r
+            FROM pairs p ASOF LEFT JOIN source s ON p.id = s.id AND p.cut >= s.ts
+            """
+        ).to_arrow_table()
+        con.unregister("source")
+        rows[k][found.column("i").to_numpy()] = found.column("r").fill_null(-1).to_numpy()
+        hit = np.flatnonzero(rows[k] >= 0)
+        seen = vector_lengths(source.column("embedding"))[rows[k][hit]]  # -1: a null vector
+        wrong = seen[(seen >= 0) & (seen != dims[k])]
+        if len(wrong):
             raise TrainingSetError(
-                f"view '{view}': an embedding a training event would see is not of length "
-                f"{dims[k]} (every vector of a view must share the view's D): {exc}"
-            ) from None
-        values[k] = embedding_matrix(result.column("embedding"), dims[k], view)
+                f"view '{view}': an embedding a training event would see has length "
+                f"{int(wrong[0])}, expected {dims[k]} (every vector of a view must share the "
+                "view's D)"
+            )
+        rows[k][hit[seen < 0]] = -1  # a tombstone hides the older values: absent
+        hit = hit[seen >= 0]
+        # keep only the source rows some pair sees (a mask rather than a sort), and point the
+        # pairs at them, renumbered in order
+        used = np.zeros(source.num_rows, bool)
+        used[rows[k][hit]] = True
+        rows[k][hit] = (np.cumsum(used) - 1)[rows[k][hit]]
+        vectors[k] = used_vectors(source.column("embedding"), np.flatnonzero(used), dims[k])
     con.close()
-    return Lookup(cuts, ids, values)
+    return Lookup(cuts, ids, vectors, rows)
 
 
-def distinct_pairs(ids_by_day: dict[dt.date, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(cuts, ids) of the distinct (day, id) pairs, sorted by day then id."""
-    days = sorted(ids_by_day)
-    uniques = [np.unique(ids_by_day[d]) for d in days]
-    cuts = np.concatenate(
-        [np.full(len(u), cut_micros(d), np.int64) for d, u in zip(days, uniques, strict=True)]
-    )
-    return cuts, np.concatenate(uniques).astype(np.int64)
+def distinct_pairs(
+    ids_by_day: dict[dt.date, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, dict[dt.date, tuple[np.ndarray, np.ndarray]]]:
+    """(cuts, ids) of the distinct (day, id) pairs, sorted by day then id, and per day
+    (its ids as given, the pair index of each): what `Lookup.rows_of` would compute."""
+    cuts, uniques, known, start = [], [], {}, 0
+    for day in sorted(ids_by_day):
+        unique, inverse = np.unique(ids_by_day[day], return_inverse=True)
+        cuts.append(np.full(len(unique), cut_micros(day), np.int64))
+        uniques.append(unique.astype(np.int64))
+        known[day] = (ids_by_day[day], start + inverse)
+        start += len(unique)
+    return np.concatenate(cuts), np.concatenate(uniques), known
 
 
 def join_day(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> pa.Table:
     """One day's log rows plus, per embedding key, its column and has_ indicator."""
     columns = {"event_timestamp": pa.array(np.full(rows.num_rows, cut_micros(day))).cast(TIMESTAMP)}
     for entity, lookup in lookups.items():
-        index = lookup.rows_of(day, hash_ids_to_int64(rows.column(join_key(entity))))
-        for k, (matrix, present) in lookup.values.items():
-            columns[embedding_column(k)] = fixed_size_list(matrix[index])
-            columns[presence_column(k)] = pa.array(present[index].astype(np.int8))
+        pairs = lookup.rows_of(day, hash_ids_to_int64(rows.column(join_key(entity))))
+        for k in lookup.rows:
+            matrix, present = lookup.gather(k, pairs)
+            columns[embedding_column(k)] = fixed_size_list(matrix)
+            columns[presence_column(k)] = pa.array(present.astype(np.int8))
     for name, values in columns.items():
         rows = rows.append_column(name, values)
     return rows
@@ -433,7 +542,8 @@ def entity_lookups(
         entity_keys = tuple(k for k in keys if embedding_view(k)[1] == entity)
         if entity_keys:
             ids_by_day = {d: v for d, v in ids_by_day_of(entity).items() if len(v)}
-            lookups[entity] = fetch(entity, entity_keys, dims, *distinct_pairs(ids_by_day))
+            cuts, ids, known = distinct_pairs(ids_by_day)
+            lookups[entity] = replace(fetch(entity, entity_keys, dims, cuts, ids), known=known)
     return lookups
 
 
@@ -526,8 +636,8 @@ def point_in_time_embeddings(
         for day in days:
             rows = np.flatnonzero(row_days == day)
             index[rows] = lookup.rows_of(day, ids[entity][rows])
-        for k, (matrix, found) in lookup.values.items():
-            vectors[k], present[k] = matrix[index], found[index]
+        for k in lookup.rows:
+            vectors[k], present[k] = lookup.gather(k, index)
     for k in keys:  # an empty dataframe: empty matrices of the right width
         vectors.setdefault(k, np.zeros((0, dims[k]), np.float32))
         present.setdefault(k, np.zeros(0, bool))
@@ -544,7 +654,8 @@ def build_training_set(
 
     `store` is a feast.FeatureStore to join through (default: none, see `embedding_fetcher`
     for `backend`). `progress` wraps the iterator over chunks of days (e.g. tqdm); None
-    shows nothing.
+    shows nothing. Memory: the offline vectors some event of a chunk sees, plus up to
+    `WRITERS` + 1 joined days (a day of n rows holds n x D x 4 bytes per embedding).
     """
     from derm_features.core.atomic import atomic_dir, write_text_atomic
     from derm_features.core.logs import open_log
@@ -563,7 +674,11 @@ def build_training_set(
     chunks = [days[i : i + cfg.days_per_fetch] for i in range(0, len(days), cfg.days_per_fetch)]
     rows_written = 0
     written_days = []
-    with atomic_dir(cfg.output_dir()) as tmp:
+    # Encoding the Parquet is most of the work (its list levels cost more than the join), and
+    # pyarrow writes a file on one thread without the GIL: days are written by WRITERS
+    # threads while the next day is joined. At most WRITERS joined days wait in memory.
+    with atomic_dir(cfg.output_dir()) as tmp, ThreadPoolExecutor(WRITERS) as writers:
+        pending: deque[Future] = deque()
         for chunk in progress(chunks) if progress else chunks:
             lookups = fetch_chunk(log, fetch, cfg.embeddings, dims, chunk) if cfg.embeddings else {}
             for day in chunk:
@@ -571,9 +686,21 @@ def build_training_set(
                 joined = join_day(rows, day, lookups)
                 part = tmp / f"ds={day.isoformat()}"
                 part.mkdir()
-                pq.write_table(joined, part / "part-0.parquet", **_parquet_options(joined))
+                if len(pending) == WRITERS:
+                    pending.popleft().result()
+                pending.append(
+                    writers.submit(
+                        pq.write_table,
+                        joined,
+                        part / "part-0.parquet",
+                        **_parquet_options(joined),
+                    )
+                )
                 rows_written += joined.num_rows
                 written_days.append(day.isoformat())
+                del rows, joined  # the writer holds the day until it is written
+        while pending:
+            pending.popleft().result()
         meta = {
             "logs": str(Path(cfg.logs).resolve()),
             "schema": log.schema.to_dict(),
