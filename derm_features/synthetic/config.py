@@ -46,6 +46,16 @@ FORMULAS = {
         " argmax(targeting * click_scale * dot(interest, content) + Gumbel noise)"
     ),
     "activity": "alive user u is active on day t with probability p_active(u)",
+    "user_pretrained_embedding": (
+        "interest(u, max(t - 1, 0)) @ user_projection + user_pretrained_error(u): a"
+        " representation refreshed daily from the user's organic activity up to yesterday"
+        " (paper 3.1: the user tower reads pretrained representations); error std"
+        " user_pretrained_noise relative to the signal's per-dimension std"
+    ),
+    "pin_content_embedding": (
+        "content(p) @ pin_projection + noise: a fixed pretrained view of the Pin's content;"
+        " noise std pretrained_noise relative to the signal's per-dimension std"
+    ),
 }
 
 
@@ -60,6 +70,8 @@ class WorldParams:
     pins_per_advertiser: int = 8
     pretrained_dim: int = 32
     pretrained_noise: float = 0.6  # noise std relative to the signal's per-dimension std
+    user_pretrained_dim: int = 32  # 0: no user_pretrained_embedding column
+    user_pretrained_noise: float = 1.0  # as above, for the user's representation
     max_recent_pins: int = 20
     max_position: int = 50
     # life cycle

@@ -140,7 +140,7 @@ def simulate_day(
     )
     surface, position, hour = surface[order], position[order], hour[order]
 
-    table = _day_table(w, state, user, pin, ts, click, conversion, surface, position, hour)
+    table = _day_table(w, state, t, user, pin, ts, click, conversion, surface, position, hour)
     stats = DayStats(
         rows=n,
         clicks=int(click.sum()),
@@ -159,7 +159,19 @@ def _strings(codes: np.ndarray, names: tuple[str, ...]) -> pa.Array:
     ).dictionary_decode()
 
 
-def _day_table(w, state, user, pin, ts, click, conversion, surface, position, hour) -> pa.Table:
+def _fixed_list(x: np.ndarray) -> pa.FixedSizeListArray:
+    x = np.ascontiguousarray(x, np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
+
+
+def _user_pretrained(w: World, user: np.ndarray, t: int) -> np.ndarray:
+    """[n, user_pretrained_dim] float32: the users' representation refreshed up to yesterday."""
+    a, b = w.interest_a[user], w.interest_b[user]
+    interest = interest_at(a, b, w.drift_rate[user], w.drift_phase[user], max(t - 1, 0))
+    return interest @ w.user_projection + w.user_pretrained_error[user]
+
+
+def _day_table(w, state, t, user, pin, ts, click, conversion, surface, position, hour) -> pa.Table:
     """The day's rows in the log schema; features read the state at the start of the day."""
     n = len(user)
     lengths = state.recent_len[user].astype(np.int64)
@@ -169,7 +181,11 @@ def _day_table(w, state, user, pin, ts, click, conversion, surface, position, ho
     slot = np.arange(offsets[-1]) - offsets[row]
     recent_ids = state.recent[user[row], slot] + PIN_ID_BASE
     surface_names = _strings(surface, SURFACES)
-    emb = w.pretrained[pin]
+    user_pretrained = (
+        {"user_pretrained_embedding": _fixed_list(_user_pretrained(w, user, t))}
+        if w.params.user_pretrained_dim
+        else {}
+    )
     return pa.table(
         {
             "user_id": pa.array(user + USER_ID_BASE, pa.int64()),
@@ -185,14 +201,13 @@ def _day_table(w, state, user, pin, ts, click, conversion, surface, position, ho
             "user_recent_pins": pa.ListArray.from_arrays(
                 pa.array(offsets.astype(np.int32), pa.int32()), pa.array(recent_ids, pa.int64())
             ),
+            **user_pretrained,
             "pin_category": pa.array(w.category[pin], pa.int32()),
             "pin_advertiser_id": pa.array(w.advertiser[pin] + ADVERTISER_ID_BASE, pa.int64()),
             "pin_impressions_7d": pa.array(
                 state.pin_impressions.sum(0, dtype=np.int64)[pin], pa.float32()
             ),
-            "pin_content_embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]
-            ),
+            "pin_content_embedding": _fixed_list(w.pretrained[pin]),
             "ctx_surface": surface_names,
             "ctx_hour": pa.array(hour.astype(np.int8), pa.int8()),
             "ctx_position": pa.array(position.astype(np.int16), pa.int16()),

@@ -16,7 +16,8 @@ The generator simulates a small ads marketplace one day at a time:
   click affinity.
 - **Features** are computed from the state at the start of the day (never from the day's
   own outcomes): rolling counts, the user's recent clicked Pins, a noisy "pretrained" view
-  of the Pin's content vector.
+  of the Pin's content vector and one of the user's interest up to yesterday (the paper's
+  user tower reads pretrained representations learned from organic activity, 3.1).
 
 Output under ``--out DIR``: ``logs/ds=YYYY-MM-DD/part-0.parquet`` (the log contract of
 DESIGN.md) and ``truth/`` (``users.parquet``, ``pins.parquet``, ``meta.json`` with every
@@ -74,7 +75,7 @@ def generate_logs(config: GenerateConfig) -> GenerateSummary:
             table,
             logs / ds(day) / "part-0.parquet",
             # dictionary-encoding 32 floats per row costs 3x the write time and buys little
-            use_dictionary=[c for c in table.column_names if c != "pin_content_embedding"],
+            use_dictionary=[c for c in table.column_names if not c.endswith("_embedding")],
         )
         totals["rows"] += stats.rows
         totals["clicks"] += stats.clicks

@@ -41,6 +41,9 @@ class World:
     pretrained: np.ndarray  # (P, pretrained_dim) float32
     pin_arrive: np.ndarray
     pin_leave: np.ndarray
+    # the users' pretrained representation (drawn last, so the arrays above do not move)
+    user_projection: np.ndarray  # (d, user_pretrained_dim) float32
+    user_pretrained_error: np.ndarray  # (U, user_pretrained_dim) float32, fixed per user
 
 
 COUNTRY_CODES = (
@@ -133,6 +136,9 @@ def build_world(users: int, pins: int, days: int, seed: int, p: WorldParams) -> 
     pin_arrive, pin_leave = _lifetimes(
         rng, pins, days, p.initial_pin_share, p.pin_lifetime_mean_days
     )
+    k = p.user_pretrained_dim
+    user_projection = rng.standard_normal((d, k)) / math.sqrt(d)
+    user_pretrained_error = p.user_pretrained_noise * rng.standard_normal((users, k)) / math.sqrt(d)
     f32 = np.float32
     return World(
         params=p,
@@ -160,6 +166,8 @@ def build_world(users: int, pins: int, days: int, seed: int, p: WorldParams) -> 
         pretrained=pretrained,
         pin_arrive=pin_arrive,
         pin_leave=pin_leave,
+        user_projection=user_projection.astype(f32),
+        user_pretrained_error=user_pretrained_error.astype(f32),
     )
 
 

@@ -37,6 +37,7 @@ EXPECTED_SCHEMA = pa.schema(
         ("user_sessions_7d", pa.float32()),
         ("user_clicks_30d", pa.float32()),
         ("user_recent_pins", pa.list_(pa.int64())),
+        ("user_pretrained_embedding", pa.list_(pa.float32(), 32)),
         ("pin_category", pa.int32()),
         ("pin_advertiser_id", pa.int64()),
         ("pin_impressions_7d", pa.float32()),
@@ -196,6 +197,61 @@ def test_true_affinity_explains_clicks_conversions_and_targeting(small):
     assert click_aff.mean() > true_affinity(out / "truth", users, shuffled, day).mean()
     with pytest.raises(KeyError, match="user_id"):
         true_affinity(out / "truth", np.array([-1]), pins[:1], day)
+
+
+def test_user_pretrained_embedding_is_a_noisy_view_of_yesterdays_interest(small):
+    """A linear map from the column recovers most of the user's true interest on the day
+    before (not the day itself: a daily representation is built from yesterday's activity);
+    the same user has one vector per day; the column is off with user_pretrained_dim 0."""
+    out, _, table = small
+    users = pq.read_table(out / "truth" / "users.parquet")
+    day = START + dt.timedelta(days=4)
+    rows = table.filter(
+        pc.equal(pc.cast(pc.cast(table["ts"], pa.timestamp("us")), pa.date32()), pa.scalar(day))
+    )
+    ids, first = np.unique(rows["user_id"].to_numpy(), return_index=True)
+    emb = rows["user_pretrained_embedding"].combine_chunks().flatten().to_numpy()
+    emb = emb.reshape(rows.num_rows, -1)
+    per_user = {}
+    for uid, vec in zip(rows["user_id"].to_numpy(), emb, strict=True):
+        np.testing.assert_array_equal(per_user.setdefault(uid, vec), vec)
+    idx = np.searchsorted(users["user_id"].to_numpy(), ids)
+
+    def vectors(column):
+        flat = users[column].combine_chunks().flatten().to_numpy()
+        return flat.reshape(users.num_rows, -1)[idx]
+
+    def interest(t):
+        a, b = vectors("interest_a"), vectors("interest_b")
+        theta = (np.pi / 4) * (
+            1
+            - np.cos(users["drift_rate"].to_numpy()[idx] * t + users["drift_phase"].to_numpy()[idx])
+        )
+        return np.cos(theta)[:, None] * a + np.sin(theta)[:, None] * b
+
+    x = np.c_[emb[first], np.ones(len(first))]
+
+    def r2(target):  # fitted on half the users, scored on the other half
+        fit, held = slice(0, None, 2), slice(1, None, 2)
+        coef = np.linalg.lstsq(x[fit], target[fit], rcond=None)[0]
+        err = x[held] @ coef - target[held]
+        return 1 - (err**2).sum() / ((target[held] - target[held].mean(0)) ** 2).sum()
+
+    yesterday = r2(interest(3))
+    shuffled = r2(np.random.default_rng(0).permutation(interest(3)))
+    past = r2(interest(60))
+    print(
+        f"R^2 of yesterday's interest {yesterday:.3f}, day 60 {past:.3f}, shuffled {shuffled:.3f}"
+    )
+    assert yesterday > 0.3 and shuffled < 0.0
+    assert yesterday > past  # a day long past explains less
+
+
+def test_user_pretrained_embedding_can_be_turned_off(tmp_path):
+    from derm_features.synthetic.config import WorldParams
+
+    run(tmp_path / "off", days=1, world=WorldParams(user_pretrained_dim=0))
+    assert "user_pretrained_embedding" not in read_log(tmp_path / "off").column_names
 
 
 def test_long_run_has_users_back_after_more_than_90_days(tmp_path):
