@@ -94,7 +94,7 @@ def train_cmd(
     shuffle_buffer: Annotated[
         int | None,
         typer.Option(
-            help="Rows shuffled together (bounds memory); 0 keeps log order [default: 65536]."
+            help="Rows shuffled together (bounds memory); 0 keeps log order [default: 262144]."
         ),
     ] = None,
     num_workers: Annotated[

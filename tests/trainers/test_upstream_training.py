@@ -605,8 +605,9 @@ def test_a_log_with_no_feature_columns_trains_and_infers_on_ids_alone(generated,
     log = open_log(path.parent.parent)
     assert log.schema.features == ()
     workdir = Workdir(tmp_path / "wd")
-    summary = train(train_cfg(path.parent.parent, workdir.root, start=START, end=START))
-    assert summary["steps"] > 0 and summary["roc_auc"] > 0.55  # ids alone fit the day
+    # 4 passes: with the towers' batch norm, 2 passes fit ids alone to only 0.55 (0.62 without)
+    summary = train(train_cfg(path.parent.parent, workdir.root, start=START, end=START, epochs=4))
+    assert summary["steps"] > 0 and summary["roc_auc"] > 0.58  # ids alone fit the day (0.64)
     infer(
         InferConfig(
             model="ctr", logs=path.parent.parent, date=START, workdir=workdir.root, progress=False

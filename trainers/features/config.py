@@ -46,6 +46,10 @@ class ModelConfig:
     mlp_hidden: int = 128  # hidden width of DHEN's MLP and MaskNet modules
     masknet_blocks: int = 1
     head_hidden: tuple[int, ...] = (64,)
+    # Centre and scale each tower's output over the batch before the L2 normalisation
+    # (`EntityTower`): without it the towers start with every output in nearly one
+    # direction, u.p barely varies and the SSL loss stays at log(batch) for epochs.
+    tower_batch_norm: bool = True
 
     def __post_init__(self) -> None:
         # from_dict / JSON give lists; keep tuples so configs compare and hash the same
@@ -94,6 +98,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        """Rebuilds a config; a snapshot saved before `tower_batch_norm` existed has none."""
+        d = {"tower_batch_norm": False, **d}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

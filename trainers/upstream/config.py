@@ -48,7 +48,10 @@ class TrainConfig:
     max_epochs: int = 10
     replay_days: int = 6
     seed: int = 0
-    shuffle_buffer: int = 65_536  # rows shuffled together; bounds memory
+    # Rows shuffled together; bounds memory (~0.4 KB a row of the demo log). A whole
+    # 7-day demo window (210k rows) in one buffer gave towers u.p ROC-AUC 0.621 +- 0.006
+    # over 3 seeds against 0.588 +- 0.032 with 65k-row buffers (BENCHMARKS.md, "towers").
+    shuffle_buffer: int = 262_144
     num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
     # torch intra-op threads; None = torch's default. On a machine shared with other jobs,
     # 1 avoids OpenMP threads spinning against each other (20x slower steps seen on 2 cores).

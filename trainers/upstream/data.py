@@ -153,7 +153,7 @@ class UpstreamDataModule(L.LightningDataModule):
         cfg: ModelConfig,
         batch_size: int,
         seed: int = 0,
-        shuffle_buffer: int = 65_536,
+        shuffle_buffer: int = 262_144,
         num_workers: int = 0,
         train_range: tuple[dt.date, dt.date] | None = None,
         val_range: tuple[dt.date, dt.date] | None = None,

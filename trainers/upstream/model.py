@@ -1,8 +1,9 @@
 """The upstream DERM network (paper section 3.1, appendix A): user, Pin and interaction towers.
 
     features --FeatureTokens--> tokens [B, N, d] per tower
-    user tokens --DHEN--> flatten --linear--> L2-normalise --> u [B, D]      (EntityTower)
-    Pin tokens  --DHEN--> flatten --linear--> L2-normalise --> p [B, D]      (EntityTower)
+    user tokens --DHEN--> flatten --linear--> batch norm --> L2-normalise --> u [B, D]
+    Pin tokens  --DHEN--> flatten --linear--> batch norm --> L2-normalise --> p [B, D]
+                                                                            (EntityTower)
     [u, p, u*p as tokens] + ctx tokens --DHEN--> flatten --> one head per task (InteractionTower)
 
 The network is built from the log's LogSchema, so nothing here knows a column name; the
@@ -35,8 +36,34 @@ def _dhen(num_tokens: int, layers, cfg: ModelConfig) -> DHEN:
     )
 
 
+class BatchCentre(nn.BatchNorm1d):
+    """BatchNorm1d without affine weights: z -> (z - mean) / std per dimension, [B, D].
+
+    Batch statistics while training (running ones kept with momentum 0.1), the running ones
+    in eval mode (inference) and for a training batch under `min_rows` rows, such as a day's
+    last few rows, whose statistics would be noise and would pull the running ones.
+    """
+
+    def __init__(self, dim: int, min_rows: int = 32) -> None:
+        super().__init__(dim, affine=False)
+        self.min_rows = min_rows
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self.training and z.shape[0] < self.min_rows:
+            return F.batch_norm(z, self.running_mean, self.running_var, eps=self.eps)
+        return super().forward(z)
+
+
 class EntityTower(nn.Module):
-    """User or Pin tower: tokens -> DHEN -> flatten -> linear to D -> L2-normalise (paper A.1).
+    """User or Pin tower: tokens -> DHEN -> flatten -> linear to D -> batch norm ->
+    L2-normalise (paper A.1; the batch norm is ours, `ModelConfig.tower_batch_norm`).
+
+    The batch norm removes the direction every output shares: trained on the task loss,
+    the outputs of a DHEN tower drift into nearly one direction (pairwise cosine 0.98 after
+    a window fit on the demo log), where u.p / tau hardly varies within a batch and the
+    sampled softmax learns almost nothing (BENCHMARKS.md, "towers"). Contrastive heads
+    commonly normalise over the batch the same way (SimCLR's projection head; Chen et al.,
+    2020).
 
     Call args:
         tokens (Tensor): [B, N, d]
@@ -49,9 +76,10 @@ class EntityTower(nn.Module):
         super().__init__()
         self.dhen = _dhen(num_tokens, cfg.dhen_layers, cfg)
         self.project = nn.Linear(num_tokens * cfg.token_dim, cfg.embedding_dim)
+        self.centre = BatchCentre(cfg.embedding_dim) if cfg.tower_batch_norm else nn.Identity()
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return F.normalize(self.project(self.dhen(tokens).flatten(1)), dim=-1)
+        return F.normalize(self.centre(self.project(self.dhen(tokens).flatten(1))), dim=-1)
 
 
 class InteractionTower(nn.Module):
