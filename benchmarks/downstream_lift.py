@@ -24,6 +24,8 @@ model (paper 1, 3, 4.1).
 `--window-days W` (default 7) makes the upstream window fit W days long and the downstream
 train on the days after it (`--days` long in all): the paper's "extended time window" of
 the initial fit (appendix B.2), longer than any downstream model's training days.
+`--upstream-seed S` seeds the upstream fits (own backfill folder per seed): the lift's spread
+over upstream fits, beside the downstream seeds' spread.
 `--oracle NOISE` replaces the trained embeddings by the generator's true vectors plus noise
 (`oracle_set`): the lift a perfect upstream model would give, the ceiling of the others.
 The upstream figures printed are each model's held-out ROC-AUC and its `tower_roc_auc`
@@ -55,9 +57,10 @@ START = dt.date(2026, 1, 1)
 
 def policy_name(args) -> str:
     window = "" if args.window_days == 7 else f"w{args.window_days}-"
+    seed = f"-u{args.upstream_seed}" if args.upstream_seed else ""
     return window + (
         f"e{args.epochs}-s{args.min_steps}-m{args.max_epochs}-r{args.replay_days}"
-        f"-b{args.batch_size}"
+        f"-b{args.batch_size}{seed}"
     )
 
 
@@ -76,7 +79,7 @@ def backfill(args, workdir, logs: Path, days: int) -> float:
     }
     cfg = PipelineConfig(
         logs=logs, workdir=workdir, window_days=args.window_days, model=DEMO_MODEL, train=train,
-        online=False, index=False, progress=False,
+        online=False, index=False, progress=False, seed=args.upstream_seed,
     )  # fmt: skip
     t0 = time.perf_counter()
     run_backfill(cfg, START, START + dt.timedelta(days=days - 1))
@@ -112,12 +115,19 @@ def main(argv: list[str] | None = None) -> None:
         help="Days of the upstream window fit; the downstream models train on the days after "
         "it (all but the last two, the last of them validating) and are scored on the last two.",
     )
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--min-steps", type=int, default=30)
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--replay-days", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--seeds", type=int, default=3, help="Downstream seeds.")
+    parser.add_argument(
+        "--upstream-seed",
+        type=int,
+        default=0,
+        help="Seed of the upstream fits (weights, shuffle, dropout); each seed has its own "
+        "backfill folder, so several runs give the lift's spread over upstream fits.",
+    )
     parser.add_argument("--tasks", default="ctr,cvr")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(

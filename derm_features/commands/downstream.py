@@ -191,7 +191,7 @@ def experiment_cmd(
     log_seed: Annotated[int, typer.Option(help="Seed of the generated log.")] = 0,
     window_days: Annotated[int, typer.Option(help="Days of the upstream window fit.")] = 3,
     eval_days: Annotated[int, typer.Option(help="Last days held out for downstream eval.")] = 3,
-    upstream_epochs: Annotated[int, typer.Option(help="Epochs of each upstream fit.")] = 1,
+    upstream_epochs: Annotated[int, typer.Option(help="Epochs of each upstream fit.")] = 2,
     downstream_epochs: Annotated[
         int | None,
         typer.Option(help="Downstream max epochs (default: the task's, 20 ctr / 40 cvr)."),

@@ -19,7 +19,7 @@ with nothing written.
       token_dim: 32
     train:        # upstream TrainConfig fields
       batch_size: 1024
-      epochs: 1         # at least this many passes ...
+      epochs: 2         # at least this many passes ...
       min_steps: 30     # ... and more, up to max_epochs, until a fit takes this many steps
       max_epochs: 10
       replay_days: 6    # an incremental day first replays up to this many earlier days

@@ -63,7 +63,7 @@ def train_cmd(
     ] = None,
     epochs: Annotated[
         int | None,
-        typer.Option(help="At least this many passes over the training days [default: 1]."),
+        typer.Option(help="At least this many passes over the training days [default: 2]."),
     ] = None,
     min_steps: Annotated[
         int | None,

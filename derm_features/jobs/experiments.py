@@ -79,7 +79,7 @@ class ExperimentConfig:
     log_seed: int = 0
     window_days: int = 3
     eval_days: int = 3
-    upstream_epochs: int = 1
+    upstream_epochs: int = 2
     downstream_epochs: int | None = None  # None: the task's default (job.TASK_DEFAULTS)
     start: dt.date = dt.date(2026, 1, 1)
     progress: bool = True
