@@ -36,12 +36,39 @@ def _dhen(num_tokens: int, layers, cfg: ModelConfig) -> DHEN:
     )
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) that backpropagates: the gradient of a sum over ranks is the sum of
+    the ranks' gradients. (torch.distributed.nn.functional.all_reduce does this but is
+    deprecated in favour of a private module.)"""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = x.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        out = grad.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+
 class BatchCentre(nn.BatchNorm1d):
     """BatchNorm1d without affine weights: z -> (z - mean) / std per dimension, [B, D].
 
     Batch statistics while training (running ones kept with momentum 0.1), the running ones
     in eval mode (inference) and for a training batch under `min_rows` rows, such as a day's
     last few rows, whose statistics would be noise and would pull the running ones.
+
+    Under data-parallel training (several processes) the statistics are those of the global
+    batch, summed over the ranks with a differentiable all-reduce, so `--devices 2
+    --strategy ddp` normalises as one process would (torch's SyncBatchNorm needs a GPU).
     """
 
     def __init__(self, dim: int, min_rows: int = 32) -> None:
@@ -49,9 +76,28 @@ class BatchCentre(nn.BatchNorm1d):
         self.min_rows = min_rows
 
     def forward(self, z: Tensor) -> Tensor:
+        if self.training and _world_size() > 1:
+            return self._global_batch(z)  # every rank must join, whatever its batch size
         if self.training and z.shape[0] < self.min_rows:
             return F.batch_norm(z, self.running_mean, self.running_var, eps=self.eps)
         return super().forward(z)
+
+    def _global_batch(self, z: Tensor) -> Tensor:
+        d = z.shape[1]
+        local = torch.cat([z.sum(0), (z * z).sum(0), z.new_tensor([float(z.shape[0])])])
+        total = _SumOverRanks.apply(local)  # [2D + 1]: sums of z and z^2, and the row count
+        count = total[-1]
+        mean = total[:d] / count
+        var = (total[d : 2 * d] / count - mean * mean).clamp_min(0.0)
+        if count < self.min_rows:
+            mean, var = self.running_mean, self.running_var
+        else:
+            with torch.no_grad():  # unbiased, as BatchNorm keeps it
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1))
+                self.num_batches_tracked.add_(1)
+        return (z - mean) / torch.sqrt(var + self.eps)
 
 
 class EntityTower(nn.Module):
