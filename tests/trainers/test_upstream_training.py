@@ -263,11 +263,14 @@ def test_training_is_deterministic(generated, tmp_path):
 
 
 def test_step_policy_adds_passes_over_small_days_up_to_the_cap(tmp_path):
-    cfg = TrainConfig(model="ctr", logs=tmp_path, date=day(3), batch_size=256, min_steps=100)
+    cfg = TrainConfig(
+        model="ctr", logs=tmp_path, date=day(3), batch_size=256, min_steps=100, epochs=1
+    )
     assert cfg.train_range == (day(3), day(3))
     assert cfg.steps_policy(500) == (10, 20)  # 2 steps a pass; capped at max_epochs 10
     assert cfg.steps_policy(10_000) == (3, 120)  # 40 steps a pass -> ceil(100 / 40) passes
     assert cfg.steps_policy(1_000_000) == (1, 3907)  # one pass is plenty
+    assert dataclasses.replace(cfg, epochs=2).steps_policy(1_000_000) == (2, 7814)  # at least
     assert dataclasses.replace(cfg, min_steps=0, epochs=2).steps_policy(500) == (2, 4)
     # an incremental day replays the fewest earlier days that reach min_steps in one pass
     rows = {day(0): 30_000, day(1): 12_800, day(2): 12_800, day(3): 12_800}
