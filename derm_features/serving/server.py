@@ -275,16 +275,10 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
     def services_of(request: Request) -> Services:
         return request.app.state.services
 
-    # /embeddings runs on the event loop although its Redis read blocks: the read waits
-    # ~0.3 ms on Redis, and handing each request to FastAPI's thread pool cost more than
-    # that in thread switches and GIL contention (CPU per request of 1 user + 100 Pins,
-    # 4 in flight: 1.5 ms here, 2.1 ms in the pool; BENCHMARKS.md). The price: while Redis
-    # does not answer, the worker waits with it, up to the reader's 2 s socket timeout per
-    # request (a refused connection fails at once), and /health and /metrics wait behind
-    # it. The other endpoints stay plain `def`, in the pool: a faiss search holds its
-    # thread far longer than a read.
+    # Plain `def` endpoints: the reader and faiss block, so FastAPI runs them in its
+    # thread pool and the event loop keeps accepting requests.
     @app.post("/embeddings")
-    async def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
+    def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
         s = services_of(request)
         _check_ids(body)
         unknown = [v for v in body.views if v not in known_views(config.workdir)]
@@ -414,7 +408,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 def run(config: ServeConfig, metrics_dir_to_remove: str | None = None) -> None:
     """Serves until interrupted.
 
-    One worker: uvicorn in this process (all but /embeddings use its thread pool). Several:
+    One worker: uvicorn in this process (the handlers use its thread pool). Several:
     gunicorn forks `config.workers` uvicorn workers after the services are open, so the
     indexes are loaded once and shared copy-on-write (as `feast serve` runs its workers).
     Several workers need prometheus_client's multi-process mode (PROMETHEUS_MULTIPROC_DIR
