@@ -317,7 +317,15 @@ def main(cfg: LoadConfig) -> None:
             for name, port, path, bodies, server in scenarios:
                 results.append(load(name, port, path, bodies, clients, pids[server], client))
         results.append(
-            load("derm /retrieve k=100", derm_port, "/retrieve", retrieve_bodies, cfg.threads)
+            load(
+                "derm /retrieve k=100",
+                derm_port,
+                "/retrieve",
+                retrieve_bodies,
+                cfg.threads,
+                pids["derm"],
+                client,
+            )
         )
     finally:
         stop_processes(processes)
