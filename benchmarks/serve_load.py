@@ -1,19 +1,26 @@
-"""Bounded HTTP load on loopback: `derm serve` vs `feast serve`, same entities, same Redis.
+"""Bounded HTTP load on loopback: `derm serve` vs `feast serve` and the HTTP floor, same Redis.
 
     .venv/bin/python -m benchmarks.serve_load [--requests 400 --threads 4 --entities 100]
         [--workers 1]
 
 Both servers run as their own processes (`--workers`, default one each), started here on free
 loopback ports over one fresh work directory and Redis DB 13 (flushed at start and end).
-Each scenario sends a fixed number of requests from a few threads, one keep-alive
-connection per thread, and stops by itself:
+A third, `benchmarks.serve_floor`, is uvicorn answering every request with derm's answer to
+the first one: the cost of HTTP alone for that answer, and the most this client can measure.
+Each scenario sends a fixed number of requests from threads, one keep-alive connection per
+thread, first one request at a time (1 thread: latency), then `--threads` at once
+(throughput), and stops by itself:
 
-- feast  POST /get-online-features  {features: [ctr_pin_embedding:ctr_pin_embedding],
-                                     entities: {pin_id: [N ids]}}
-- derm   POST /embeddings           {pin_ids: [N ids], views: [ctr_pin_embedding]}
+- floor  POST /embeddings           the derm bodies, one constant answer
+- derm   POST /embeddings           {user_ids: [U], pin_ids: [N ids],
+                                     views: [ctr_user_embedding, ctr_pin_embedding]}
+- feast  POST /get-online-features  {features: [ctr_user_embedding:..., ctr_pin_embedding:...],
+                                     entities: {user_id: [U] * N, pin_id: [N ids]}}
 - derm   POST /retrieve             {user_id: U, k: 100} (online user vector + HNSW)
 
-Reports p50/p99 latency and throughput per scenario, and feast / derm ratios.
+Reports p50/p99 latency, throughput and the CPU each request cost the server's processes,
+this client and redis-server (CPU is what a loaded machine distorts least), feast / derm
+ratios, and issue 15 target 4 (p50 <= 5 ms on one worker, >= 1,000 req/s), met or not.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from materialize.job import MaterializeConfig, materialize_day
 DAY = dt.date(2024, 3, 1)
 USER_BASE, PIN_BASE = 1_000_000_000, 5_000_000_000
 VENV_BIN = Path(sys.executable).parent
+FEAST_PATH = "/get-online-features"
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,17 @@ class LoadConfig:
 @dataclass(frozen=True)
 class Result:
     name: str
+    clients: int  # requests in flight at once (threads, one keep-alive connection each)
     p50_ms: float
     p99_ms: float
     per_s: float
     errors: int
     first_error: str  # body of the first non-200 answer, if any
+    # CPU seconds spent per request, in ms: by the server's processes (all its workers), by
+    # this load generator, by redis-server (INFO cpu; other users of a shared Redis add in)
+    server_cpu_ms: float
+    client_cpu_ms: float
+    redis_cpu_ms: float
 
 
 def free_port() -> int:
@@ -125,8 +139,50 @@ def start(args: list[str], env: dict, port: int, health: str) -> subprocess.Pope
     raise RuntimeError(f"{args[0]} did not answer {health} on port {port}")
 
 
-def load(name: str, port: int, path: str, bodies: list[bytes], threads: int) -> Result:
-    """Sends every body once, spread over `threads` keep-alive connections."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (gunicorn's workers), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it exited meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += parents.get(tree[-1], [])
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes (Linux /proc; 0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(client) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def load(
+    name: str,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    threads: int,
+    server_pids: list[int] = (),
+    redis_client=None,
+) -> Result:
+    """Sends every body once, spread over `threads` keep-alive connections (one thread each),
+    and measures latency, throughput and the CPU each side spent per request."""
     latencies: list[float] = []
     errors: list = [0, ""]
     lock = threading.Lock()
@@ -149,21 +205,34 @@ def load(name: str, port: int, path: str, bodies: list[bytes], threads: int) -> 
             latencies.extend(mine)
 
     workers = [threading.Thread(target=worker, args=(bodies[i::threads],)) for i in range(threads)]
+    server_before, client_before = cpu_seconds(server_pids), time.process_time()
+    redis_before = redis_cpu_seconds(redis_client) if redis_client else 0.0
     started = time.perf_counter()
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - started
+    redis_used = redis_cpu_seconds(redis_client) - redis_before if redis_client else 0.0
+    client_used = time.process_time() - client_before
+    server_used = cpu_seconds(server_pids) - server_before
     ms = np.array(latencies) * 1e3
     return Result(
         name,
+        threads,
         float(np.percentile(ms, 50)),
         float(np.percentile(ms, 99)),
         len(ms) / elapsed,
         errors[0],
         errors[1],
+        server_used / len(ms) * 1e3,
+        client_used / len(ms) * 1e3,
+        redis_used / len(ms) * 1e3,
     )
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def main(cfg: LoadConfig) -> None:
@@ -176,10 +245,11 @@ def main(cfg: LoadConfig) -> None:
     wd = Workdir(root, redis_url=url)
     env = {**os.environ, "REDIS_URL": url, "DERM_WORKDIR": str(root)}  # for the servers
     processes = []
+    load_before = os.getloadavg()
     try:
         apply(wd, quiet=True)
         seed_workdir(cfg, wd)
-        derm_port, feast_port = free_port(), free_port()
+        derm_port, feast_port, floor_port = free_port(), free_port(), free_port()
         processes.append(
             start(
                 [str(VENV_BIN / "derm"), "serve", "--workdir", str(root), "--port", str(derm_port)]
@@ -204,50 +274,123 @@ def main(cfg: LoadConfig) -> None:
             for _ in range(cfg.requests)
         ]
         users = (rng.integers(0, cfg.users, cfg.requests) + USER_BASE).tolist()
+        views = ["ctr_user_embedding", "ctr_pin_embedding"]
+        # Feast reads features of two entities in one call from entity rows that carry both
+        # join keys: one (user, Pin) row per Pin, the same user on each (a feature service's
+        # call), so its answer holds the user's vector once per Pin.
         feast_bodies = [
             json.dumps(
-                {"features": ["ctr_pin_embedding:ctr_pin_embedding"], "entities": {"pin_id": pins}}
+                {
+                    "features": [f"{view}:{view}" for view in views],
+                    "entities": {"user_id": [user] * len(pins), "pin_id": pins},
+                }
             ).encode()
-            for pins in pin_lists
+            for user, pins in zip(users, pin_lists, strict=True)
         ]
         derm_bodies = [
-            json.dumps({"pin_ids": pins, "views": ["ctr_pin_embedding"]}).encode()
-            for pins in pin_lists
+            json.dumps({"user_ids": [user], "pin_ids": pins, "views": views}).encode()
+            for user, pins in zip(users, pin_lists, strict=True)
         ]
         retrieve_bodies = [json.dumps({"user_id": u, "k": 100}).encode() for u in users]
         # Warm both (registry caches, connection pools) before measuring.
-        load("warm", feast_port, "/get-online-features", feast_bodies[:20], 1)
+        load("warm", feast_port, FEAST_PATH, feast_bodies[:20], 1)
         load("warm", derm_port, "/embeddings", derm_bodies[:20], 1)
-        results = [
-            load(
-                "feast /get-online-features",
-                feast_port,
-                "/get-online-features",
-                feast_bodies,
-                cfg.threads,
-            ),
-            load("derm /embeddings", derm_port, "/embeddings", derm_bodies, cfg.threads),
-            load("derm /retrieve k=100", derm_port, "/retrieve", retrieve_bodies, cfg.threads),
+        # The floor answers every request with derm's own answer to the first one.
+        answer = http_post(derm_port, "/embeddings", derm_bodies[0])
+        (root / "floor-answer.json").write_bytes(answer)
+        floor_args = [sys.executable, "-m", "benchmarks.serve_floor", "--port", str(floor_port)]
+        floor_args += ["--body", str(root / "floor-answer.json")]
+        processes.append(start(floor_args, env, floor_port, "/health"))
+        load("warm", floor_port, "/embeddings", derm_bodies[:20], 1)
+        pids = {
+            "floor": process_tree(processes[2].pid),
+            "derm": process_tree(processes[0].pid),
+            "feast": process_tree(processes[1].pid),
+        }
+        scenarios = [
+            ("floor: constant answer", floor_port, "/embeddings", derm_bodies, "floor"),
+            ("derm /embeddings", derm_port, "/embeddings", derm_bodies, "derm"),
+            ("feast /get-online-features", feast_port, FEAST_PATH, feast_bodies, "feast"),
         ]
+        results = []
+        for clients in (1, cfg.threads):
+            for name, port, path, bodies, server in scenarios:
+                results.append(load(name, port, path, bodies, clients, pids[server], client))
+        results.append(
+            load(
+                "derm /retrieve k=100",
+                derm_port,
+                "/retrieve",
+                retrieve_bodies,
+                cfg.threads,
+                pids["derm"],
+                client,
+            )
+        )
     finally:
         stop_processes(processes)
         client.flushdb()
+    load_after = os.getloadavg()
+    report(cfg, results, len(answer), load_before, load_after)
+
+
+def http_post(port: int, path: str, body: bytes) -> bytes:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("POST", path, body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    answer = response.read()
+    connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"{path}: {response.status} {answer[:300].decode()}")
+    return answer
+
+
+def report(cfg: LoadConfig, results: list[Result], answer_bytes: int, before, after) -> None:
+    cores = os.cpu_count() or 1
     print(
-        f"{cfg.requests} requests per scenario, {cfg.threads} threads, {cfg.workers} worker(s) "
-        f"per server, {cfg.entities} Pins of "
-        f"D={cfg.dim} per embeddings request ({cfg.pins} Pins, {cfg.users} users in Redis)"
+        f"{cfg.requests} requests per scenario, {cfg.workers} worker(s) per server, 1 user + "
+        f"{cfg.entities} Pins of D={cfg.dim} per embeddings request (derm's answer "
+        f"{answer_bytes / 1e3:.0f} kB; {cfg.pins} Pins, {cfg.users} users in Redis); "
+        f"{cores} cores; load average {before[0]:.2f} before, {after[0]:.2f} after"
     )
+    print("  CPU ms per request: the server's processes / this client / redis-server")
     for r in results:
         print(
-            f"  {r.name:<28} p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
-            f"{r.per_s:7.1f} req/s  non-200: {r.errors}"
+            f"  {r.name:<28} {r.clients} client(s)  p50 {r.p50_ms:7.2f} ms  "
+            f"p99 {r.p99_ms:7.2f} ms  {r.per_s:7.1f} req/s  CPU {r.server_cpu_ms:5.2f} / "
+            f"{r.client_cpu_ms:4.2f} / {r.redis_cpu_ms:4.2f} ms  non-200: {r.errors}"
         )
         if r.first_error:
             print(f"    first non-200: {r.first_error}")
-    feast, derm = results[0], results[1]
+    by = {(r.name, r.clients): r for r in results}
+    for clients in sorted({1, cfg.threads}):
+        feast, derm = by["feast /get-online-features", clients], by["derm /embeddings", clients]
+        print(
+            f"  feast / derm, {clients} client(s): p50 {feast.p50_ms / derm.p50_ms:.1f}x, "
+            f"p99 {feast.p99_ms / derm.p99_ms:.1f}x, throughput {derm.per_s / feast.per_s:.1f}x"
+        )
+    one, many = by["derm /embeddings", 1], by["derm /embeddings", cfg.threads]
+    floor = by["floor: constant answer", cfg.threads]
     print(
-        f"  feast / derm embeddings: p50 {feast.p50_ms / derm.p50_ms:.1f}x, "
-        f"p99 {feast.p99_ms / derm.p99_ms:.1f}x, throughput {derm.per_s / feast.per_s:.1f}x"
+        f"  the client is not the limit: {floor.per_s:.0f} req/s from the constant answer, "
+        f"{floor.per_s / many.per_s:.1f}x derm's"
+    )
+    spent = many.server_cpu_ms + many.client_cpu_ms + many.redis_cpu_ms
+    print(
+        f"  CPU per derm request at {cfg.threads} clients: {spent:.2f} ms in all, so {cores} "
+        f"idle cores answer at most {cores * 1000 / spent:.0f} req/s with client and Redis "
+        f"on them"
+    )
+    print("issue 15 target 4:")
+    if cfg.workers == 1:
+        print(
+            f"  p50 <= 5 ms on one worker: {one.p50_ms:.2f} ms one request at a time "
+            f"({met(one.p50_ms <= 5)}), {many.p50_ms:.2f} ms with {cfg.threads} in flight "
+            f"({met(many.p50_ms <= 5)})"
+        )
+    print(
+        f"  >= 1,000 req/s with {cfg.workers} worker(s) on {cores} cores: {many.per_s:.0f} "
+        f"req/s ({met(many.per_s >= 1000)})"
     )
 
 

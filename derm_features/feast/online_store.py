@@ -25,7 +25,8 @@ holds every view of an entity, so Redis key expiry is no substitute.
 **Reader** (ranking requests: one user, many candidate Pins). `EmbeddingReader.read`
 returns the same values as `FeatureStore.get_online_features` as NumPy arrays, in one
 pipelined round trip: one HMGET per distinct entity, asking for just the `embedding` field
-of each requested view of that entity, decoded with `np.frombuffer`.
+of each requested view of that entity, decoded with `np.frombuffer`. `read_async` does the
+same on a `redis.asyncio` client (`dedicated_async_redis_client`), for `derm serve`.
 
 Freshness: like Feast, the reader does not apply the views' ttl at read time (Feast's
 online reads do not enforce ttl). Expired entities are kept out of Redis instead: the
@@ -57,6 +58,7 @@ from derm_features.feast.redis_layout import (
     entity_keys,
     is_cluster,
     run_pipelined,
+    run_pipelined_async,
     view_layout,
 )
 from derm_features.feast.redis_url import redacted_connection_string
@@ -121,6 +123,28 @@ def fail_fast(client, timeout_s: float = SERVING_SOCKET_TIMEOUT_S):
     if is_cluster(client):
         for pool in _pools(client):
             pool.reset()  # the connections it opened to learn the slot map had no timeouts
+    return client
+
+
+async def dedicated_async_redis_client(store: FeatureStore, timeout_s=SERVING_SOCKET_TIMEOUT_S):
+    """A `redis.asyncio.Redis` configured like `store`'s Redis (Feast's own
+    `_get_client_async`: address, TLS, password), with connections of its own, failing fast
+    like `fail_fast`; None for a Redis Cluster or Sentinel, which are read with the sync
+    client. Call it in the event loop that will use it (its connections belong to one)."""
+    from feast.infra.online_stores.redis import RedisType
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    config = store.config.online_store
+    redis_client(store)  # the same checks
+    if config.redis_type != RedisType.redis:
+        return None
+    client = await type(store._get_provider().online_store)()._get_client_async(config)
+    client.set_retry(Retry(NoBackoff(), 0))
+    kwargs = client.connection_pool.connection_kwargs
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if kwargs.get(name) is None:  # keep what an operator configured
+            kwargs[name] = timeout_s
     return client
 
 
@@ -347,6 +371,28 @@ class EmbeddingReader:
         User views are read for `user_ids`, Pin views for `pin_ids`, in the order given
         (repeats allowed). A missing entity gives a zero row and found=False.
         """
+        batches, plan, n_commands = self._plan(user_ids, pin_ids, views)
+        with unavailable_as_clear_error(self._store, "online embedding read"):
+            replies = run_pipelined(self.client, *batches) if n_commands else []
+        return self._decode(plan, replies)
+
+    async def read_async(
+        self,
+        client,
+        user_ids: Sequence[int] | np.ndarray,
+        pin_ids: Sequence[int] | np.ndarray,
+        views: list[str],
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """`read` through `client`, a `redis.asyncio.Redis` for the same Redis
+        (`dedicated_async_redis_client`): the event loop serves other requests while
+        Redis answers. Same result and errors as `read`."""
+        batches, plan, n_commands = self._plan(user_ids, pin_ids, views)
+        with unavailable_as_clear_error(self._store, "online embedding read"):
+            replies = await run_pipelined_async(client, *batches) if n_commands else []
+        return self._decode(plan, replies)
+
+    def _plan(self, user_ids, pin_ids, views: list[str]) -> tuple[list, list, int]:
+        """(HMGET batches, how to split their replies by view, number of commands)."""
         ids_by_join_key = {"user_id": np.asarray(user_ids), "pin_id": np.asarray(pin_ids)}
         # Views sharing a join key share the entity's hash: one HMGET reads them all.
         views_by_join_key: dict[str, list[str]] = {}
@@ -370,10 +416,9 @@ class EmbeddingReader:
             plan.append((key_views, inverse, n_commands, len(keys)))
             batches.append([b"HMGET", keys, *fields])
             n_commands += len(keys)
+        return batches, plan, n_commands
 
-        with unavailable_as_clear_error(self._store, "online embedding read"):
-            replies = run_pipelined(self.client, *batches) if n_commands else []
-
+    def _decode(self, plan: list, replies: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for key_views, inverse, first, count in plan:
             entity_replies = replies[first : first + count]

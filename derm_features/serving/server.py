@@ -114,6 +114,9 @@ class Services:
     reader: Any
     redis_address: str
     indexes: dict[str, PinIndex] = field(default_factory=dict)
+    # /embeddings reads through this redis.asyncio client, made in the worker's event loop
+    # on its first request (False: none, a Redis Cluster or Sentinel; read in the pool)
+    async_client: Any = None
 
 
 def json_response(payload: dict, status: int = 200) -> Response:
@@ -275,10 +278,12 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
     def services_of(request: Request) -> Services:
         return request.app.state.services
 
-    # Plain `def` endpoints: the reader and faiss block, so FastAPI runs them in its
-    # thread pool and the event loop keeps accepting requests.
+    # /embeddings reads Redis with asyncio, so the event loop serves other requests while
+    # Redis answers, without the thread pool's hand-offs (see `embeddings_read`). The other
+    # endpoints are plain `def`: faiss and the sync client block, so FastAPI runs them in
+    # its thread pool and the event loop keeps accepting requests.
     @app.post("/embeddings")
-    def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
+    async def embeddings(body: EmbeddingsRequest, request: Request) -> Response:
         s = services_of(request)
         _check_ids(body)
         unknown = [v for v in body.views if v not in known_views(config.workdir)]
@@ -286,7 +291,9 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
             raise BadRequest(
                 422, "views", f"views: unknown {unknown}; known: {known_views(config.workdir)}"
             )
-        read = s.reader.read(body.user_ids, body.pin_ids, list(dict.fromkeys(body.views)))
+        read = await embeddings_read(
+            s, body.user_ids, body.pin_ids, list(dict.fromkeys(body.views))
+        )
         return json_response(
             {
                 "views": {
@@ -346,6 +353,21 @@ def create_app(config: ServeConfig, services: Services | None = None) -> FastAPI
         return Response(body, media_type=content_type)
 
     return app
+
+
+async def embeddings_read(s: Services, user_ids, pin_ids, views: list[str]) -> dict:
+    """`EmbeddingReader.read` for /embeddings: through the worker's asyncio client, made on
+    its first request, or in the thread pool where there is none (a Redis Cluster)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from derm_features.feast.online_store import dedicated_async_redis_client
+
+    if s.async_client is None:
+        with unavailable_as_clear_error(s.store, "connecting the embedding reader"):
+            s.async_client = await dedicated_async_redis_client(s.store) or False
+    if s.async_client is False:
+        return await run_in_threadpool(s.reader.read, user_ids, pin_ids, views)
+    return await s.reader.read_async(s.async_client, user_ids, pin_ids, views)
 
 
 def _check_ids(body: EmbeddingsRequest) -> None:
@@ -408,7 +430,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 def run(config: ServeConfig, metrics_dir_to_remove: str | None = None) -> None:
     """Serves until interrupted.
 
-    One worker: uvicorn in this process (the handlers use its thread pool). Several:
+    One worker: uvicorn in this process (all but /embeddings use its thread pool). Several:
     gunicorn forks `config.workers` uvicorn workers after the services are open, so the
     indexes are loaded once and shared copy-on-write (as `feast serve` runs its workers).
     Several workers need prometheus_client's multi-process mode (PROMETHEUS_MULTIPROC_DIR

@@ -7,6 +7,8 @@ and read back by both paths.
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -17,6 +19,7 @@ from derm_features.core.spec import feature_name
 from derm_features.feast.online_store import (
     EmbeddingReader,
     OnlineStoreUnavailable,
+    dedicated_async_redis_client,
     push_rows,
     redis_client,
     remove_entities,
@@ -123,3 +126,52 @@ def test_reader_has_connections_of_its_own_configured_like_the_store(applied_wor
     for name in ("host", "port", "db", "username", "password", "ssl"):
         assert ours.get(name) == theirs.get(name), name
     assert reader.client.client_id() != feast_client.client_id()
+
+
+def read_async(store, reader: EmbeddingReader, user_ids, pin_ids, views) -> dict:
+    """`reader.read_async` in an event loop of its own, on a fresh asyncio client."""
+
+    async def read() -> dict:
+        client = await dedicated_async_redis_client(store)
+        # fail fast, as the sync client does
+        assert client.get_retry().get_retries() == 0
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 2.0
+        try:
+            return await reader.read_async(client, user_ids, pin_ids, views)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def test_read_async_equals_read(applied_workdir):
+    """`derm serve` reads /embeddings through redis.asyncio: the same arrays as `read`
+    (found, missing, removed, repeated entities; two views of one entity in one HMGET)."""
+    store = feature_store(applied_workdir)
+    push_rows(store, "ctr_user_embedding", embedding_rows("user", [1, 2], dim=16, seed=1))
+    pins = np.arange(100, 400)  # replies span several socket reads
+    push_rows(store, "ctr_pin_embedding", embedding_rows("pin", pins, dim=16, seed=3))
+    push_rows(store, "cvr_pin_embedding", embedding_rows("pin", pins[::3], dim=16, seed=4))
+    remove_entities(store, "ctr_pin_embedding", pa.array([104], pa.int64()))
+    user_ids, pin_ids = [1, 7], [103, 104, 999, *range(100, 400), 103]
+    reader = EmbeddingReader(store, dims=dict.fromkeys(ALL_VIEWS, 16))
+
+    got = read_async(store, reader, user_ids, pin_ids, ALL_VIEWS)
+    expected = reader.read(user_ids, pin_ids, ALL_VIEWS)
+    assert sorted(got) == sorted(expected)
+    for view, (values, found) in expected.items():
+        np.testing.assert_array_equal(got[view][0], values)
+        np.testing.assert_array_equal(got[view][1], found)
+    assert got["ctr_pin_embedding"][1][:3].tolist() == [True, False, False]
+    assert got["ctr_user_embedding"][1].tolist() == [True, False]
+
+
+def test_read_async_unreachable_redis_is_the_same_clear_error(applied_workdir, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:secret@127.0.0.1:6390/0")
+    store = feature_store(applied_workdir)
+    with pytest.raises(OnlineStoreUnavailable) as error:
+        read_async(store, EmbeddingReader(store), [1], [2, 3], ALL_VIEWS)
+    assert "online embedding read" in str(error.value)
+    assert "redis://:***@127.0.0.1:6390/0" in str(error.value)
+    assert "secret" not in str(error.value)
