@@ -20,6 +20,7 @@ from derm_features.synthetic import (
     generate_logs,
     true_affinity,
 )
+from derm_features.synthetic.world import interest_at
 
 START = dt.date(2026, 1, 1)
 SMALL = dict(users=2_000, pins=500, days=7, impressions_per_day=20_000, start=START)
@@ -222,12 +223,8 @@ def test_user_pretrained_embedding_is_a_noisy_view_of_yesterdays_interest(small)
         return flat.reshape(users.num_rows, -1)[idx]
 
     def interest(t):
-        a, b = vectors("interest_a"), vectors("interest_b")
-        theta = (np.pi / 4) * (
-            1
-            - np.cos(users["drift_rate"].to_numpy()[idx] * t + users["drift_phase"].to_numpy()[idx])
-        )
-        return np.cos(theta)[:, None] * a + np.sin(theta)[:, None] * b
+        rate, phase = users["drift_rate"].to_numpy()[idx], users["drift_phase"].to_numpy()[idx]
+        return interest_at(vectors("interest_a"), vectors("interest_b"), rate, phase, t)
 
     x = np.c_[emb[first], np.ones(len(first))]
 

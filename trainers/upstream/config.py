@@ -18,6 +18,11 @@ from trainers.features.config import ModelConfig
 __all__ = ["InferConfig", "ModelConfig", "TrainConfig"]
 
 
+# Rows shuffled together in training; bounds memory (~0.4 KB a row of the demo log). A
+# whole 7-day demo window (210k rows) in one buffer gave towers u.p ROC-AUC 0.621 +- 0.006
+# over 3 seeds against 0.588 +- 0.032 with 65k-row buffers (BENCHMARKS.md, "towers").
+SHUFFLE_BUFFER = 262_144
+
 # Lightning strategies derm's data loading supports: one process, or data-parallel
 # processes that each read their own slots of the log (`LogBatches`).
 STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
@@ -50,10 +55,7 @@ class TrainConfig:
     max_epochs: int = 10
     replay_days: int = 6
     seed: int = 0
-    # Rows shuffled together; bounds memory (~0.4 KB a row of the demo log). A whole
-    # 7-day demo window (210k rows) in one buffer gave towers u.p ROC-AUC 0.621 +- 0.006
-    # over 3 seeds against 0.588 +- 0.032 with 65k-row buffers (BENCHMARKS.md, "towers").
-    shuffle_buffer: int = 262_144
+    shuffle_buffer: int = SHUFFLE_BUFFER
     num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
     # torch intra-op threads; None = torch's default. On a machine shared with other jobs,
     # 1 avoids OpenMP threads spinning against each other (20x slower steps seen on 2 cores).

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from derm_features.core.logs import LogSchema, open_log
 from trainers.features.config import ModelConfig
 from trainers.features.encoding import BatchEncoder, check_tasks, encode_batch
+from trainers.upstream.config import SHUFFLE_BUFFER
 
 __all__ = ["BatchEncoder", "LogBatches", "UpstreamDataModule", "check_tasks", "encode_batch"]
 
@@ -153,7 +154,7 @@ class UpstreamDataModule(L.LightningDataModule):
         cfg: ModelConfig,
         batch_size: int,
         seed: int = 0,
-        shuffle_buffer: int = 262_144,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
         num_workers: int = 0,
         train_range: tuple[dt.date, dt.date] | None = None,
         val_range: tuple[dt.date, dt.date] | None = None,
