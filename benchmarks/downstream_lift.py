@@ -313,12 +313,12 @@ def oracle_set(training_set, truth_dir: Path, noise: float):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from derm_features.core.arrays import fixed_size_list
     from derm_features.core.files import parquet_files
     from derm_features.synthetic.config import WorldParams
     from derm_features.synthetic.world import interest_at
     from trainers.downstream.training_set import (
         embedding_column,
-        fixed_size_list,
         open_training_set,
         presence_column,
     )

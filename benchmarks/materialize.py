@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from materialize_helpers import daily_table, write_daily  # noqa: E402
 
+from derm_features.core.arrays import fixed_size_list  # noqa: E402
 from derm_features.core.workdir import Workdir  # noqa: E402
 from materialize.job import MaterializeConfig, materialize_offline  # noqa: E402
 from materialize.kernel import (  # noqa: E402
@@ -46,7 +47,6 @@ from materialize.kernel import (  # noqa: E402
     default_threads,
     merge_day,
     split_annotated,
-    vectors,
 )
 from materialize.storage import (  # noqa: E402
     bucket_of,
@@ -79,7 +79,7 @@ def make_inputs(entities: int, dim: int, updated: float, seed: int = 0):
     pool = pa.table(
         {
             "user_id": ids,
-            "embedding": vectors(pool_emb),
+            "embedding": fixed_size_list(pool_emb),
             "last_seen": last_seen,
             "prev_daily": pa.nulls(entities, PREV_DAILY_TYPE),
             "model_version": pa.array([version] * entities),

@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # This folder holds benchmarks/materialize.py, named like the `materialize` package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
+from derm_features.core.arrays import fixed_size_list  # noqa: E402
 from derm_features.core.workdir import Workdir  # noqa: E402
-from materialize.kernel import TIMESTAMP, day_start, pool_schema, vectors  # noqa: E402
+from materialize.kernel import TIMESTAMP, day_start, pool_schema  # noqa: E402
 from materialize.storage import (  # noqa: E402
     bucket_of,
     buckets_for,
@@ -94,7 +95,7 @@ def write_previous_pool(wd: Workdir, entities: int, dim: int, seed: int) -> int:
         table = pa.Table.from_arrays(
             [
                 pa.array(rows),
-                vectors(unit_rows(rng, n, dim)),
+                fixed_size_list(unit_rows(rng, n, dim)),
                 pa.array(rng.uniform(0.5, 1.0, n)),
                 pa.array(np.full(n, stamp), TIMESTAMP),
                 pa.nulls(n, schema.field("prev_daily").type),
@@ -139,7 +140,7 @@ def write_day(wd: Workdir, entities: int, dim: int, updated: float, dup: float, 
                 [
                     pa.array(ids[begin:end]),
                     pa.array(start + seconds[begin:end].astype("timedelta64[s]"), schema[1].type),
-                    vectors(unit_rows(rng, end - begin, dim)),
+                    fixed_size_list(unit_rows(rng, end - begin, dim)),
                     pa.array([version(dim, DAY)] * (end - begin), pa.string()),
                 ],
                 schema=schema,

@@ -57,6 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from derm_features.core.arrays import fixed_size_list
 from derm_features.core.spec import HEURISTICS
 
 T = TypeVar("T")
@@ -161,12 +162,6 @@ def embedding_matrix(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray
             raise ValueError(f"embedding column is not {n} rows of length {dim}")
         values = column.flatten()
     return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
-
-
-def vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """An (n, dim) float32 matrix as fixed_size_list<float32>[dim] (no copy when contiguous)."""
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
 def _embedding_hash(matrix: np.ndarray) -> np.ndarray:
@@ -580,7 +575,7 @@ def merge_day(
         columns["prev_daily"] = _list_vectors(vecs.prev_daily, prev_valid)
     else:  # prev_daily only serves `ap`: null, the pool schema unchanged
         columns["prev_daily"] = pa.nulls(n_out, PREV_DAILY_TYPE)
-    columns["embedding"] = vectors(vecs.embedding)
+    columns["embedding"] = fixed_size_list(vecs.embedding)
     columns["aggregate_scale"] = pa.array(vecs.scale)
     # cosine: updated rows only; norm, degenerate: the day's rows only (null elsewhere).
     cosine = np.zeros(n_out, dtype=np.float32)
@@ -636,7 +631,7 @@ def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
     for name in table.column_names:
         column = table[name]
         if pa.types.is_fixed_size_list(column.type):
-            columns.append(vectors(gather_rows(column, rows, column.type.list_size)))
+            columns.append(fixed_size_list(gather_rows(column, rows, column.type.list_size)))
         else:
             columns.append(column.take(take))
     return pa.Table.from_arrays(columns, schema=table.schema)

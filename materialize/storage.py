@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from derm_features.core.arrays import fixed_size_list
 from derm_features.core.atomic import write_parquet_atomic, write_text_atomic
 from derm_features.core.files import parquet_files
 from derm_features.core.provenance import ModelVersion, compatible
@@ -40,7 +41,6 @@ from materialize.kernel import (
     embedding_matrix,
     row_norms,
     sorted_by,
-    vectors,
 )
 
 DAILY_COLUMNS = ("ts", "embedding", "model_version")
@@ -573,7 +573,7 @@ def read_contiguous(path: Path) -> pa.Table:
     columns = []
     for field in schema:
         if field.name in dense:
-            columns.append(vectors(dense[field.name]).cast(field.type))
+            columns.append(fixed_size_list(dense[field.name]).cast(field.type))
         elif parts[field.name]:
             columns.append(pa.concat_arrays(parts[field.name]))
         else:

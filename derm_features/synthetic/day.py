@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from derm_features.core.arrays import fixed_size_list
 from derm_features.synthetic.config import (
     ADVERTISER_ID_BASE,
     GAP_DAYS,
@@ -159,11 +160,6 @@ def _strings(codes: np.ndarray, names: tuple[str, ...]) -> pa.Array:
     ).dictionary_decode()
 
 
-def _fixed_list(x: np.ndarray) -> pa.FixedSizeListArray:
-    x = np.ascontiguousarray(x, np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
-
-
 def _user_pretrained(w: World, user: np.ndarray, t: int) -> np.ndarray:
     """[n, user_pretrained_dim] float32: the users' representation refreshed up to yesterday."""
     a, b = w.interest_a[user], w.interest_b[user]
@@ -182,7 +178,7 @@ def _day_table(w, state, t, user, pin, ts, click, conversion, surface, position,
     recent_ids = state.recent[user[row], slot] + PIN_ID_BASE
     surface_names = _strings(surface, SURFACES)
     user_pretrained = (
-        {"user_pretrained_embedding": _fixed_list(_user_pretrained(w, user, t))}
+        {"user_pretrained_embedding": fixed_size_list(_user_pretrained(w, user, t))}
         if w.params.user_pretrained_dim
         else {}
     )
@@ -207,7 +203,7 @@ def _day_table(w, state, t, user, pin, ts, click, conversion, surface, position,
             "pin_impressions_7d": pa.array(
                 state.pin_impressions.sum(0, dtype=np.int64)[pin], pa.float32()
             ),
-            "pin_content_embedding": _fixed_list(w.pretrained[pin]),
+            "pin_content_embedding": fixed_size_list(w.pretrained[pin]),
             "ctx_surface": surface_names,
             "ctx_hour": pa.array(hour.astype(np.int8), pa.int8()),
             "ctx_position": pa.array(position.astype(np.int16), pa.int16()),

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from derm_features.core.arrays import fixed_size_list
 from derm_features.core.atomic import atomic_dir
 from derm_features.synthetic.config import (
     ADVERTISER_ID_BASE,
@@ -30,23 +31,17 @@ from derm_features.synthetic.world import (
 )
 
 
-def _fixed_list(x: np.ndarray) -> pa.Array:
-    return pa.FixedSizeListArray.from_arrays(
-        pa.array(np.ascontiguousarray(x, np.float32).reshape(-1), pa.float32()), x.shape[1]
-    )
-
-
 def write_truth(truth: Path, w: World, config: GenerateConfig) -> None:
     """Writes the latent world and ``meta.json`` (every parameter, every formula)."""
     with atomic_dir(truth) as tmp:
         users = pa.table(
             {
                 "user_id": pa.array(np.arange(len(w.user_bias)) + USER_ID_BASE, pa.int64()),
-                "interest_a": _fixed_list(w.interest_a),
-                "interest_b": _fixed_list(w.interest_b),
+                "interest_a": fixed_size_list(w.interest_a),
+                "interest_b": fixed_size_list(w.interest_b),
                 "drift_rate": pa.array(w.drift_rate, pa.float64()),
                 "drift_phase": pa.array(w.drift_phase, pa.float64()),
-                "intent": _fixed_list(w.intent),
+                "intent": fixed_size_list(w.intent),
                 "user_bias": pa.array(w.user_bias, pa.float64()),
                 "p_active": pa.array(w.p_active, pa.float64()),
                 "arrive_day": pa.array(w.user_arrive, pa.int64()),
@@ -58,8 +53,8 @@ def write_truth(truth: Path, w: World, config: GenerateConfig) -> None:
         pins = pa.table(
             {
                 "pin_id": pa.array(np.arange(len(w.pin_bias)) + PIN_ID_BASE, pa.int64()),
-                "content": _fixed_list(w.content),
-                "conversion_vector": _fixed_list(w.conversion_vector),
+                "content": fixed_size_list(w.content),
+                "conversion_vector": fixed_size_list(w.conversion_vector),
                 "pin_bias": pa.array(w.pin_bias, pa.float64()),
                 "conversion_bias": pa.array(w.conversion_bias, pa.float64()),
                 "category": pa.array(w.category, pa.int32()),

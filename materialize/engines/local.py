@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from derm_features.core.arrays import fixed_size_list
 from materialize.engines.base import STATS_COLUMNS, Engine, EngineOutput
 from materialize.kernel import (
     KernelParams,
@@ -23,7 +24,6 @@ from materialize.kernel import (
     merge_day,
     split_annotated,
     take_rows,
-    vectors,
 )
 from materialize.storage import (
     DailyInput,
@@ -79,7 +79,7 @@ def run_local(
                 next_pool = reader.submit(read, k + 1)
             rows = order[bounds[k] : bounds[k + 1]]
             daily_k = daily_rest.take(pa.array(rows)).append_column(
-                "embedding", vectors(np.take(daily_vectors, rows, axis=0))
+                "embedding", fixed_size_list(np.take(daily_vectors, rows, axis=0))
             )
             annotated = merge_day(pool_k, daily_k, params, dim)
             del pool_k

@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from materialize_helpers import DIM, VERSION, daily_table, unit_rows
 
+from derm_features.core.arrays import fixed_size_list
 from materialize import memory, storage
-from materialize.kernel import embedding_matrix, gather_rows, pool_schema, sorted_by, vectors
+from materialize.kernel import embedding_matrix, gather_rows, pool_schema, sorted_by
 from materialize.storage import (
     VECTOR_PARQUET,
     _file_crc32,
@@ -69,7 +70,7 @@ def pool_bucket(n: int, rng) -> pa.Table:
     return pa.Table.from_arrays(
         [
             pa.array(rng.permutation(n).astype(np.int64)),
-            vectors(unit_rows(rng, n)),
+            fixed_size_list(unit_rows(rng, n)),
             pa.array(rng.uniform(0.5, 1, n)),
             pa.array(np.arange(n) * 1_000_000, pa.timestamp("us", "UTC")),
             pa.nulls(n, schema.field("prev_daily").type),
@@ -112,7 +113,7 @@ def test_file_crc32_over_blocks_is_the_whole_file_crc32(tmp_path, monkeypatch):
 def test_gather_rows_from_chunks_equals_take_on_the_concatenation(sizes):
     rng = np.random.default_rng(len(sizes))
     parts = [unit_rows(rng, n) for n in sizes]
-    column = pa.chunked_array([vectors(p) for p in parts], type=pa.list_(pa.float32(), DIM))
+    column = pa.chunked_array([fixed_size_list(p) for p in parts], type=pa.list_(pa.float32(), DIM))
     whole = np.concatenate(parts)
     rows = rng.permutation(len(whole)).astype(np.uint64)  # Arrow's sort indices' type
     np.testing.assert_array_equal(gather_rows(column, rows, DIM), whole[rows.astype(int)])
@@ -122,7 +123,7 @@ def test_gather_rows_from_chunks_equals_take_on_the_concatenation(sizes):
 def test_sorted_by_over_chunks_equals_sorting_the_combined_table():
     rng = np.random.default_rng(5)
     chunks = [
-        pa.table({"user_id": rng.permutation(50)[:n] + 100 * k, "embedding": vectors(rows)})
+        pa.table({"user_id": rng.permutation(50)[:n] + 100 * k, "embedding": fixed_size_list(rows)})
         for k, n in enumerate((6, 0, 9, 4))
         for rows in [unit_rows(rng, n)]
     ]

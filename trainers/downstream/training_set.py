@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from derm_features.core.arrays import fixed_size_list
 from derm_features.core.files import parquet_files
 from derm_features.core.ids import hash_ids_to_int64
 from derm_features.core.spec import ENTITY_NAMES, DermSpec, feature_name, join_key, view_name
@@ -152,12 +153,6 @@ def embedding_matrix(
         flat = pc.list_flatten(kept).to_numpy(zero_copy_only=False).astype(np.float32)
         out[present] = flat.reshape(-1, dim)
     return out, present
-
-
-def fixed_size_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """[n, D] float32 -> fixed_size_list<float32>[D], without a per-row Python object."""
-    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel())
-    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
 
 
 def view_dim(workdir: Workdir, key: str) -> int:
