@@ -155,15 +155,20 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of the processes (Linux /proc; 0 for one that is gone)."""
+def cpu_seconds(root: int | None) -> float:
+    """User + system CPU seconds of the process tree under `root` (Linux /proc), walked
+    afresh each call: workers a server restarts mid-run (gunicorn's `max_requests`, as
+    `feast serve` sets) count once their parent reaps them, through its children's time."""
+    if root is None:
+        return 0.0
     total = 0
-    for pid in pids:
+    for pid in process_tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:  # it exited meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        # utime, stime, and cutime, cstime: the reaped children's
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -178,7 +183,7 @@ def load(
     path: str,
     bodies: list[bytes],
     threads: int,
-    server_pids: list[int] = (),
+    server_pid: int | None = None,
     redis_client=None,
 ) -> Result:
     """Sends every body once, spread over `threads` keep-alive connections (one thread each),
@@ -205,7 +210,7 @@ def load(
             latencies.extend(mine)
 
     workers = [threading.Thread(target=worker, args=(bodies[i::threads],)) for i in range(threads)]
-    server_before, client_before = cpu_seconds(server_pids), time.process_time()
+    server_before, client_before = cpu_seconds(server_pid), time.process_time()
     redis_before = redis_cpu_seconds(redis_client) if redis_client else 0.0
     started = time.perf_counter()
     for w in workers:
@@ -215,7 +220,7 @@ def load(
     elapsed = time.perf_counter() - started
     redis_used = redis_cpu_seconds(redis_client) - redis_before if redis_client else 0.0
     client_used = time.process_time() - client_before
-    server_used = cpu_seconds(server_pids) - server_before
+    server_used = cpu_seconds(server_pid) - server_before
     ms = np.array(latencies) * 1e3
     return Result(
         name,
@@ -302,11 +307,7 @@ def main(cfg: LoadConfig) -> None:
         floor_args += ["--body", str(root / "floor-answer.json")]
         processes.append(start(floor_args, env, floor_port, "/health"))
         load("warm", floor_port, "/embeddings", derm_bodies[:20], 1)
-        pids = {
-            "floor": process_tree(processes[2].pid),
-            "derm": process_tree(processes[0].pid),
-            "feast": process_tree(processes[1].pid),
-        }
+        pids = {"floor": processes[2].pid, "derm": processes[0].pid, "feast": processes[1].pid}
         scenarios = [
             ("floor: constant answer", floor_port, "/embeddings", derm_bodies, "floor"),
             ("derm /embeddings", derm_port, "/embeddings", derm_bodies, "derm"),
