@@ -182,15 +182,25 @@ def experiment_cmd(
         ),
     ] = 5,
     workdir: WorkdirOption = None,
-    users: Annotated[int, typer.Option(help="Generated log: users.")] = 8_000,
-    pins: Annotated[int, typer.Option(help="Generated log: Pins.")] = 2_000,
-    days: Annotated[int, typer.Option(help="Generated log: days.")] = 12,
+    users: Annotated[
+        int | None, typer.Option(help="Generated log: users [default: the demo's, 20,000].")
+    ] = None,
+    pins: Annotated[
+        int | None, typer.Option(help="Generated log: Pins [default: the demo's, 5,000].")
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option(help="Generated log: days [default: the demo's, 14].")
+    ] = None,
     impressions_per_day: Annotated[
-        int, typer.Option(help="Generated log: impressions a day.")
-    ] = 20_000,
+        int | None,
+        typer.Option(help="Generated log: impressions a day [default: the demo's, 30,000]."),
+    ] = None,
     log_seed: Annotated[int, typer.Option(help="Seed of the generated log.")] = 0,
-    window_days: Annotated[int, typer.Option(help="Days of the upstream window fit.")] = 3,
-    eval_days: Annotated[int, typer.Option(help="Last days held out for downstream eval.")] = 3,
+    window_days: Annotated[
+        int | None,
+        typer.Option(help="Days of the upstream window fit [default: the demo's, 7]."),
+    ] = None,
+    eval_days: Annotated[int, typer.Option(help="Last days held out for downstream eval.")] = 2,
     upstream_epochs: Annotated[int, typer.Option(help="Epochs of each upstream fit.")] = 2,
     downstream_epochs: Annotated[
         int | None,
@@ -210,19 +220,22 @@ def experiment_cmd(
     if table not in TABLES:
         raise fail(f"TABLE must be one of {sorted(TABLES)}, got '{table}'")
     try:
+        log_shape = {
+            "users": users,
+            "pins": pins,
+            "days": days,
+            "impressions_per_day": impressions_per_day,
+            "window_days": window_days,
+        }  # None: ExperimentConfig's default, the demo's log
         cfg = ExperimentConfig(
             table=table,
             workdir=Workdir.resolve(workdir).root,
             seeds=seeds,
-            users=users,
-            pins=pins,
-            days=days,
-            impressions_per_day=impressions_per_day,
             log_seed=log_seed,
-            window_days=window_days,
             eval_days=eval_days,
             upstream_epochs=upstream_epochs,
             downstream_epochs=downstream_epochs,
+            **{k: v for k, v in log_shape.items() if v is not None},
         )
         result = run_experiment(cfg)
     except ValueError as exc:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from derm_features.core.workdir import Workdir
+from derm_features.jobs.demo import DEMO_MODEL, DemoConfig
 from trainers.downstream.training_set import EMBEDDING_KEYS
 
 ALL = EMBEDDING_KEYS
@@ -72,13 +73,15 @@ class ExperimentConfig:
     table: str
     workdir: Path
     seeds: int = 5
-    users: int = 8_000
-    pins: int = 2_000
-    days: int = 12
-    impressions_per_day: int = 20_000
+    # The demo's log and windows (`jobs.demo.DemoConfig`): on smaller logs (12 days x 20k,
+    # a 3-day window) the towers learn too little to lift anything (README, "experiments")
+    users: int = DemoConfig.users
+    pins: int = DemoConfig.pins
+    days: int = DemoConfig.days
+    impressions_per_day: int = DemoConfig.impressions_per_day
     log_seed: int = 0
-    window_days: int = 3
-    eval_days: int = 3
+    window_days: int = DemoConfig.window_days
+    eval_days: int = 2
     upstream_epochs: int = 2
     downstream_epochs: int | None = None  # None: the task's default (job.TASK_DEFAULTS)
     start: dt.date = dt.date(2026, 1, 1)
@@ -159,17 +162,6 @@ def generate(cfg: ExperimentConfig, workdir: Workdir) -> Path:
     return out / "logs"
 
 
-def upstream_model_config():
-    """A small upstream network: the experiment's point is the downstream lift, on 2 CPUs."""
-    from trainers.upstream.config import ModelConfig
-
-    return ModelConfig(
-        token_dim=16, embedding_dim=32, num_buckets=2**14, seq_len=10,
-        dhen_layers=(("masknet", "mlp"),), interaction_layers=(("masknet", "mlp"),),
-        mlp_hidden=64, head_hidden=(32,),
-    )  # fmt: skip
-
-
 def upstream(cfg: ExperimentConfig, workdir: Workdir, logs: Path) -> None:
     """Both upstream models through the daily job's train and infer steps: the window fit,
     then per day an incremental fit and its inference (resumable by the same markers)."""
@@ -180,7 +172,7 @@ def upstream(cfg: ExperimentConfig, workdir: Workdir, logs: Path) -> None:
         workdir=workdir,
         window_days=cfg.window_days,
         train={"epochs": cfg.upstream_epochs, "threads": 1},
-        model=upstream_model_config().to_dict(),
+        model=DEMO_MODEL,  # the demo's lighter network, so both models fit in minutes
         progress=False,
     )
     window_end = cfg.day(cfg.window_days - 1)
