@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{d['roc_auc']:.4f}, lift {d['roc_auc_lift_pct']:+.2f} % "
                 f"[{d['roc_auc_lift_ci'][0]:+.2f}, {d['roc_auc_lift_ci'][1]:+.2f}]; "
                 f"LR {m['logistic regression']['roc_auc']:.4f}; log loss {d['logloss']:.4f} "
-                f"(best constant {result['best_constant_logloss']:.4f}); positives "
+                f"(best constant {result['best_constant_logloss']:.4f}; difference "
+                f"[{d['logloss_vs_constant_ci'][0]:+.4f}, {d['logloss_vs_constant_ci'][1]:+.4f}]"
+                f", no DERM [{m[NO_DERM]['logloss_vs_constant_ci'][0]:+.4f}, "
+                f"{m[NO_DERM]['logloss_vs_constant_ci'][1]:+.4f}]); positives "
                 f"{result['eval_positives']}; train rows {result['runs'][NO_DERM]['train_rows']}",
                 flush=True,
             )

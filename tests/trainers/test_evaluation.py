@@ -73,3 +73,33 @@ def test_compare_warns_on_few_positives_and_is_seeded():
     b = compare(y, {"m": p, "n": p[::-1].copy()}, "m", resamples=200, seed=1)
     assert "eval positives" in a["warning"]
     assert a["models"]["n"]["roc_auc_lift_ci"] == b["models"]["n"]["roc_auc_lift_ci"]
+
+
+def test_log_loss_against_the_best_constant_has_a_paired_interval():
+    """A constant at the eval rate sits at 0; a confidently wrong model's interval lies above
+    0; a model with signal lies below; a constant off the eval rate by a little is inside the
+    noise of a few positives (its interval holds 0)."""
+    y, p = _data(n=3000, seed=6)
+    rate = y.mean()
+    rng = np.random.default_rng(7)
+    predictions = {
+        "constant": np.full(len(y), rate),
+        "model": p,
+        "wrong": np.clip(1 - p, 1e-4, 1 - 1e-4),
+        "near constant": np.full(len(y), rate * 1.05),
+        "noise": np.clip(rate * np.exp(rng.normal(0, 0.5, len(y))), 1e-4, 1 - 1e-4),
+    }
+    result = compare(y, predictions, "constant", resamples=400)
+    rows = result["models"]
+    assert rows["constant"]["logloss_vs_constant"] == pytest.approx(0.0, abs=1e-12)
+    assert rows["constant"]["logloss_vs_constant_ci"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert rows["wrong"]["logloss_vs_constant_ci"][0] > 0
+    assert rows["noise"]["logloss_vs_constant_ci"][0] > 0
+    assert rows["model"]["logloss_vs_constant_ci"][1] < 0
+    lo, hi = rows["near constant"]["logloss_vs_constant_ci"]
+    assert rows["near constant"]["logloss_vs_constant"] > 0 and lo < 0 < hi
+    for name, row in rows.items():
+        assert row["logloss_vs_constant"] == pytest.approx(
+            row["logloss"] - result["best_constant_logloss"], abs=1e-12
+        ), name
+    assert "log loss - best constant's" in markdown(result)

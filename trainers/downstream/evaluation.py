@@ -10,6 +10,7 @@ Chamandy et al. 2012), and two models scored on the same rows share the same rep
     ROC-AUC  = sum_g P_g (N_<g + N_g / 2) / (P N)      tie groups g of equal score
     PR-AUC   = sum_g (P_g / P) * precision(>= s_g)     average precision, as scikit-learn's
     log loss = -sum_i w_i [y_i log p_i + (1 - y_i) log(1 - p_i)] / sum_i w_i
+    best constant's log loss = the same at p_i = mean(y), the eval rows' own rate
 
 P_g and N_g are the positive and negative weight in group g, N_<g the negative weight below
 it. Tests compare each with scikit-learn's `sample_weight` version.
@@ -65,6 +66,14 @@ def _log_loss(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> np.
     return (weights * per_row).sum(1) / weights.sum(1)
 
 
+def _best_constant_log_loss(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[R] log loss, under weights [R, n], of the constant at the unweighted rows' rate (the
+    best constant on the eval rows). A fixed predictor, so a model's difference from it is
+    paired: a replicate's own rate would beat every constant in every replicate."""
+    rate = np.full(len(labels), labels.mean())
+    return _log_loss(labels, rate, weights)
+
+
 def point_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """roc_auc, pr_auc and logloss of probabilities `probs` [n] against 0/1 `labels` [n].
 
@@ -103,21 +112,25 @@ def bootstrap(
         seed (int): seed of the resampling (the same seed gives the same intervals).
 
     Returns:
-        dict: name -> {"roc_auc", "pr_auc", "logloss"} -> [R] replicate values. Replicate r
-        of every prediction uses the same row weights, so differences are paired.
+        dict: name -> {"roc_auc", "pr_auc", "logloss", "logloss_vs_constant"} -> [R]
+        replicate values; "logloss_vs_constant" is the log loss minus the best constant's on
+        the same replicate. Replicate r of every prediction uses the same row weights, so
+        differences are paired.
     """
     labels = np.asarray(labels, dtype=np.float64)
     sorts = {name: _sorted(labels, np.asarray(p, np.float64)) for name, p in predictions.items()}
-    out: dict[str, dict[str, list]] = {
-        n: {"roc_auc": [], "pr_auc": [], "logloss": []} for n in sorts
-    }
+    metrics = ("roc_auc", "pr_auc", "logloss", "logloss_vs_constant")
+    out: dict[str, dict[str, list]] = {n: {m: [] for m in metrics} for n in sorts}
     for weights in _replicates(len(labels), resamples, seed):
+        constant = _best_constant_log_loss(labels, weights)
         for name, probs in predictions.items():
             s = sorts[name]
             auc, ap = _auc_and_ap(s, weights[:, s.order])
+            loss = _log_loss(labels, np.asarray(probs, np.float64), weights)
             out[name]["roc_auc"].append(auc)
             out[name]["pr_auc"].append(ap)
-            out[name]["logloss"].append(_log_loss(labels, np.asarray(probs, np.float64), weights))
+            out[name]["logloss"].append(loss)
+            out[name]["logloss_vs_constant"].append(loss - constant)
     return {n: {m: np.concatenate(v) for m, v in ms.items()} for n, ms in out.items()}
 
 
@@ -145,25 +158,35 @@ def compare(
          "best_constant_logloss",
          "models": {name: {"roc_auc": x, "roc_auc_ci": [lo, hi], "pr_auc": ..., "pr_auc_ci",
                            "logloss": ..., "logloss_ci",
+                           "logloss_vs_constant", "logloss_vs_constant_ci",
                            "roc_auc_lift_pct", "roc_auc_lift_ci", "pr_auc_lift_pct",
                            "pr_auc_lift_ci"}}}
     The lifts are 100 * (metric / metric(reference) - 1), their intervals from the paired
-    replicates; they are absent for the reference itself.
+    replicates; they are absent for the reference itself. "logloss_vs_constant" is the log
+    loss minus the best constant's (the eval rows' own rate), with its paired interval: an
+    interval above 0 says the model is worse than a constant, one that holds 0 that the eval
+    set cannot tell them apart.
     """
     labels = np.asarray(labels, dtype=np.float64)
     if reference not in predictions:
         raise ValueError(f"reference {reference!r} is not among {sorted(predictions)}")
     reps = bootstrap(labels, predictions, resamples, seed)
     positives = int(labels.sum())
-    rate = labels.mean() if len(labels) else float("nan")
     models = {}
     base = point_metrics(labels, predictions[reference])
+    best_constant = (
+        float(_best_constant_log_loss(labels, np.ones((1, len(labels))))[0])
+        if 0 < positives < len(labels)
+        else float("nan")
+    )
     for name, probs in predictions.items():
         point = point_metrics(labels, probs)
         row: dict[str, object] = {}
         for metric, value in point.items():
             row[metric] = value
             row[f"{metric}_ci"] = list(interval(reps[name][metric]))
+        row["logloss_vs_constant"] = point["logloss"] - best_constant
+        row["logloss_vs_constant_ci"] = list(interval(reps[name]["logloss_vs_constant"]))
         if name != reference:
             for metric in ("roc_auc", "pr_auc"):
                 row[f"{metric}_lift_pct"] = 100.0 * (point[metric] / base[metric] - 1.0)
@@ -181,9 +204,7 @@ def compare(
         "eval_positives": positives,
         "resamples": resamples,
         "warning": warning,
-        "best_constant_logloss": point_metrics(labels, np.full(len(labels), rate))["logloss"]
-        if 0 < positives < len(labels)
-        else float("nan"),
+        "best_constant_logloss": best_constant,
         "reference": reference,
         "models": models,
     }
@@ -205,8 +226,9 @@ def markdown(result: dict, title: str = "") -> str:
         f"`{result['reference']}`. Best constant's log loss "
         f"{result['best_constant_logloss']:.4f}.",
         "",
-        "| model | ROC-AUC | PR-AUC | log loss | ROC-AUC lift % | PR-AUC lift % |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | ROC-AUC | PR-AUC | log loss | log loss - best constant's "
+        "| ROC-AUC lift % | PR-AUC lift % |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in result["models"].items():
         lift = {
@@ -219,6 +241,7 @@ def markdown(result: dict, title: str = "") -> str:
             f"| {name} | {r['roc_auc']:.4f} {ci(r, 'roc_auc_ci', '.4f')} "
             f"| {r['pr_auc']:.4f} {ci(r, 'pr_auc_ci', '.4f')} "
             f"| {r['logloss']:.4f} {ci(r, 'logloss_ci', '.4f')} "
+            f"| {r['logloss_vs_constant']:+.4f} {ci(r, 'logloss_vs_constant_ci', '+.4f')} "
             f"| {lift['roc_auc']} | {lift['pr_auc']} |"
         )
     if result.get("warning"):
