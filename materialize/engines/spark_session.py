@@ -76,7 +76,13 @@ def standalone_cluster(workers: int = 2, cores: int = 1, memory: str = "1g", wor
     master = f"spark://127.0.0.1:{port}"
     # The launcher reads SPARK_HOME and the log directory from its environment: a child's
     # environment, this process's stays as it is.
-    env = {**os.environ, "SPARK_HOME": str(spark_class.parent.parent), "SPARK_LOG_DIR": str(work)}
+    # SPARK_LOCAL_IP keeps the web UIs on loopback too (they bind 0.0.0.0 otherwise).
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(spark_class.parent.parent),
+        "SPARK_LOG_DIR": str(work),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
     logs = open(work / "cluster.log", "ab")  # noqa: SIM115 - closed in finally
     processes = [
         subprocess.Popen(

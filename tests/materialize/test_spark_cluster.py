@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from test_spark_engine import DAY, ENTITY, MODEL, _sorted, _write_days
@@ -47,6 +48,17 @@ def test_a_standalone_cluster_writes_the_local_engines_pool_byte_for_byte(tmp_pa
         shutil.copytree(base.root, wd.root)
     layouts = {"local": materialize(local, day1)}
     with standalone_cluster(workers=2, work_dir=tmp_path / "spark") as master:
+        # the master, the workers and their web UIs listen on loopback only
+        cluster_processes = psutil.Process().children(recursive=True)
+        listening = [
+            c.laddr.ip
+            for p in cluster_processes
+            for c in p.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+        ]
+        assert len(listening) >= 3 and all(
+            ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening
+        ), listening
         layouts["cluster"] = materialize(
             cluster, day1, "--engine", "spark", "--spark-master", master
         )
