@@ -161,10 +161,14 @@ def _strings(codes: np.ndarray, names: tuple[str, ...]) -> pa.Array:
 
 
 def _user_pretrained(w: World, user: np.ndarray, t: int) -> np.ndarray:
-    """[n, user_pretrained_dim] float32: the users' representation refreshed up to yesterday."""
-    a, b = w.interest_a[user], w.interest_b[user]
-    interest = interest_at(a, b, w.drift_rate[user], w.drift_phase[user], max(t - 1, 0))
-    return interest @ w.user_projection + w.user_pretrained_error[user]
+    """[n, user_pretrained_dim] float32: the users' representation refreshed up to yesterday.
+
+    Computed once per distinct user, then spread to their rows: a BLAS matmul may round a
+    row differently by where it falls in the matrix, and a user has one vector a day."""
+    users, rows = np.unique(user, return_inverse=True)
+    a, b = w.interest_a[users], w.interest_b[users]
+    interest = interest_at(a, b, w.drift_rate[users], w.drift_phase[users], max(t - 1, 0))
+    return (interest @ w.user_projection + w.user_pretrained_error[users])[rows]
 
 
 def _day_table(w, state, t, user, pin, ts, click, conversion, surface, position, hour) -> pa.Table:
