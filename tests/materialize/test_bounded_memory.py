@@ -1,8 +1,9 @@
 """What keeps `derm materialize`'s memory near its buckets (issue 15): the day's vectors
-validated a block at a time, read into one buffer, pool buckets read row group by row
-group into one matrix, checksums over blocks of a file, changed rows sorted without a
-concatenated copy, and Arrow's freed pages given back. Each gives the same result as
-the plain whole-table way it replaced."""
+validated a block at a time and spilled into one file per bucket, pool buckets read row
+group by row group into one matrix, checksums over blocks of a file, changed rows written
+per bucket and merged into the offline file a row group at a time, and Arrow's freed pages
+given back. Each gives the same result (the same bytes, for files) as the plain
+whole-table way it replaced."""
 
 from __future__ import annotations
 
@@ -21,48 +22,64 @@ from materialize.kernel import embedding_matrix, gather_rows, pool_schema, sorte
 from materialize.storage import (
     VECTOR_PARQUET,
     _file_crc32,
-    _vector_problems,
+    bucket_of,
     read_contiguous,
-    read_daily,
+    scan_daily,
+    split_daily,
 )
 
 DAY = dt.date(2024, 3, 1)
 
 
-def test_vector_checks_count_and_locate_across_blocks_and_chunks(monkeypatch):
-    """Blocks of 7 rows over chunks of 5: counts add up and the first bad row is the
-    file's row number, as one whole-column check gives them."""
-    monkeypatch.setattr(storage, "_CHECK_ROWS", 7)
+def test_vector_checks_count_and_locate_across_blocks_and_row_groups(tmp_path, monkeypatch):
+    """Blocks of 7 rows over row groups of 5: counts add up and the first bad row is the
+    file's row number, as one whole-file check gives them."""
     values = unit_rows(np.random.default_rng(0), 40).astype(np.float64)
     values[[12, 31], 2] = np.nan
     values[[18, 19, 39]] = 0.0
     values[25, 0] = 1e39
+    table = daily_table(np.arange(40), np.zeros((40, DIM), np.float32), DAY)
     flat = pa.array(values.reshape(-1))
-    column = pa.FixedSizeListArray.from_arrays(flat, DIM)
-    chunked = pa.chunked_array([column.slice(i, 5) for i in range(0, 40, 5)])
+    table = table.set_column(2, "embedding", pa.FixedSizeListArray.from_arrays(flat, DIM))
+    pq.write_table(table, tmp_path / "wide.parquet", row_group_size=5)
     expected = [
         "2 row(s) with NaN or inf in column 'embedding' (first: row 12)",
         "1 row(s) with values beyond float32's range in column 'embedding' (first: row 25)",
         "3 row(s) with a zero-norm vector in column 'embedding' (first: row 18)",
     ]
-    assert _vector_problems(chunked, DIM) == expected
-    monkeypatch.setattr(storage, "_CHECK_ROWS", 1 << 20)
-    assert _vector_problems(pa.chunked_array([column]), DIM) == expected
+    for block in (7, 1 << 20):
+        monkeypatch.setattr(storage, "_CHECK_ROWS", block)
+        daily = scan_daily(tmp_path, "user_id", "ctr")
+        with pytest.raises(storage.MaterializeError) as info:
+            split_daily(daily, DIM, 3, None)
+        assert str(info.value).splitlines()[1:] == [
+            f"  {tmp_path / 'wide.parquet'}: {e}" for e in expected
+        ]
 
 
-def test_read_daily_gives_the_day_as_one_contiguous_chunk(tmp_path):
+def test_split_daily_spills_each_bucket_in_input_order_as_one_chunk(tmp_path, monkeypatch):
+    """Two files (row groups of 4, blocks of 5 rows): each bucket's spill file holds
+    exactly the rows `bucket_of` gives it, in the order of the files' concatenation, as
+    one chunk a column and one (n, D) buffer of vectors."""
+    monkeypatch.setattr(storage, "_CHECK_ROWS", 5)
     rng = np.random.default_rng(1)
+    tables = []
     for name, n in (("a", 23), ("b", 9)):
-        table = daily_table(np.arange(n), unit_rows(rng, n), DAY)
-        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=4)
-    daily = read_daily(tmp_path, "user_id", "ctr")
-    column = daily.table["embedding"]
-    assert column.num_chunks == 1 and column.type == pa.list_(pa.float32())
-    plain = pa.concat_tables(pq.read_table(tmp_path / f"{n}.parquet") for n in "ab")
-    np.testing.assert_array_equal(
-        embedding_matrix(column, DIM), embedding_matrix(plain["embedding"], DIM)
-    )
-    assert daily.table["user_id"].equals(plain["user_id"])
+        tables.append(daily_table(rng.integers(0, 50, n), unit_rows(rng, n), DAY, fixed=n > 10))
+        pq.write_table(tables[-1], tmp_path / f"{name}.parquet", row_group_size=4)
+    daily = split_daily(scan_daily(tmp_path, "user_id", "ctr"), DIM, 3, tmp_path / "scratch")
+    plain = pa.concat_tables(t.cast(tables[0].schema) for t in tables)
+    bucket = bucket_of(plain["user_id"], 3)
+    assert daily.rows == 32 and sum(daily.split.rows) == 32
+    for k in range(3):
+        got = daily.split.read(k)
+        want = plain.filter(pa.array(bucket == k))
+        assert all(column.num_chunks == 1 for column in got.columns)
+        assert got["user_id"].equals(want["user_id"]) and got["ts"].equals(want["ts"])
+        assert got["model_version"].equals(want["model_version"])
+        np.testing.assert_array_equal(
+            embedding_matrix(got["embedding"], DIM), embedding_matrix(want["embedding"], DIM)
+        )
 
 
 def pool_bucket(n: int, rng) -> pa.Table:
