@@ -4,9 +4,10 @@ Bucket k of pool(t-1) and bucket k of day t (its spill file, written while the j
 validated the day: `storage.split_daily`) go through `kernel.merge_day`; the bucket's pool
 file is written, and so are its changed rows, sorted by id, to a run file in the day's
 scratch directory (`storage.write_changed_run`), which the job merges into the offline
-file. Only a few scalars per entity (the stats) and 8 bytes per changed row (their ids)
-stay in memory, so memory is bounded by the buckets in flight (the next one being read,
-the one merging, the last one being written), not by the day or the pool.
+file. Only the day's stats (`health.fold_stats`: a few scalars per changed entity, one
+row per last-seen day for the others) and 8 bytes per changed row (their ids) stay in
+memory, so memory is bounded by the buckets in flight (the next one being read, the one
+merging, the last one being written), not by the day or the pool.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from materialize.engines.base import STATS_COLUMNS, Engine, EngineOutput
+from materialize.health import fold_stats
 from materialize.kernel import KernelParams, empty_pool, merge_day, sorted_by, split_annotated
 from materialize.storage import (
     ChangedRows,
@@ -95,7 +97,7 @@ def run_local(
             if written is not None:
                 done(written)
             written = writer.submit(write, k, result.pool, changed)
-            stats.append(annotated.select(list(STATS_COLUMNS)))
+            stats.append(fold_stats(annotated.select(list(STATS_COLUMNS))))
             del annotated, result, changed
         if written is not None:
             done(written)

@@ -17,8 +17,17 @@ import pytest
 from materialize_helpers import DIM, VERSION, daily_table, unit_rows
 
 from derm_features.core.arrays import fixed_size_list
-from materialize import memory, storage
-from materialize.kernel import embedding_matrix, gather_rows, pool_schema, sorted_by
+from materialize import health, memory, storage
+from materialize.kernel import (
+    CARRIED,
+    EXPIRED,
+    NEW,
+    UPDATED,
+    embedding_matrix,
+    gather_rows,
+    pool_schema,
+    sorted_by,
+)
 from materialize.storage import (
     VECTOR_PARQUET,
     _file_crc32,
@@ -157,3 +166,28 @@ def test_returning_memory_pool_restores_the_default_pool():
     assert pa.default_memory_pool().backend_name == before
     assert inside in ("jemalloc", before)
     assert kept.sum().as_py() == 499_500
+
+
+def test_folded_stats_give_the_same_health_row():
+    """Carried and expired rows folded by (status, last_seen): the same counts, cosine
+    quantiles, norms and carried ages as one row per entity."""
+    rng = np.random.default_rng(6)
+    n = 500
+    status = rng.choice([CARRIED, UPDATED, NEW, EXPIRED], n).astype(np.int8)
+    day_rows = (status == UPDATED) | (status == NEW)
+    days_ago = np.where(day_rows, 0, rng.integers(1, 95, n))
+    stamp = int(dt.datetime(2024, 3, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000
+    stats = pa.table(
+        {
+            "status": pa.array(status),
+            "cosine": pa.array(rng.uniform(-1, 1, n).astype(np.float32), mask=status != UPDATED),
+            "norm": pa.array(rng.uniform(0, 1, n), mask=~day_rows),
+            "degenerate": pa.array(rng.uniform(0, 1, n) < 0.1, mask=~day_rows),
+            "last_seen": pa.array(stamp - days_ago * 86_400_000_000, pa.timestamp("us", "UTC")),
+        }
+    )
+    folded = health.fold_stats(stats)
+    assert folded.num_rows < n and folded["rows"].to_numpy().sum() == n
+    whole = health.day_metrics(stats, "ctr", "user", DAY)
+    assert health.day_metrics(folded, "ctr", "user", DAY) == whole
+    assert whole["expired"] and whole["carried_age_max_days"] > 1
