@@ -40,17 +40,19 @@ def fold_stats(stats: pa.Table) -> pa.Table:
     status = stats["status"].to_numpy(zero_copy_only=False)
     day_rows = (status == NEW) | (status == UPDATED)
     seen = stats.filter(pa.array(day_rows))
-    others = np.flatnonzero(~day_rows)
+    others = ~day_rows
     stamps = pc.cast(stats["last_seen"], TIMESTAMP).to_numpy().view(np.int64)[others]
-    keys, counts = np.unique(np.stack([status[others], stamps]), axis=1, return_counts=True)
-    n = keys.shape[1]
+    # One int64 key per (last_seen, expired or not): a 1-D unique (np.unique over rows of
+    # a 2-D key took ~0.1 s a 250k-entity bucket).
+    keys, counts = np.unique(stamps * 2 + (status[others] == EXPIRED), return_counts=True)
+    n = len(keys)
     folded = pa.table(
         {
-            "status": pa.array(keys[0].astype(np.int8)),
+            "status": pa.array(np.where(keys & 1, EXPIRED, CARRIED).astype(np.int8)),
             "cosine": pa.nulls(n, stats.schema.field("cosine").type),
             "norm": pa.nulls(n, stats.schema.field("norm").type),
             "degenerate": pa.nulls(n, stats.schema.field("degenerate").type),
-            "last_seen": pa.array(keys[1], TIMESTAMP),
+            "last_seen": pa.array(keys >> 1, TIMESTAMP),
             "rows": pa.array(counts, pa.int64()),
         }
     )

@@ -843,8 +843,8 @@ def pool_rows(pool_dir: Path) -> int:
 
 
 def pool_versions(pool_dir: Path) -> list[str]:
-    """The distinct model versions of a pool, sorted. Read as a dictionary column a file
-    at a time: as plain strings, a pool's whole column took ~28 bytes an entity."""
+    """The distinct model versions of a pool, sorted. Read a file at a time: the pool's
+    whole column took ~28 bytes an entity (as a dictionary column, 6x slower to read)."""
     layout = verify_pool(pool_dir)
     if layout.files is None:
         paths = [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
@@ -852,9 +852,7 @@ def pool_versions(pool_dir: Path) -> list[str]:
         paths = [pool_dir / f.path for f in layout.files]
     versions: set[str] = set()
     for path in paths:
-        column = pq.read_table(path, columns=["model_version"], read_dictionary=["model_version"])[
-            "model_version"
-        ]
+        column = pq.read_table(path, columns=["model_version"])["model_version"]
         versions.update(v for v in pc.unique(column).to_pylist() if v is not None)
     return sorted(versions)
 
