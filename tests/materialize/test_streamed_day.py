@@ -184,3 +184,15 @@ def test_a_bad_row_found_late_leaves_the_last_good_state_and_no_scratch(workdir,
     materialize_day(config(workdir, DAY1))
     assert read_pool(workdir.pool(MODEL, ENTITY, DAY1)).num_rows == 89
     assert not list(workdir.staging(MODEL, ENTITY).iterdir())
+
+
+def test_files_with_different_id_types_are_refused_by_name(workdir):
+    """Their rows would go to spill files of one schema: refused before any is written."""
+    rng = np.random.default_rng(7)
+    write_daily(workdir, MODEL, ENTITY, DAY, daily_table([1, 2], unit_rows(rng, 2), DAY), "a")
+    narrow = daily_table([3], unit_rows(rng, 1), DAY)
+    narrow = narrow.cast(narrow.schema.set(0, pa.field(KEY, pa.int32())))
+    write_daily(workdir, MODEL, ENTITY, DAY, narrow, "b")
+    with pytest.raises(MaterializeError, match=r"mix id types \['int32', 'int64'\]"):
+        materialize_day(config(workdir, DAY))
+    assert not workdir.pool_dir(MODEL, ENTITY).exists()
