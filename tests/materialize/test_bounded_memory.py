@@ -191,3 +191,80 @@ def test_folded_stats_give_the_same_health_row():
     whole = health.day_metrics(stats, "ctr", "user", DAY)
     assert health.day_metrics(folded, "ctr", "user", DAY) == whole
     assert whole["expired"] and whole["carried_age_max_days"] > 1
+
+
+def _observe_arrow_bytes(monkeypatch, owner, name: str, seen: list[int]) -> None:
+    """Records Arrow's live bytes each time `owner.name` is called (it still runs)."""
+    real = getattr(owner, name)
+
+    def observed(*args, **kwargs):
+        seen.append(pa.total_allocated_bytes())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, observed)
+
+
+def _split_peak(tmp_path, monkeypatch, n: int) -> int:
+    """Arrow's most live bytes (above what was live before) at each block `split_daily`
+    spills, for a day of `n` 64-d rows in row groups of 400, blocks of 1000 rows."""
+    monkeypatch.setattr(storage, "_CHECK_ROWS", 1000)
+    directory = tmp_path / f"day-{n}"
+    directory.mkdir()
+    rng = np.random.default_rng(8)
+    version = "ctr-0a1b2c3d-d64@2024-01-01"
+    table = daily_table(rng.integers(0, 10**6, n), unit_rows(rng, n, 64), DAY, version=version)
+    pq.write_table(table, directory / "day.parquet", row_group_size=400)
+    del table
+    daily = scan_daily(directory, "user_id", "ctr")
+    seen: list[int] = []
+    with monkeypatch.context() as patch:
+        _observe_arrow_bytes(patch, storage._Spill, "add", seen)
+        before = pa.total_allocated_bytes()
+        split = split_daily(daily, 64, 6, directory / "scratch").split
+    assert len(seen) >= n // 1000 and sum(split.rows) == n
+    return max(seen) - before
+
+
+def test_split_daily_holds_a_few_blocks_whatever_the_day(tmp_path, monkeypatch):
+    """Arrow's live bytes (counts, not timings) while days of 24 and 96 blocks are split:
+    the same few blocks for both (`iter_batches`, once used here, held the whole day)."""
+    small = _split_peak(tmp_path, monkeypatch, 24_000)
+    large = _split_peak(tmp_path, monkeypatch, 96_000)
+    block = 1000 * 64 * 4
+    assert large < small + block and large < 96_000 * 64 * 4 / 10
+
+
+def _merge_peak(tmp_path, n: int) -> int:
+    """Arrow's most live bytes (above what was live before) while 20 sorted runs of `n`
+    64-d rows in all are merged in groups of 1024; checks the merged order."""
+    dim, buckets = 64, 20
+    rng = np.random.default_rng(9)
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    vectors = unit_rows(rng, n, dim)
+    bucket = bucket_of(pa.array(ids), buckets)
+    runs, run_ids = [], []
+    for k in range(buckets):
+        rows = np.flatnonzero(bucket == k)
+        rows = rows[np.argsort(ids[rows])]
+        part = pa.table({"user_id": ids[rows], "embedding": fixed_size_list(vectors[rows])})
+        runs.append(tmp_path / f"run-{n}-{k}.arrow")
+        run_ids.append(storage.write_changed_run(runs[-1], part, buckets))
+    changed = storage.ChangedRows(part.schema, runs, run_ids)
+    before = pa.total_allocated_bytes()
+    peak, merged = 0, []
+    for group in changed.groups(1024):
+        peak = max(peak, pa.total_allocated_bytes() - before)
+        merged.append(np.array(group["user_id"]))  # a copy: a view would hold Arrow buffers
+        assert group["embedding"].num_chunks == 1
+    np.testing.assert_array_equal(np.concatenate(merged), np.sort(ids))
+    return peak
+
+
+def test_changed_rows_merge_holds_a_few_groups_whatever_the_day(tmp_path, monkeypatch):
+    """Arrow's live bytes while runs of 10 and 40 groups in all are merged: a few groups'
+    worth (the runs' current batches and the group) for both, not all the rows."""
+    monkeypatch.setitem(VECTOR_PARQUET, "row_group_size", 1024)
+    small = _merge_peak(tmp_path, 10_240)
+    large = _merge_peak(tmp_path, 40_960)
+    # Not equal: the largest share one run gives a group grows a little with more groups.
+    assert large < 2 * small and large < 40_960 * 64 * 4 / 8
