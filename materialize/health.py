@@ -30,11 +30,43 @@ COSINE_QUANTILES = (5, 25, 50, 75, 95)  # percent
 KEY = ("model", "entity", "day")
 
 
+def fold_stats(stats: pa.Table) -> pa.Table:
+    """`stats` with its carried and expired rows folded into one row per (status,
+    last_seen) that counts them (`rows`); the day's rows (new, updated) kept as they are
+    (`rows` 1). `day_metrics` reads both alike. Carried rows are most of a pool and
+    `day_metrics` reads only their status and age, so an engine that keeps the stats of
+    every bucket (the local one) keeps ~22 bytes an entity less (0.17 GB at 8M entities).
+    """
+    status = stats["status"].to_numpy(zero_copy_only=False)
+    day_rows = (status == NEW) | (status == UPDATED)
+    seen = stats.filter(pa.array(day_rows))
+    others = ~day_rows
+    stamps = pc.cast(stats["last_seen"], TIMESTAMP).to_numpy().view(np.int64)[others]
+    # One int64 key per (last_seen, expired or not): a 1-D unique (np.unique over rows of
+    # a 2-D key took ~0.1 s a 250k-entity bucket).
+    keys, counts = np.unique(stamps * 2 + (status[others] == EXPIRED), return_counts=True)
+    n = len(keys)
+    folded = pa.table(
+        {
+            "status": pa.array(np.where(keys & 1, EXPIRED, CARRIED).astype(np.int8)),
+            "cosine": pa.nulls(n, stats.schema.field("cosine").type),
+            "norm": pa.nulls(n, stats.schema.field("norm").type),
+            "degenerate": pa.nulls(n, stats.schema.field("degenerate").type),
+            "last_seen": pa.array(keys >> 1, TIMESTAMP),
+            "rows": pa.array(counts, pa.int64()),
+        }
+    )
+    seen = seen.select(folded.schema.names[:-1]).cast(folded.schema.remove(5))
+    seen = seen.append_column("rows", pa.array(np.ones(seen.num_rows, np.int64)))
+    return pa.concat_tables([seen, folded])
+
+
 def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
     """The health row of one day from the engines' per-entity stats.
 
     stats: `status`, `cosine`, `norm`, `degenerate`, `last_seen`, one row per entity of
-    pool(t-1) or daily(t).
+    pool(t-1) or daily(t); or folded (`fold_stats`: a `rows` column counts the entities
+    of each row).
     coverage: the share of day t's active entities that pool(t-1) already held, i.e. that
     serving had an embedding for on day t; None (undefined, not 0) when pool(t-1) held
     nothing: the first pool day.
@@ -42,8 +74,12 @@ def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
     (the report draws their spread); None, like the mean, when no entity was updated.
     """
     status = stats["status"].to_numpy(zero_copy_only=False)
+    if "rows" in stats.column_names:
+        rows = stats["rows"].to_numpy(zero_copy_only=False)
+    else:
+        rows = np.ones(len(status), dtype=np.int64)
     counts = {
-        name: int(np.count_nonzero(status == code))
+        name: int(rows[status == code].sum())
         for name, code in (
             ("new", NEW),
             ("updated", UPDATED),
@@ -59,7 +95,8 @@ def day_metrics(stats: pa.Table, model: str, entity: str, day: dt.date) -> dict:
     norm = pc.drop_null(stats["norm"]).to_numpy(zero_copy_only=False)
     seen = pc.cast(stats["last_seen"], TIMESTAMP).to_numpy().view(np.int64)
     stamp = int(day_start(day).timestamp()) * 1_000_000
-    age = (stamp - seen[status == CARRIED]) / 86_400_000_000
+    carried = status == CARRIED
+    age = np.repeat((stamp - seen[carried]) / 86_400_000_000, rows[carried])
 
     def stat(values: np.ndarray, fn) -> float | None:
         return float(fn(values)) if len(values) else None

@@ -3,20 +3,29 @@
     materialize_day(config)
       1. plan      which pool is day t-1's (order rules, `plan_day`), checked against its
                    manifest (`storage.verify_pool`); a damaged one is refused by name
-      2. read      daily(t), validated; nothing is written if it is bad (no rows: a
+      2. read      daily(t): its files checked (`scan_daily`), then every row validated
+                   and, for the local engine, spilled into a scratch file per bucket
+                   (`split_daily`); nothing of day t is written if it is bad (no rows: a
                    carry-over-only day)
-      3. merge     the kernel through an engine (local or Spark) -> pool(t) in a temp dir
-      4. write     offline day file (atomic), then pool(t) renamed into place, then metrics
+      3. merge     the kernel through an engine (local or Spark) -> pool(t) in a temp dir,
+                   and the changed rows as runs sorted by id
+      4. write     offline day file (atomic; the runs merged in id order a row group at a
+                   time), then pool(t) renamed into place, then metrics
       5. online    push day t's changed rows, remove expired entities (`push_online`)
 
 The offline file is written before the pool, so a pool on disk always has its offline
 rows; a crash anywhere leaves pool(t-1) untouched and a re-run of day t completes it.
+Scratch files live under the work directory's staging area (`Workdir.staging`) for the
+run only; a crash's leftovers are removed by the next run. Memory is bounded by a few
+pool buckets, not by the day (BENCHMARKS.md, "Materialization as a whole process").
 The online step only reads what steps 1-4 wrote, so `--online-only` replays it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from derm_features.core.atomic import atomic_dir, clean_stale_tmp
+from derm_features.core.atomic import atomic_dir, clean_stale_tmp, scratch_dir
 from derm_features.core.provenance import ModelVersion, compatible
 from derm_features.core.spec import join_key, view_name
 from derm_features.core.workdir import Workdir, days_in_dir
@@ -34,15 +43,17 @@ from materialize.engines import ENGINES, make_engine
 from materialize.kernel import HEURISTICS, KernelParams
 from materialize.memory import returning_memory_pool
 from materialize.storage import (
+    VECTOR_PARQUET,
     DailyInput,
     MaterializeError,
     buckets_for,
     offline_rows,
     offline_timestamp,
     pool_versions,
-    read_daily,
     read_offline_day,
     read_pool,
+    scan_daily,
+    split_daily,
     verify_pool,
     write_offline_day,
 )
@@ -187,7 +198,7 @@ def _materialize_offline(
     previous_dir = wd.pool(config.model, config.entity, previous) if previous else None
     # pool(t-1) is checked against its manifest before any work (PoolIntegrityError).
     layout = verify_pool(previous_dir) if previous_dir is not None else None
-    daily = read_daily(config.daily_dirs(), key, config.model)
+    daily = scan_daily(config.daily_dirs(), key, config.model)
     pooled = pool_versions(previous_dir) if previous_dir is not None else []
 
     reset = False
@@ -205,33 +216,43 @@ def _materialize_offline(
     if layout is not None and previous_dir is not None:
         buckets = layout.buckets
     else:
-        buckets = config.buckets or buckets_for(daily.table.num_rows, max(dim, 1))
+        buckets = config.buckets or buckets_for(daily.rows, max(dim, 1))
     if on_total is not None:
         on_total(buckets)
 
     pool_dir = wd.pool(config.model, config.entity, config.day)
     offline_dir = wd.offline(config.model, config.entity)
-    offline_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(pool_dir.parent)
-    clean_stale_tmp(offline_dir)
+    staging = wd.staging(config.model, config.entity)
+    clean_stale_tmp(staging)
     params = config.kernel_params()
-    with atomic_dir(pool_dir) as tmp:
-        engine = make_engine(config.engine, spark_master=config.spark_master, spark=spark)
-        output = engine.merge(
-            previous_dir, daily, params, dim, buckets, tmp, progress or (lambda n: None)
-        )
-        # The day's rows are not needed past the merge: freed before the changed rows
-        # are sorted into the offline rows (a day-sized copy each).
-        del daily
-        rows = offline_rows(output.changed, key, config.day)
-        if reset and previous is not None:
-            # Feast would keep serving the abandoned lineage's values (another embedding
-            # space, maybe another D) to later events: a null row closes each of them.
-            abandoned = _ids(wd.pool(config.model, config.entity, previous), key)
-            gone = abandoned.filter(pc.invert(pc.is_in(abandoned, value_set=output.changed[key])))
-            rows = pa.concat_tables([rows, tombstone_rows(gone, key, config.day, rows.schema)])
-        # Offline first: once pool(t) exists, its offline rows do too.
-        offline_file = write_offline_day(offline_dir, config.day, rows)
+    engine = make_engine(config.engine, spark_master=config.spark_master, spark=spark)
+    # The day's spill files and the changed rows' runs live in a scratch directory that
+    # is removed when the run ends, whatever the outcome (a crash: by the next run).
+    scratch = scratch_dir(staging) if engine.reads_split_day else contextlib.nullcontext()
+    with scratch as spill_to:
+        # Every row is validated here, before anything of day t is written.
+        daily = split_daily(daily, dim, buckets, spill_to)
+        offline_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(pool_dir.parent)
+        clean_stale_tmp(offline_dir)
+        with atomic_dir(pool_dir) as tmp:
+            output = engine.merge(
+                previous_dir, daily, params, dim, buckets, tmp, progress or (lambda n: None)
+            )
+            # The changed rows merged from their sorted runs, a row group at a time.
+            size = VECTOR_PARQUET["row_group_size"]
+            rows = (offline_rows(g, key, config.day) for g in output.changed.groups(size))
+            if reset and previous is not None:
+                # Feast would keep serving the abandoned lineage's values (another
+                # embedding space, maybe another D) to later events: a null row closes
+                # each of them.
+                abandoned = _ids(wd.pool(config.model, config.entity, previous), key)
+                changed_ids = output.changed.id_array()
+                gone = abandoned.filter(pc.invert(pc.is_in(abandoned, value_set=changed_ids)))
+                schema = offline_rows(output.changed.schema.empty_table(), key, config.day).schema
+                rows = itertools.chain(rows, [tombstone_rows(gone, key, config.day, schema)])
+            # Offline first: once pool(t) exists, its offline rows do too.
+            offline_file = write_offline_day(offline_dir, config.day, rows)
     metrics = health.day_metrics(output.stats, config.model, config.entity, config.day)
     if reset and previous is not None:
         # Entities of the abandoned pool are gone from pool(t) like expired ones.
@@ -254,7 +275,7 @@ def _day_dim(config: MaterializeConfig, daily: DailyInput, pooled: list[str]) ->
     """D of day t: the daily outputs', or for a day without rows (a carry-over-only day:
     every entity is carried, TTL applies) pool(t-1)'s. A day without rows and without a
     pool to carry has nothing to materialize and is refused."""
-    if daily.table.num_rows:
+    if daily.rows:
         return daily.dim
     if pooled:
         return ModelVersion.parse(pooled[-1]).dim

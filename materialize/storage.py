@@ -1,6 +1,7 @@
 """Reading and writing the materializer's files (DESIGN.md, "Work directory").
 
-    daily/<model>/<entity>/ds=<day>/*.parquet        input, validated here (`read_daily`)
+    daily/<model>/<entity>/ds=<day>/*.parquet        input, validated here (`scan_daily`,
+                                                     `split_daily`), spilled per bucket
     pool/<model>/<entity>/ds=<day>/bucket=<k>/*.parquet   one row per live entity
     pool/.../ds=<day>/_layout.json                   the manifest: bucket count, and each
                                                      file's bucket, rows, bytes and crc32
@@ -17,13 +18,15 @@ as an empty bucket. Pools written before manifests (`{"buckets": n}` only) are r
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import math
 import warnings
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from derm_features.core.arrays import fixed_size_list
-from derm_features.core.atomic import write_parquet_atomic, write_text_atomic
+from derm_features.core.atomic import atomic_file, write_text_atomic
 from derm_features.core.files import parquet_files
 from derm_features.core.provenance import ModelVersion, compatible
 from materialize.kernel import (
@@ -41,6 +44,7 @@ from materialize.kernel import (
     embedding_matrix,
     row_norms,
     sorted_by,
+    take_rows,
 )
 
 DAILY_COLUMNS = ("ts", "embedding", "model_version")
@@ -91,16 +95,50 @@ def buckets_for(rows: int, dim: int, target_bytes: int = 256 << 20) -> int:
 
 
 # ---------------------------------------------------------------- daily input
+#
+# A day's tower outputs are read twice, never whole: `scan_daily` reads the files' footers
+# and `model_version` columns (the rules that need no vectors, the model versions, D and
+# the row count, which decide the bucket count), then `split_daily` streams every row,
+# `_CHECK_ROWS` at a time, through the row rules and, for an engine that merges buckets
+# in this process, into one spill file per bucket. Both raise `MaterializeError` naming
+# every bad file before any pool file is written; memory stays near one block of rows.
 
 
 @dataclass(frozen=True)
 class DailyInput:
-    """Validated raw tower outputs of one day."""
+    """Day t's raw tower outputs: its files (checked by `scan_daily`), and once
+    `split_daily` validated every row, the rows split by bucket (`split`)."""
 
-    table: pa.Table  # <id>, ts (timestamp UTC), embedding, model_version
     files: tuple[Path, ...]
-    dim: int
+    id_column: str
+    id_type: pa.DataType | None  # None: no readable file
+    rows: int  # raw rows (several per entity allowed), from the files' footers
+    dim: int  # D of the model versions (0 without rows)
     versions: tuple[str, ...]  # distinct model versions, sorted
+    split: SplitDay | None = None
+
+
+@dataclass(frozen=True)
+class SplitDay:
+    """The validated rows of day t in one Arrow IPC file per bucket, in their input order
+    (files in order, rows in file order), under a run's scratch directory.
+
+    Columns: <id> (the files' id type), ts (timestamp[us, UTC]), embedding
+    (fixed_size_list<float32>[D]), model_version (string). A bucket without rows has no
+    file. `directory` is the run's scratch directory (the engine may put its own
+    intermediate files there too); it lives as long as the run.
+    """
+
+    directory: Path
+    schema: pa.Schema
+    rows: tuple[int, ...]  # rows per bucket
+
+    def path(self, bucket: int) -> Path:
+        return self.directory / "day" / f"bucket={bucket}.arrow"
+
+    def read(self, bucket: int) -> pa.Table:
+        """The bucket's rows, each column one chunk, the vectors one (n, D) buffer."""
+        return read_ipc_contiguous(self.path(bucket), self.schema, self.rows[bucket])
 
 
 def daily_files(directory: Path) -> list[Path]:
@@ -108,74 +146,106 @@ def daily_files(directory: Path) -> list[Path]:
     return parquet_files(directory)
 
 
-def _check_daily_file(path: Path, table: pa.Table, id_column: str, model: str) -> list[str]:
-    """The broken rules of one daily file, each with its number of bad rows."""
-    missing = [c for c in (id_column, *DAILY_COLUMNS) if c not in table.column_names]
+@dataclass
+class _DailyFile:
+    """What `scan_daily` learnt of one daily file without reading its vectors."""
+
+    path: Path
+    rows: int = 0
+    id_type: pa.DataType | None = None
+    fatal: list[str] = field(default_factory=list)  # its rows cannot be read as a day's
+    ts: list[str] = field(default_factory=list)  # 'ts' is not a timestamp
+    versions: list[str] = field(default_factory=list)  # distinct, in order of appearance
+    version_nulls: int = 0
+    version_problems: list[str] = field(default_factory=list)
+    dims: set[int] = field(default_factory=set)
+
+    @property
+    def dim(self) -> int | None:
+        """D of its rows when the checks so far found nothing (then every row is checked
+        against it), else None."""
+        clean = not (self.fatal or self.ts or self.version_nulls or self.version_problems)
+        return next(iter(self.dims)) if clean and len(self.dims) == 1 else None
+
+
+def _scan_file(path: Path, id_column: str, model: str) -> _DailyFile:
+    """Footer, schema and `model_version` column of one daily file (row group by row group)."""
+    f = _DailyFile(path)
+    try:
+        source = pq.ParquetFile(path)
+        schema = source.schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        f.fatal.append(f"unreadable Parquet ({exc})")
+        return f
+    f.rows = source.metadata.num_rows
+    missing = [c for c in (id_column, *DAILY_COLUMNS) if c not in schema.names]
     if missing:
-        return [f"missing column(s) {missing} (has {table.column_names})"]
-    problems = []
-    emb_type = table.schema.field("embedding").type
+        f.fatal.append(f"missing column(s) {missing} (has {schema.names})")
+        return f
+    f.id_type = schema.field(id_column).type
+    emb_type = schema.field("embedding").type
     if not (
         (pa.types.is_list(emb_type) or pa.types.is_fixed_size_list(emb_type))
         and pa.types.is_floating(emb_type.value_type)
     ):
-        return [f"column 'embedding' must be list<float32>, got {emb_type}"]
-    if not pa.types.is_timestamp(table.schema.field("ts").type):
-        problems.append(f"column 'ts' must be a timestamp, got {table.schema.field('ts').type}")
-    for name in (id_column, "ts", "embedding", "model_version"):
-        nulls = table[name].null_count
-        if nulls:
-            problems.append(f"{nulls} row(s) with a null '{name}'")
-    versions = pc.unique(table["model_version"].drop_null()).to_pylist()
-    dims = set()
-    for text in versions:
+        f.fatal.append(f"column 'embedding' must be list<float32>, got {emb_type}")
+        return f
+    if not pa.types.is_timestamp(schema.field("ts").type):
+        f.ts.append(f"column 'ts' must be a timestamp, got {schema.field('ts').type}")
+    seen: dict[str, None] = {}
+    try:
+        for group in range(source.num_row_groups):
+            column = source.read_row_group(group, columns=["model_version"])["model_version"]
+            f.version_nulls += column.null_count
+            seen.update(dict.fromkeys(pc.unique(column.drop_null()).to_pylist()))
+    except (pa.ArrowInvalid, OSError) as exc:
+        f.fatal.append(f"unreadable Parquet ({exc})")
+        return f
+    f.versions = list(seen)
+    for text in f.versions:
         try:
             version = ModelVersion.parse(text)
         except ValueError as exc:
-            problems.append(str(exc))
+            f.version_problems.append(str(exc))
             continue
         if version.model != model:
-            problems.append(f"model_version '{text}' belongs to model '{version.model}'")
-        dims.add(version.dim)
-    if problems or not table.num_rows:
-        return problems
-    if len(dims) != 1:
-        return [f"model versions of several dimensions {sorted(dims)}"]
-    dim = dims.pop()
-    lengths = pc.list_value_length(table["embedding"]).to_numpy(zero_copy_only=False)
-    wrong = int(np.count_nonzero(lengths != dim))
-    if wrong:
-        return [f"{wrong} row(s) whose embedding length is not D={dim} (from model_version)"]
-    return problems + _vector_problems(table["embedding"], dim)
+            f.version_problems.append(f"model_version '{text}' belongs to model '{version.model}'")
+        f.dims.add(version.dim)
+    return f
 
 
-def _vector_problems(column: pa.ChunkedArray, dim: int) -> list[str]:
-    """Rows of a daily `embedding` column that no merge can use, each rule with its count
-    and first row (0-based, in the file): values that are NaN or inf, or beyond float32's
-    range (the pool's type), and zero norms. Norms are float64 (`row_norms`), so a finite
-    vector of huge values (x1e30) is accepted and merges like any other.
+class _VectorCheck:
+    """Rows of a daily `embedding` column that no merge can use, fed a block of rows at a
+    time in file order: each rule of `_VECTOR_RULES` with its count and first row (0-based,
+    in the file). Values that are NaN or inf, or beyond float32's range (the pool's type),
+    and zero norms. Norms are float64 (`row_norms`), so a finite vector of huge values
+    (x1e30) is accepted and merges like any other. Blocks of `_CHECK_ROWS`: whole-column
+    float64 copies of a day's vectors were the largest allocation of a run once (4x the
+    day's float32 bytes)."""
 
-    Checked `_CHECK_ROWS` rows at a time: whole-column float64 copies of a day's vectors
-    were the largest allocation of a `derm materialize` run (4x the day's float32 bytes)."""
-    masks: dict[str, list[np.ndarray]] = {what: [] for what in _VECTOR_RULES}
-    for chunk in column.chunks:
-        for begin in range(0, len(chunk), _CHECK_ROWS):
-            part = chunk.slice(begin, _CHECK_ROWS)
-            flat = part.flatten().to_numpy(zero_copy_only=False)
-            for what, bad in _bad_vector_rows(flat.reshape(-1, dim)).items():
-                masks[what].append(bad)
-    problems = []
-    for what in _VECTOR_RULES:
-        bad = np.concatenate(masks[what]) if masks[what] else np.zeros(0, dtype=bool)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            problems.append(
-                f"{int(bad.sum())} row(s) {what} in column 'embedding' (first: row {first})"
-            )
-    return problems
+    def __init__(self) -> None:
+        self.rows = 0
+        self.counts = dict.fromkeys(_VECTOR_RULES, 0)
+        self.first: dict[str, int] = {}
+
+    def add(self, values: np.ndarray) -> None:
+        """values: an (n, D) float block, the next n rows of the file."""
+        for what, bad in _bad_vector_rows(values).items():
+            n = int(np.count_nonzero(bad))
+            if n:
+                self.counts[what] += n
+                self.first.setdefault(what, self.rows + int(np.flatnonzero(bad)[0]))
+        self.rows += len(values)
+
+    def problems(self) -> list[str]:
+        return [
+            f"{n} row(s) {what} in column 'embedding' (first: row {self.first[what]})"
+            for what, n in self.counts.items()
+            if n
+        ]
 
 
-# Rows of daily vectors checked at a time (256-d float64: 32 MiB).
+# Rows of daily vectors checked (and split) at a time (256-d float64: 32 MiB).
 _CHECK_ROWS = 16_384
 _VECTOR_RULES = (
     "with NaN or inf",
@@ -204,10 +274,15 @@ def _bad_vector_rows(values: np.ndarray) -> dict[str, np.ndarray]:
     )
 
 
-def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -> DailyInput:
-    """Reads and validates every Parquet file of one day (or of several days' directories,
-    read as one input); raises `MaterializeError` naming each bad file, the broken rule and
-    its number of bad rows."""
+def scan_daily(directories: Path | Sequence[Path], id_column: str, model: str) -> DailyInput:
+    """Lists and checks every Parquet file of one day (or of several days' directories,
+    read as one input) without reading its vectors: columns and their types, model
+    versions (parsed, of `model`, one D a file, compatible across files), one id type.
+
+    Raises `MaterializeError` naming each bad file, the broken rule and its number of bad
+    rows; when a file breaks one of these rules, every row of the others is checked too
+    (`split_daily`'s rules), so one message names everything wrong with the day.
+    """
     directories = [directories] if isinstance(directories, Path) else list(directories)
     files = []
     for directory in directories:
@@ -221,58 +296,204 @@ def read_daily(directories: Path | Sequence[Path], id_column: str, model: str) -
                 f"no daily tower outputs for this day: no *.parquet in {directory}"
             )
         files.extend(found)
-    tables, errors = [], []
-    for path in files:
-        try:
-            # Not pq.read_table: its pre-buffered reads allocate from Arrow's C++ default
-            # pool, whose freed pages stayed in the process (~0.26 GB after reading a
-            # 169 MB day, measured), and its chunks had to be copied into one buffer.
-            table = read_contiguous(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            errors.append(f"{path}: unreadable Parquet ({exc})")
-            continue
-        problems = _check_daily_file(path, table, id_column, model)
-        errors.extend(f"{path}: {p}" for p in problems)
-        if not problems:
-            tables.append(table.select([id_column, *DAILY_COLUMNS]))
+    scanned = [_scan_file(path, id_column, model) for path in files]
+    if any(f.fatal or f.ts or f.version_nulls or f.version_problems or len(f.dims) > 1
+           for f in scanned):  # fmt: skip
+        _check_rows(scanned, id_column, None)  # raises
+    versions = sorted({v for f in scanned for v in f.versions})
+    _check_compatible(versions, f"daily outputs in {directories[-1]}")
+    id_types = {f.id_type for f in scanned if f.rows}
+    if len(id_types) > 1:
+        raise MaterializeError(
+            f"daily outputs in {directories[-1]} mix id types {sorted(map(str, id_types))} in "
+            f"column '{id_column}'; every file must use one"
+        )
+    dims = {ModelVersion.parse(v).dim for v in versions}
+    return DailyInput(
+        files=tuple(files),
+        id_column=id_column,
+        id_type=id_types.pop() if id_types else scanned[0].id_type,
+        rows=sum(f.rows for f in scanned),
+        dim=dims.pop() if dims else 0,
+        versions=tuple(versions),
+    )
+
+
+def split_daily(daily: DailyInput, dim: int, buckets: int, scratch: Path | None) -> DailyInput:
+    """Checks every row of a scanned day (nulls, each vector's length against D, the
+    vector rules of `_VectorCheck`), `_CHECK_ROWS` rows at a time, and with `scratch`
+    writes them into one spill file per bucket (`bucket_of`; `SplitDay`) under it.
+    dim: D of the day (a day without rows: its pool's, so the spill's schema matches).
+
+    Returns `daily` with `split` set (None without `scratch`: only checked). Raises
+    `MaterializeError` naming each bad file, rule, count and first bad row; the spill
+    files written meanwhile are left to the caller's scratch directory.
+    """
+    scanned = [_DailyFile(p, id_type=daily.id_type) for p in daily.files]
+    for f in scanned:
+        f.rows, f.dims = pq.ParquetFile(f.path).metadata.num_rows, {daily.dim}
+    spill = None
+    if scratch is not None:
+        spill = _Spill(scratch, daily.id_column, daily.id_type, dim, buckets)
+    try:
+        _check_rows(scanned, daily.id_column, spill)
+    finally:
+        split = spill.close() if spill is not None else None
+    return dataclasses.replace(daily, split=split)
+
+
+def _check_rows(scanned: list[_DailyFile], id_column: str, spill: _Spill | None) -> None:
+    """Streams the rows of every readable file through the row rules (and into `spill`
+    while no file has failed); raises `MaterializeError` with every file's problems, in
+    file order and in each file in the order of its rules."""
+    errors = []
+    for f in scanned:
+        problems = f.fatal or _file_problems(f, id_column, spill if not errors else None)
+        errors.extend(f"{f.path}: {p}" for p in problems)
     if errors:
         raise MaterializeError("bad daily tower outputs:\n  " + "\n  ".join(errors))
-    versions = sorted({v for t in tables for v in pc.unique(t["model_version"]).to_pylist()})
-    _check_compatible(versions, f"daily outputs in {directories[-1]}")
-    dims = {ModelVersion.parse(v).dim for v in versions}
-    table = pa.concat_tables(
-        [
-            t.cast(
-                pa.schema(
-                    [
-                        t.schema.field(id_column),
-                        ("ts", TIMESTAMP),
-                        ("embedding", pa.list_(pa.float32())),
-                        ("model_version", pa.string()),
-                    ]
-                )
-            )
-            for t in tables
+
+
+def _file_problems(f: _DailyFile, id_column: str, spill: _Spill | None) -> list[str]:
+    """The broken rules of one (scanned) daily file, each with its number of bad rows;
+    its rows go to `spill` block by block until a rule breaks."""
+    names = (id_column, "ts", "embedding")
+    nulls = dict.fromkeys(names, 0)
+    wrong_lengths = 0
+    dim = f.dim
+    vectors = _VectorCheck()
+    try:
+        for batch in _blocks(f.path, [id_column, *DAILY_COLUMNS]):
+            for name in names:
+                nulls[name] += batch.column(name).null_count
+            if dim is None:
+                continue
+            column = batch.column("embedding")
+            lengths = pc.list_value_length(column)
+            wrong_lengths += pc.sum(pc.not_equal(lengths, dim)).as_py() or 0
+            if column.null_count or wrong_lengths or any(nulls.values()):
+                spill = None  # the file fails: its rows go nowhere
+                continue
+            values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            vectors.add(values)
+            if spill is not None and not vectors.first:
+                spill.add(batch, pc.cast(column.flatten(), pa.float32()))
+            else:
+                spill = None
+    except (pa.ArrowInvalid, OSError) as exc:
+        return [f"unreadable Parquet ({exc})"]
+    problems = f.ts + [f"{n} row(s) with a null '{name}'" for name, n in nulls.items() if n]
+    if f.version_nulls:
+        problems.append(f"{f.version_nulls} row(s) with a null 'model_version'")
+    problems += f.version_problems
+    if problems or not f.rows:
+        return problems
+    if len(f.dims) != 1:
+        return [f"model versions of several dimensions {sorted(f.dims)}"]
+    if wrong_lengths:
+        return [
+            f"{wrong_lengths} row(s) whose embedding length is not D={dim} (from model_version)"
         ]
-    )
-    del tables
-    dim = dims.pop() if dims else 0
-    return DailyInput(_contiguous_embedding(table, dim), tuple(files), dim, tuple(versions))
+    return vectors.problems()
 
 
-def _contiguous_embedding(table: pa.Table, dim: int) -> pa.Table:
-    """`table` with its `embedding` column (list<float32>, no nulls, every row `dim` long:
-    validated) as one chunk over one contiguous (n, dim) buffer: the engines then view it
-    as a matrix without a copy (Parquet gives one chunk per row group, and a second copy
-    of the day's vectors was held while the first was). Over 2**31 values it stays
-    chunked."""
-    if table.num_rows == 0 or table["embedding"].num_chunks == 1 or table.num_rows * dim >= 2**31:
-        return table  # (a list column's int32 offsets stop at 2**31 values)
-    matrix = embedding_matrix(table["embedding"], dim)
-    offsets = pa.array(np.arange(len(matrix) + 1, dtype=np.int32) * dim)
-    column = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
-    at = table.schema.get_field_index("embedding")
-    return table.set_column(at, table.schema.field(at), column)
+def _blocks(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows in order, about `_CHECK_ROWS` at a time (small row groups
+    gathered, large ones sliced), read a row group at a time. Not `iter_batches`: with a
+    list column its reader kept every batch's buffers until the end of the file (1.66 GB
+    of RSS to iterate over a 1.35 GB day, measured)."""
+    source = pq.ParquetFile(path)
+    held: list[pa.Table] = []
+    rows = 0
+    for group in range(source.num_row_groups):
+        held.append(source.read_row_group(group, columns=columns))
+        rows += held[-1].num_rows
+        if rows >= _CHECK_ROWS or group == source.num_row_groups - 1:
+            table = pa.concat_tables(held).combine_chunks() if len(held) > 1 else held[0]
+            held, rows = [], 0
+            yield from table.to_batches(max_chunksize=_CHECK_ROWS)
+
+
+class _Spill:
+    """Appends validated daily rows to one Arrow IPC file per bucket (`SplitDay`)."""
+
+    def __init__(self, scratch: Path, id_column: str, id_type, dim: int, buckets: int):
+        self.id_column, self.dim, self.buckets = id_column, dim, buckets
+        self.schema = pa.schema(
+            [
+                (id_column, id_type),
+                ("ts", TIMESTAMP),
+                ("embedding", pa.list_(pa.float32(), dim)),
+                ("model_version", pa.string()),
+            ]
+        )
+        self.split = SplitDay(scratch, self.schema, ())
+        self.split.path(0).parent.mkdir(parents=True, exist_ok=True)
+        self.rows = np.zeros(buckets, dtype=np.int64)
+        self.writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+
+    def add(self, batch: pa.RecordBatch, values: pa.Array) -> None:
+        """batch: raw rows of a daily file; values: their vectors' float32 values, flat."""
+        key = self.id_column
+        bucket = bucket_of(batch.column(key), self.buckets)
+        # Stable: each bucket keeps the rows in their input order.
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
+        take = pa.array(order)
+        matrix = values.to_numpy().reshape(-1, self.dim)
+        rows = pa.RecordBatch.from_arrays(
+            [
+                batch.column(key).take(take),
+                pc.cast(batch.column("ts"), TIMESTAMP).take(take),
+                fixed_size_list(np.take(matrix, order, axis=0)),
+                pc.cast(batch.column("model_version"), pa.string()).take(take),
+            ],
+            schema=self.schema,
+        )
+        for k in np.flatnonzero(np.diff(bounds)):
+            if k not in self.writers:
+                self.writers[k] = pa.ipc.new_file(str(self.split.path(k)), self.schema)
+            self.writers[k].write_batch(rows.slice(bounds[k], bounds[k + 1] - bounds[k]))
+            self.rows[k] += bounds[k + 1] - bounds[k]
+
+    def close(self) -> SplitDay:
+        for writer in self.writers.values():
+            writer.close()
+        return dataclasses.replace(self.split, rows=tuple(int(n) for n in self.rows))
+
+
+def read_ipc_contiguous(path: Path, schema: pa.Schema, rows: int) -> pa.Table:
+    """An Arrow IPC file of `rows` rows (`schema`; none: no file) with one chunk per
+    column, its fixed-size float32 vector columns copied batch by batch into one (n, D)
+    matrix each (as `read_contiguous` reads Parquet)."""
+    if rows == 0:
+        return schema.empty_table()
+    dense = {
+        f.name: np.empty((rows, f.type.list_size), dtype=np.float32)
+        for f in schema
+        if pa.types.is_fixed_size_list(f.type)
+    }
+    parts: dict[str, list[pa.Array]] = {name: [] for name in schema.names}
+    row = 0
+    with pa.OSFile(str(path)) as source:  # read, not mapped: mapped pages count as resident
+        reader = pa.ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            for name in schema.names:
+                if name in dense:
+                    matrix = embedding_matrix(batch.column(name), dense[name].shape[1])
+                    dense[name][row : row + len(matrix)] = matrix
+                else:
+                    parts[name].append(batch.column(name))
+            row += batch.num_rows
+            del batch
+    if row != rows:
+        raise ValueError(f"{path}: holds {row} rows, {rows} were written")
+    columns = [
+        fixed_size_list(dense[f.name]) if f.name in dense else pa.concat_arrays(parts[f.name])
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _check_compatible(versions: list[str], where: str) -> None:
@@ -571,13 +792,13 @@ def read_contiguous(path: Path) -> pa.Table:
     if row != n:
         raise ValueError(f"{path}: row groups hold {row} rows, the footer says {n}")
     columns = []
-    for field in schema:
-        if field.name in dense:
-            columns.append(fixed_size_list(dense[field.name]).cast(field.type))
-        elif parts[field.name]:
-            columns.append(pa.concat_arrays(parts[field.name]))
+    for f in schema:
+        if f.name in dense:
+            columns.append(fixed_size_list(dense[f.name]).cast(f.type))
+        elif parts[f.name]:
+            columns.append(pa.concat_arrays(parts[f.name]))
         else:
-            columns.append(pa.array([], field.type))
+            columns.append(pa.array([], f.type))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -622,7 +843,18 @@ def pool_rows(pool_dir: Path) -> int:
 
 
 def pool_versions(pool_dir: Path) -> list[str]:
-    return sorted(pc.unique(read_pool(pool_dir, ["model_version"])["model_version"]).to_pylist())
+    """The distinct model versions of a pool, sorted. Read a file at a time: the pool's
+    whole column took ~28 bytes an entity (as a dictionary column, 6x slower to read)."""
+    layout = verify_pool(pool_dir)
+    if layout.files is None:
+        paths = [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
+    else:
+        paths = [pool_dir / f.path for f in layout.files]
+    versions: set[str] = set()
+    for path in paths:
+        column = pq.read_table(path, columns=["model_version"])["model_version"]
+        versions.update(v for v in pc.unique(column).to_pylist() if v is not None)
+    return sorted(versions)
 
 
 # ---------------------------------------------------------------- offline source
@@ -663,11 +895,140 @@ def _micros(moment: dt.datetime) -> int:
     return int(moment.timestamp()) * 1_000_000
 
 
-def write_offline_day(offline_dir: Path, day: dt.date, rows: pa.Table) -> Path:
-    """Writes (or replaces) day t's file atomically; a re-run leaves no duplicate rows."""
+def write_offline_day(offline_dir: Path, day: dt.date, rows: pa.Table | Iterable[pa.Table]) -> Path:
+    """Writes (or replaces) day t's file atomically; a re-run leaves no duplicate rows.
+
+    rows: the day's offline rows (`offline_rows`), as one table or as consecutive tables
+    of one schema, written a row group at a time: the file is byte for byte the one their
+    concatenation gives (`parquet_row_groups`), without the concatenation in memory.
+    """
     path = offline_day_path(offline_dir, day)
-    write_parquet_atomic(rows, path, **VECTOR_PARQUET)
+    options = dict(VECTOR_PARQUET)
+    size = options.pop("row_group_size")
+    with atomic_file(path) as tmp:
+        writer = None
+        try:
+            for group in parquet_row_groups([rows] if isinstance(rows, pa.Table) else rows, size):
+                writer = writer or pq.ParquetWriter(tmp, group.schema, **options)
+                writer.write_table(group, row_group_size=size)
+        finally:
+            if writer is not None:
+                writer.close()
     return path
+
+
+def parquet_row_groups(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Table]:
+    """The row groups `pq.write_table(pa.concat_tables(tables), row_group_size=size)`
+    writes (`size` rows each, the last fewer), each with the chunks the concatenation has
+    there, taken from `tables` as they come. At least one (an empty table, for which
+    Arrow writes one empty row group). The chunks matter: Arrow's writer starts a new
+    batch of values at each chunk, which moves page boundaries and so the file's bytes.
+    """
+    pending: list[pa.Table] = []
+    held, schema, written = 0, None, False
+    for table in tables:
+        schema = schema or table.schema
+        if table.num_rows == 0:
+            continue
+        pending.append(table)
+        held += table.num_rows
+        while held >= size:
+            group, taken = [], 0
+            while taken < size:
+                n = min(size - taken, pending[0].num_rows)
+                group.append(pending[0].slice(0, n))
+                pending[0] = pending[0].slice(n)
+                if pending[0].num_rows == 0:
+                    pending.pop(0)
+                taken += n
+            held -= size
+            written = True
+            yield pa.concat_tables(group)
+    if pending:
+        yield pa.concat_tables(pending)
+    elif not written and schema is not None:
+        yield schema.empty_table()
+
+
+class ChangedRows:
+    """Day t's changed rows (new and updated entities: <id>, embedding, last_seen,
+    model_version), held as runs sorted by id, read back merged in id order.
+
+    A run is a table in memory (the Spark engine's, already sorted) or an Arrow IPC file
+    that `write_changed_run` wrote (the local engine: one a bucket, in the run's scratch
+    directory); `ids[i]` are run i's ids in its order (8 bytes a row stay in memory, the
+    vectors stay on disk until the offline file is written).
+    """
+
+    def __init__(
+        self, schema: pa.Schema, runs: Sequence[pa.Table | Path], ids: Sequence[np.ndarray]
+    ):
+        self.schema, self.runs, self.ids = schema, list(runs), list(ids)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(len(i) for i in self.ids)
+
+    def id_array(self) -> pa.Array:
+        """Every changed id (runs in order)."""
+        values = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64)
+        return pa.array(values, self.schema.field(0).type)
+
+    def groups(self, rows: int) -> Iterator[pa.Table]:
+        """The rows in id order, `rows` at a time (the last fewer; one empty table when
+        there are none), each column one chunk. Memory: a group, plus up to one batch of
+        each run (`write_changed_run` sizes them so that is about one group in all)."""
+        if not self.num_rows:
+            yield self.schema.empty_table()
+            return
+        run = np.repeat(np.arange(len(self.ids), dtype=np.int32), [len(i) for i in self.ids])
+        order = np.argsort(np.concatenate(self.ids), kind="stable")
+        key = self.schema.names[0]
+        with contextlib.ExitStack() as stack:
+            cursors = [_RunCursor(r, stack) for r in self.runs]
+            for start in range(0, len(order), rows):
+                counts = np.bincount(run[order[start : start + rows]], minlength=len(cursors))
+                batches = [b for r in np.flatnonzero(counts) for b in cursors[r].take(counts[r])]
+                table = pa.Table.from_batches(batches, schema=self.schema)
+                # Each run's share is sorted already; the group interleaves them.
+                yield take_rows(table, pc.sort_indices(table[key]).to_numpy())
+
+
+class _RunCursor:
+    """Reads one sorted run front to back, `take(n)` rows at a time; holds at most one of
+    its batches besides what it returns."""
+
+    def __init__(self, run: pa.Table | Path, stack: contextlib.ExitStack):
+        if isinstance(run, pa.Table):
+            self._batches = iter(run.to_batches())
+        else:
+            source = stack.enter_context(pa.OSFile(str(run)))  # read, not mapped
+            reader = pa.ipc.open_file(source)
+            self._batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        self._left: pa.RecordBatch | None = None
+
+    def take(self, n: int) -> list[pa.RecordBatch]:
+        out = []
+        while n > 0:
+            if self._left is None or self._left.num_rows == 0:
+                self._left = next(self._batches)
+            piece = self._left.slice(0, n)
+            self._left = self._left.slice(piece.num_rows)
+            out.append(piece)
+            n -= piece.num_rows
+        return out
+
+
+def write_changed_run(path: Path, changed: pa.Table, buckets: int) -> np.ndarray:
+    """Writes one bucket's changed rows, sorted by id (`changed` is), as an Arrow IPC file
+    for `ChangedRows`; returns their ids. Batches of 1/`buckets` of an offline row group:
+    each group of the merge then reads about one batch of each bucket."""
+    rows = max(1, -(-VECTOR_PARQUET["row_group_size"] // buckets))
+    with pa.ipc.new_file(str(path), changed.schema) as writer:
+        for batch in changed.to_batches(max_chunksize=rows):
+            writer.write_batch(batch)
+    # A copy: a view would keep the bucket's whole id buffer alive.
+    return np.array(changed[changed.schema.names[0]].to_numpy(), copy=True)
 
 
 def read_offline_day(offline_dir: Path, day: dt.date) -> pa.Table:

@@ -14,12 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from materialize_helpers import daily_table, unit_rows
+from materialize_helpers import DIM, daily_table, unit_rows
 
 from derm_features.core.files import parquet_files
 from derm_features.core.logs import LogContractError, open_log
 from derm_features.core.workdir import Workdir
-from materialize.storage import MaterializeError, read_daily
+from materialize.storage import MaterializeError, scan_daily, split_daily
 from trainers.downstream.training_set import TrainingSet
 
 DAY = dt.date(2026, 1, 1)
@@ -89,9 +89,10 @@ def test_daily_outputs_read_their_data_files_only(tmp_path):
     junk = daily_table(np.arange(1000, 1003), unit_rows(rng, 3), DAY)
     directory = workdir.daily("ctr", "user", DAY)
     write_layout(directory, good, junk)
-    daily = read_daily(directory, "user_id", "ctr")
-    assert sorted(daily.table["user_id"].to_pylist()) == list(range(10))
-    assert len(daily.files) == 2
+    daily = split_daily(scan_daily(directory, "user_id", "ctr"), DIM, 2, tmp_path / "scratch")
+    ids = [i for k in range(2) for i in daily.split.read(k)["user_id"].to_pylist()]
+    assert sorted(ids) == list(range(10))
+    assert daily.rows == 10 and len(daily.files) == 2
 
 
 def test_a_day_of_only_hidden_files_is_no_output(tmp_path):
@@ -99,7 +100,7 @@ def test_a_day_of_only_hidden_files_is_no_output(tmp_path):
     (directory / "_temporary" / "0").mkdir(parents=True)
     pq.write_table(pa.table({"x": [1]}), directory / "_temporary" / "0" / "part-0.parquet")
     with pytest.raises(MaterializeError, match=r"no \*\.parquet in"):
-        read_daily(directory, "user_id", "ctr")
+        scan_daily(directory, "user_id", "ctr")
     with pytest.raises(LogContractError, match=r"holds no \*\.parquet files"):
         open_log(directory)
 

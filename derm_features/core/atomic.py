@@ -53,17 +53,40 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_parquet_atomic(table: pa.Table, path: Path, **kwargs) -> None:
-    """Writes one Parquet file via a temporary sibling and an atomic rename."""
+@contextlib.contextmanager
+def scratch_dir(parent: Path) -> Iterator[Path]:
+    """Yields an empty temporary directory under `parent` for a run's intermediate files;
+    it is removed when the block ends, on success or failure. A crash leaves a ``.tmp-*``
+    directory there, which `clean_stale_tmp(parent)` removes."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yields a temporary sibling of `path` to write; on success it replaces `path`
+    atomically, on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
-        pq.write_table(table, tmp, **kwargs)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, **kwargs) -> None:
+    """Writes one Parquet file via a temporary sibling and an atomic rename."""
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, **kwargs)
 
 
 def write_text_atomic(text: str, path: Path) -> None:

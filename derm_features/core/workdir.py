@@ -11,6 +11,7 @@
       training_sets/<name>/ds=<YYYY-MM-DD>/         downstream training sets (from Feast)
       index/<model>/ds=<YYYY-MM-DD>/                Pin ANN index built from that day's pool
       metrics/                                      embedding-health and training metrics
+      .staging/<model>/<entity>/.tmp-*/             a materialization's spill files (during a run)
 
 Every path in the project comes from a `Workdir`, so nothing else spells these out.
 """
@@ -102,6 +103,12 @@ class Workdir:
 
     def pool(self, model: str, entity: str, day: dt.date) -> Path:
         return self.pool_dir(model, entity) / ds(day)
+
+    def staging(self, model: str, entity: str) -> Path:
+        """Scratch space of one (model, entity)'s runs: temporary files that never outlive
+        the run (`core.atomic.scratch_dir`); hidden, so no reader lists it."""
+        self.spec.check_model_entity(model, entity)
+        return self.root / ".staging" / model / entity
 
     def offline(self, model: str, entity: str) -> Path:
         self.spec.check_model_entity(model, entity)

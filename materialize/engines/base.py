@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from materialize.kernel import KernelParams
-from materialize.storage import DailyInput
+from materialize.storage import ChangedRows, DailyInput
 
 STATS_COLUMNS = ("status", "cosine", "norm", "degenerate", "last_seen")
 
@@ -26,7 +26,7 @@ STATS_COLUMNS = ("status", "cosine", "norm", "degenerate", "last_seen")
 class EngineOutput:
     """What the job needs from an engine once the pool is written."""
 
-    changed: pa.Table  # <id>, embedding, last_seen, model_version (new and updated; any order)
+    changed: ChangedRows  # <id>, embedding, last_seen, model_version (new and updated)
     stats: pa.Table  # STATS_COLUMNS, one row per entity of either input
 
 
@@ -34,6 +34,9 @@ class Engine(ABC):
     """Merges one (model, entity, day) into pool(t) under a temporary directory."""
 
     name: str
+    # Whether `merge` reads day t split by bucket (`DailyInput.split`, spill files the job
+    # writes while it validates the day); otherwise it reads `DailyInput.files` itself.
+    reads_split_day: bool = True
 
     @abstractmethod
     def merge(
@@ -49,7 +52,8 @@ class Engine(ABC):
         """Writes pool(t) as `buckets` bucket files plus its layout under `out_dir`.
 
         previous_pool: pool(t-1)'s directory (bucketed with `buckets`), or None for a new
-        pool. daily: day t's validated raw rows (table and files). D = `dim`.
-        `progress(n)` is called as n more buckets are done. Returns the changed rows (new
-        and updated entities) and one stats row per entity of either input.
+        pool. daily: day t, validated (its files; split by bucket when
+        `reads_split_day`). D = `dim`. `progress(n)` is called as n more buckets are
+        done. Returns the changed rows (new and updated entities) and one stats row per
+        entity of either input.
         """

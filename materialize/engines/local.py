@@ -1,9 +1,13 @@
 """The local engine: the kernel over hash buckets of the entity id, one bucket at a time.
 
-Bucket k of pool(t-1) and the daily rows of bucket k go through `kernel.merge_day`; the
-bucket's pool is written and only its changed rows and a few scalars per entity are kept,
-so memory is bounded by three buckets (the next one being read, the one merging, the last
-one being written) plus the day's raw input.
+Bucket k of pool(t-1) and bucket k of day t (its spill file, written while the job
+validated the day: `storage.split_daily`) go through `kernel.merge_day`; the bucket's pool
+file is written, and so are its changed rows, sorted by id, to a run file in the day's
+scratch directory (`storage.write_changed_run`), which the job merges into the offline
+file. Only the day's stats (`health.fold_stats`: a few scalars per changed entity, one
+row per last-seen day for the others) and 8 bytes per changed row (their ids) stay in
+memory, so memory is bounded by the buckets in flight (the next one being read, the one
+merging, the last one being written), not by the day or the pool.
 """
 
 from __future__ import annotations
@@ -15,21 +19,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from derm_features.core.arrays import fixed_size_list
 from materialize.engines.base import STATS_COLUMNS, Engine, EngineOutput
-from materialize.kernel import (
-    KernelParams,
-    embedding_matrix,
-    empty_pool,
-    merge_day,
-    split_annotated,
-    take_rows,
-)
+from materialize.health import fold_stats
+from materialize.kernel import KernelParams, empty_pool, merge_day, sorted_by, split_annotated
 from materialize.storage import (
+    ChangedRows,
     DailyInput,
-    bucket_of,
+    PoolFile,
     read_pool_bucket,
     verify_pool,
+    write_changed_run,
     write_layout,
     write_pool_bucket,
 )
@@ -37,7 +36,7 @@ from materialize.storage import (
 
 def run_local(
     previous_pool: Path | None,
-    daily: pa.Table,
+    daily: DailyInput,
     params: KernelParams,
     dim: int,
     buckets: int,
@@ -47,58 +46,63 @@ def run_local(
     """Merges day t bucket by bucket and writes pool(t) under `out_dir`.
 
     previous_pool: pool(t-1)'s directory (bucketed with `buckets`), or None for a new pool.
-    daily: the validated raw rows of day t (may have no rows: a carry-over-only day).
-    `progress(1)` is called after each bucket. Raises `PoolIntegrityError` when a bucket
-    of pool(t-1) does not match its manifest (nothing of pool(t) is kept then).
+    daily: day t, validated and split into `buckets` (`DailyInput.split`; no rows: a
+    carry-over-only day). `progress(1)` is called after each bucket. Raises
+    `PoolIntegrityError` when a bucket of pool(t-1) does not match its manifest (nothing
+    of pool(t) is kept then).
     """
+    split = daily.split
+    if split is None or len(split.rows) != buckets:
+        raise ValueError(f"the local engine needs the day split into {buckets} buckets")
     key = params.id_column
-    id_type = daily.schema.field(key).type
-    daily_bucket = bucket_of(daily[key], buckets)
-    order = np.argsort(daily_bucket, kind="stable")
-    bounds = np.searchsorted(daily_bucket[order], np.arange(buckets + 1))
-    # Vectors are split with NumPy: Arrow's take on list columns is several times slower.
-    daily_vectors = embedding_matrix(daily["embedding"], dim)
-    daily_rest = daily.drop_columns(["embedding"])
-
+    id_type = split.schema.field(key).type
+    runs_dir = split.directory / "changed"
+    runs_dir.mkdir(parents=True, exist_ok=True)
     layout = verify_pool(previous_pool) if previous_pool is not None else None
 
-    def read(k: int) -> pa.Table:
+    def read(k: int) -> tuple[pa.Table, pa.Table]:
+        day = split.read(k)
         if previous_pool is None:
-            return empty_pool(key, id_type, dim)
-        return read_pool_bucket(previous_pool, k, layout)
+            return empty_pool(key, id_type, dim), day
+        return read_pool_bucket(previous_pool, k, layout), day
+
+    def write(k: int, pool: pa.Table, changed: pa.Table) -> tuple[PoolFile, Path, np.ndarray]:
+        run = runs_dir / f"bucket={k}.arrow"
+        return write_pool_bucket(out_dir, k, pool), run, write_changed_run(run, changed, buckets)
 
     # Parquet I/O overlaps the merge: bucket k+1 is read and bucket k-1 written (Arrow
     # releases the GIL) while bucket k merges; at most three buckets are in memory.
-    changed, stats, files = [], [], []
+    runs, ids, stats, files = [], [], [], []
+    schema = None
+
+    def done(written) -> None:
+        pool_file, run, run_ids = written.result()  # one write in flight; raises its error here
+        files.append(pool_file)
+        runs.append(run)
+        ids.append(run_ids)
+        progress(1)
+
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        next_pool = reader.submit(read, 0)
+        next_input = reader.submit(read, 0)
         written = None
         for k in range(buckets):
-            pool_k = next_pool.result()
+            pool_k, day_k = next_input.result()
             if k + 1 < buckets:
-                next_pool = reader.submit(read, k + 1)
-            rows = order[bounds[k] : bounds[k + 1]]
-            daily_k = daily_rest.take(pa.array(rows)).append_column(
-                "embedding", fixed_size_list(np.take(daily_vectors, rows, axis=0))
-            )
-            annotated = merge_day(pool_k, daily_k, params, dim)
-            del pool_k
+                next_input = reader.submit(read, k + 1)
+            annotated = merge_day(pool_k, day_k, params, dim)
+            del pool_k, day_k
             result = split_annotated(annotated, key)
+            changed = sorted_by(result.changed, key)
+            schema = changed.schema
             if written is not None:
-                files.append(written.result())  # one write in flight; raises its error here
-                progress(1)
-            written = writer.submit(write_pool_bucket, out_dir, k, result.pool)
-            # A copy of the day's rows, so the bucket's vectors are freed once written.
-            changed.append(take_rows(result.changed, np.arange(result.changed.num_rows)))
-            stats.append(annotated.select(list(STATS_COLUMNS)))
-            del annotated, result
+                done(written)
+            written = writer.submit(write, k, result.pool, changed)
+            stats.append(fold_stats(annotated.select(list(STATS_COLUMNS))))
+            del annotated, result, changed
         if written is not None:
-            files.append(written.result())
-            progress(1)
+            done(written)
     write_layout(out_dir, buckets, files)
-    # Unsorted (one chunk per bucket): the job sorts them for the offline file once the
-    # day's rows are freed (`offline_rows`), so the two are never held with a sorted copy.
-    return EngineOutput(changed=pa.concat_tables(changed), stats=pa.concat_tables(stats))
+    return EngineOutput(changed=ChangedRows(schema, runs, ids), stats=pa.concat_tables(stats))
 
 
 class LocalEngine(Engine):
@@ -116,4 +120,4 @@ class LocalEngine(Engine):
         out_dir: Path,
         progress: Callable[[int], None] = lambda n: None,
     ) -> EngineOutput:
-        return run_local(previous_pool, daily.table, params, dim, buckets, out_dir, progress)
+        return run_local(previous_pool, daily, params, dim, buckets, out_dir, progress)

@@ -31,6 +31,7 @@ from materialize.engines.base import STATS_COLUMNS, Engine, EngineOutput
 from materialize.kernel import KernelParams, empty_pool, merge_day, sorted_by, split_annotated
 from materialize.storage import (
     VECTOR_PARQUET,
+    ChangedRows,
     DailyInput,
     Layout,
     PoolFile,
@@ -156,13 +157,16 @@ def run_spark(
     changed = pq.read_table(side / "changed")
     stats = pq.read_table(side / "stats")
     shutil.rmtree(side)
-    return EngineOutput(changed=sorted_by(changed, key), stats=stats)
+    changed = sorted_by(changed, key)
+    ids = changed[key].to_numpy()
+    return EngineOutput(changed=ChangedRows(changed.schema, [changed], [ids]), stats=stats)
 
 
 class SparkEngine(Engine):
     """One Spark task per bucket. Config: the master URL, or a session to reuse."""
 
     name = "spark"
+    reads_split_day = False  # Spark reads the day's files itself
 
     def __init__(self, master: str = "local[2]", session=None):
         self.master = master

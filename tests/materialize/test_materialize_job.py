@@ -211,12 +211,15 @@ def test_killed_mid_run_leaves_readable_state_and_rerun_completes(workdir, tmp_p
     assert marker.exists(), "the child never reached the pool write"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    staging = workdir.staging(MODEL, ENTITY)
+    assert list(staging.glob(".tmp-*"))  # the day's spill files, left by the crash
     assert not workdir.pool(MODEL, ENTITY, day(1)).exists()
     assert tree_bytes(workdir.pool(MODEL, ENTITY, day(0))) == pool0
     assert pq.read_table(workdir.offline(MODEL, ENTITY)).num_rows == 3  # readable, day 0 only
     materialize_day(config(workdir, day(1)))
     assert sorted(read_pool(workdir.pool(MODEL, ENTITY, day(1)))[KEY].to_pylist()) == [1, 2, 3, 4]
     assert not list(workdir.pool_dir(MODEL, ENTITY).glob(".tmp-*"))
+    assert not list(staging.iterdir())  # the re-run removed the crash's scratch, then its own
 
 
 def test_offline_timestamp_and_ttl_agree_with_feast(applied_workdir):
