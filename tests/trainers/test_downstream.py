@@ -275,7 +275,7 @@ def test_embedding_l2_adds_the_tables_squared_norm_to_the_training_loss(tmp_path
     run = {"logs": tmp_path, "workdir": tmp_path, "train_start": day, "train_end": day,
            "eval_start": after, "eval_end": after}  # fmt: skip
     assert DownstreamConfig(task="ctr", **run).table_l2 == EMBEDDING_L2["ctr"] > 0
-    assert DownstreamConfig(task="cvr", **run).table_l2 == 0.0
+    assert DownstreamConfig(task="cvr", **run).table_l2 == EMBEDDING_L2["cvr"] > 0
     assert DownstreamConfig(task="ctr", embedding_l2=0.0, **run).table_l2 == 0.0
     with pytest.raises(Exception, match="embedding_l2"):
         DownstreamConfig(task="ctr", embedding_l2=-1.0, **run)
@@ -338,7 +338,7 @@ def test_dense_and_wide_l2_add_their_own_squared_norms(tmp_path):
            "eval_start": after, "eval_end": after}  # fmt: skip
     ctr, cvr = (DownstreamConfig(task=t, **run) for t in ("ctr", "cvr"))
     assert (ctr.matrix_l2, ctr.wide_part) == (DENSE_L2["ctr"], (True, WIDE_L2["ctr"]))
-    assert (cvr.matrix_l2, cvr.wide_part) == (0.0, (False, 0.0))
+    assert (cvr.matrix_l2, cvr.wide_part) == (DENSE_L2["cvr"], (False, 0.0))
     off = dataclasses.replace(ctr, dense_l2=0.0, network=NetworkConfig(wide=False))
     assert (off.matrix_l2, off.wide_part[0]) == (0.0, False)
     for bad in ({"dense_l2": -1.0}, {"wide_l2": -1.0}, {"sample_fraction": 0.0},
