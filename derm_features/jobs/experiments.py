@@ -248,6 +248,8 @@ def run_key(run, keys: tuple[str, ...]) -> str:
         for f in dataclasses.fields(run)
         if f.name not in ("logs", "workdir", "embeddings", "seed", "threads")
     }
+    # the task defaults a None setting stands for: a changed default is a changed setting
+    settings |= {"_l2": (run.table_l2, run.matrix_l2, run.wide_part)}
     digest = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:10]
     return f"{run.task}_{subset_label(keys).replace(' ', '_')}_s{run.seed}_{digest}"
 

@@ -232,7 +232,7 @@ def test_select_embeddings_narrows_and_scores_user_pin_pairs():
     assert none["derm"].shape == (2, 0) and none["derm_present"].shape == (2, 0)
 
 
-def test_experiment_cache_key_changes_with_every_training_setting(tmp_path):
+def test_experiment_cache_key_changes_with_every_training_setting(tmp_path, monkeypatch):
     import dataclasses
 
     from derm_features.jobs.experiments import run_key
@@ -249,6 +249,14 @@ def test_experiment_cache_key_changes_with_every_training_setting(tmp_path):
     for changed in (dataclasses.replace(cfg, lr=1e-3), dataclasses.replace(cfg, network=network)):
         assert run_key(changed, ("ctr_user",)) != key
     assert run_key(dataclasses.replace(cfg, threads=2), ("ctr_user",)) == key
+    # a None setting means the task's default: changing that default changes the key too
+    from trainers.downstream import job
+
+    for table in (job.EMBEDDING_L2, job.DENSE_L2, job.WIDE_L2):
+        monkeypatch.setitem(table, "ctr", table["ctr"] + 1.0)
+        assert run_key(cfg, ("ctr_user",)) != key
+        monkeypatch.undo()
+    assert run_key(cfg, ("ctr_user",)) == key
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
