@@ -257,7 +257,10 @@ class CVRModel(nn.Module):
 
     The DERM block becomes K tokens of width d (a linear map), one per embedding, and the
     count features one more token, so the DHEN's Transformer and MaskNet modules cross them
-    with the other features.
+    with the other features. The counts are standardised per feature (batch norm: a per-row
+    LayerNorm over 10 unlike features blurred the per-Pin rate), and a linear term over them
+    is added to each logit, as the logistic regression has; without both the model scored
+    below that regression and below the per-Pin rate alone (BENCHMARKS.md, "CVR's counts").
 
     Args, call args and returns: as CTRModel.
     """
@@ -274,8 +277,12 @@ class CVRModel(nn.Module):
         super().__init__()
         self.features, num_tokens = _feature_tokens(layouts, cfg.feature_config(tasks))
         d = cfg.token_dim
-        self.counts = nn.Sequential(nn.LayerNorm(num_counts), nn.Linear(num_counts, d)) if (
-            num_counts) else None  # fmt: skip
+        self.count_norm = nn.BatchNorm1d(num_counts) if num_counts else None
+        self.counts = nn.Linear(num_counts, d) if num_counts else None
+        # starts at 0, so the logit starts at the head's prior-initialised bias
+        self.count_linear = nn.Linear(num_counts, len(tasks), bias=False) if num_counts else None
+        if self.count_linear is not None:
+            nn.init.zeros_(self.count_linear.weight)
         num_tokens += 1 if num_counts else 0
         self.num_derm_tokens = len(derm_dims)
         self.derm = DermInputs(derm_dims, cfg.projection_dim, num_scores) if derm_dims else None
@@ -300,10 +307,13 @@ class CVRModel(nn.Module):
             block = self.derm(batch["derm"], batch["derm_present"], batch.get("derm_score"))
             extra = self.derm_tokens(block).view(-1, self.num_derm_tokens, self.token_dim)
             tokens = torch.cat([tokens, extra], dim=1)
-        if self.counts is not None:
-            tokens = torch.cat([tokens, self.counts(batch["counts"]).unsqueeze(1)], dim=1)
+        counts = self.count_norm(batch["counts"]) if self.count_norm is not None else None
+        if counts is not None:
+            tokens = torch.cat([tokens, self.counts(counts).unsqueeze(1)], dim=1)
         h = self.dhen(tokens).flatten(1)
         logits = torch.cat([head(h) for head in self.heads], dim=-1)
+        if counts is not None:
+            logits = logits + self.count_linear(counts)
         return logits + self.wide(batch) if self.wide is not None else logits
 
     def init_output_bias(self, priors: Sequence[float]) -> None:
