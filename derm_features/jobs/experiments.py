@@ -237,9 +237,27 @@ def training_sets(cfg: ExperimentConfig, workdir: Workdir, logs: Path, keys: tup
     return tuple(out)
 
 
+def downstream_code_digest() -> str:
+    """sha256 (16 hex) of the source of the packages a downstream run executes
+    (`trainers.downstream`, `trainers.modules`, `trainers.features`): a changed model or
+    training loop is a changed run, as a changed setting is."""
+    import hashlib
+    from pathlib import Path
+
+    import trainers
+
+    root = Path(trainers.__file__).parent
+    sha = hashlib.sha256()
+    for package in ("downstream", "modules", "features"):
+        for path in sorted((root / package).glob("*.py")):
+            sha.update(path.name.encode() + b"\0" + path.read_bytes())
+    return sha.hexdigest()[:16]
+
+
 def run_key(run, keys: tuple[str, ...]) -> str:
     """The cache name of one downstream run: task, subset, seed and a digest of every
-    training setting, so a changed setting never reuses an old run."""
+    training setting and of the downstream code (`downstream_code_digest`), so neither a
+    changed setting nor a changed model reuses an old run."""
     import dataclasses
     import hashlib
 
@@ -250,6 +268,7 @@ def run_key(run, keys: tuple[str, ...]) -> str:
     }
     # the task defaults a None setting stands for: a changed default is a changed setting
     settings |= {"_l2": (run.table_l2, run.matrix_l2, run.wide_part)}
+    settings |= {"_code": downstream_code_digest()}
     digest = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:10]
     return f"{run.task}_{subset_label(keys).replace(' ', '_')}_s{run.seed}_{digest}"
 

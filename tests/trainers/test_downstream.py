@@ -257,6 +257,13 @@ def test_experiment_cache_key_changes_with_every_training_setting(tmp_path, monk
         assert run_key(cfg, ("ctr_user",)) != key
         monkeypatch.undo()
     assert run_key(cfg, ("ctr_user",)) == key
+    # and so does the downstream code: a changed model is a changed run
+    from derm_features.jobs import experiments
+
+    digest = experiments.downstream_code_digest()
+    assert len(digest) == 16 and digest == experiments.downstream_code_digest()
+    monkeypatch.setattr(experiments, "downstream_code_digest", lambda: "another model")
+    assert run_key(cfg, ("ctr_user",)) != key
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
