@@ -25,7 +25,7 @@ import json
 import math
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -468,31 +468,55 @@ def read_ipc_contiguous(path: Path, schema: pa.Schema, rows: int) -> pa.Table:
     matrix each (as `read_contiguous` reads Parquet)."""
     if rows == 0:
         return schema.empty_table()
+    with pa.OSFile(str(path)) as source:  # read, not mapped: mapped pages count as resident
+        reader = pa.ipc.open_file(source)
+        batches = (
+            pa.Table.from_batches([reader.get_batch(i)]) for i in range(reader.num_record_batches)
+        )
+        table = _contiguous(
+            batches, schema, rows, lambda row: f"{path}: holds {row} rows, {rows} were written"
+        )
+    if table is None:  # the spill holds validated rows only
+        raise ValueError(f"{path}: a null vector row")
+    return table
+
+
+def _contiguous(
+    pieces: Iterable[pa.Table], schema: pa.Schema, rows: int, mismatch: Callable[[int], str]
+) -> pa.Table | None:
+    """The consecutive `pieces` of a file (`schema`, `rows` rows in all) as one table with
+    one chunk per column, each fixed-size float32 vector column copied piece by piece into
+    one (n, D) matrix (`read_contiguous`, `read_ipc_contiguous`). None when a vector column
+    has a null row; ValueError(`mismatch(rows held)`) when the pieces hold another count."""
     dense = {
         f.name: np.empty((rows, f.type.list_size), dtype=np.float32)
         for f in schema
-        if pa.types.is_fixed_size_list(f.type)
+        if pa.types.is_fixed_size_list(f.type) and f.type.value_type == pa.float32()
     }
     parts: dict[str, list[pa.Array]] = {name: [] for name in schema.names}
     row = 0
-    with pa.OSFile(str(path)) as source:  # read, not mapped: mapped pages count as resident
-        reader = pa.ipc.open_file(source)
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            for name in schema.names:
-                if name in dense:
-                    matrix = embedding_matrix(batch.column(name), dense[name].shape[1])
-                    dense[name][row : row + len(matrix)] = matrix
-                else:
-                    parts[name].append(batch.column(name))
-            row += batch.num_rows
-            del batch
+    for piece in pieces:
+        for name in schema.names:
+            column = piece[name]
+            if name not in dense:
+                parts[name].extend(column.chunks)
+            elif column.null_count:
+                return None
+            else:
+                matrix = embedding_matrix(column, schema.field(name).type.list_size)
+                dense[name][row : row + len(matrix)] = matrix
+        row += piece.num_rows
+        del piece
     if row != rows:
-        raise ValueError(f"{path}: holds {row} rows, {rows} were written")
-    columns = [
-        fixed_size_list(dense[f.name]) if f.name in dense else pa.concat_arrays(parts[f.name])
-        for f in schema
-    ]
+        raise ValueError(mismatch(row))
+    columns = []
+    for f in schema:
+        if f.name in dense:
+            columns.append(fixed_size_list(dense[f.name]).cast(f.type))
+        elif parts[f.name]:
+            columns.append(pa.concat_arrays(parts[f.name]))
+        else:
+            columns.append(pa.array([], f.type))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -767,39 +791,12 @@ def read_contiguous(path: Path) -> pa.Table:
     `pq.read_table` does.
     """
     source = pq.ParquetFile(path)
-    schema = source.schema_arrow
     n = source.metadata.num_rows
-    dense = {
-        field.name: np.empty((n, field.type.list_size), dtype=np.float32)
-        for field in schema
-        if pa.types.is_fixed_size_list(field.type) and field.type.value_type == pa.float32()
-    }
-    parts: dict[str, list[pa.Array]] = {name: [] for name in schema.names}
-    row = 0
-    for group in range(source.num_row_groups):
-        table = source.read_row_group(group)
-        for name in schema.names:
-            column = table[name]
-            if name not in dense:
-                parts[name].extend(column.chunks)
-            elif column.null_count:  # never in a pool's vectors: read as Arrow gives it
-                return pq.read_table(path)
-            else:
-                matrix = embedding_matrix(column, schema.field(name).type.list_size)
-                dense[name][row : row + len(matrix)] = matrix
-        row += table.num_rows
-        del table
-    if row != n:
-        raise ValueError(f"{path}: row groups hold {row} rows, the footer says {n}")
-    columns = []
-    for f in schema:
-        if f.name in dense:
-            columns.append(fixed_size_list(dense[f.name]).cast(f.type))
-        elif parts[f.name]:
-            columns.append(pa.concat_arrays(parts[f.name]))
-        else:
-            columns.append(pa.array([], f.type))
-    return pa.Table.from_arrays(columns, schema=schema)
+    groups = (source.read_row_group(group) for group in range(source.num_row_groups))
+    mismatch = lambda row: f"{path}: row groups hold {row} rows, the footer says {n}"  # noqa: E731
+    table = _contiguous(groups, source.schema_arrow, n, mismatch)
+    # a null vector row (never in a pool's vectors): read as Arrow gives it
+    return pq.read_table(path) if table is None else table
 
 
 def read_pool_bucket(pool_dir: Path, bucket: int, layout: Layout | None = None) -> pa.Table:
