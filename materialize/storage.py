@@ -110,6 +110,7 @@ class DailyInput:
     `split_daily` validated every row, the rows split by bucket (`split`)."""
 
     files: tuple[Path, ...]
+    file_rows: tuple[int, ...]  # rows of each file, from its footer
     id_column: str
     id_type: pa.DataType | None  # None: no readable file
     rows: int  # raw rows (several per entity allowed), from the files' footers
@@ -311,6 +312,7 @@ def scan_daily(directories: Path | Sequence[Path], id_column: str, model: str) -
     dims = {ModelVersion.parse(v).dim for v in versions}
     return DailyInput(
         files=tuple(files),
+        file_rows=tuple(f.rows for f in scanned),
         id_column=id_column,
         id_type=id_types.pop() if id_types else scanned[0].id_type,
         rows=sum(f.rows for f in scanned),
@@ -329,9 +331,10 @@ def split_daily(daily: DailyInput, dim: int, buckets: int, scratch: Path | None)
     `MaterializeError` naming each bad file, rule, count and first bad row; the spill
     files written meanwhile are left to the caller's scratch directory.
     """
-    scanned = [_DailyFile(p, id_type=daily.id_type) for p in daily.files]
-    for f in scanned:
-        f.rows, f.dims = pq.ParquetFile(f.path).metadata.num_rows, {daily.dim}
+    scanned = [
+        _DailyFile(p, rows=n, id_type=daily.id_type, dims={daily.dim})
+        for p, n in zip(daily.files, daily.file_rows, strict=True)
+    ]
     spill = None
     if scratch is not None:
         spill = _Spill(scratch, daily.id_column, daily.id_type, dim, buckets)
