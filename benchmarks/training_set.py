@@ -14,9 +14,14 @@ seconds are those of the call alone, not of starting the process or reading its 
                     `--file-rows` rows only (it is ~100x slower; rates are per row)
     derm builder    trainers.downstream.training_set.build_training_set on a log of the
                     same `--rows` events: per-day cut, entities deduplicated, Parquet out;
-                    once joining through Feast (backend feast), once with its own DuckDB
-                    ASOF join over the Parquet sources (backend duckdb, the default), the
-                    two sets checked equal row for row
+                    once joining through Feast (backend feast), then with its own DuckDB
+                    ASOF join over the Parquet sources (backend duckdb, the default) once
+                    per `--formats` (Parquet, Arrow IPC files), every set checked equal row
+                    for row to the first
+
+Two floors of the output, measured on the same sets: pyarrow writing the Parquet set again
+on one thread, and the Arrow set's bytes written with plain file writes on `WRITERS`
+threads (what any format of the same float32 vectors costs this machine's page cache).
 
 Prints seconds, rows/s and peak RSS of each, the ratios, and the issue's target for the
 builder on its own join: <= 3 s, < 4 GB peak RSS and >= 3x one raw Feast DuckDB call, each
@@ -40,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 UTC = pa.timestamp("us", tz="UTC")
@@ -157,6 +163,26 @@ def write_alone(set_dir: Path, out_dir: Path) -> float:
     return seconds
 
 
+def write_bytes_alone(set_dir: Path, out_dir: Path) -> float:
+    """Seconds to write the bytes of `set_dir`'s files again with plain file writes, on
+    `WRITERS` threads as the builder writes (each read untimed first): the floor of any
+    output format that stores the same vectors as float32."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainers.downstream.training_set import WRITERS
+
+    data = [p.read_bytes() for p in sorted(set_dir.glob("ds=*/*")) if p.is_file()]
+    os.sync()
+
+    def write(i: int) -> None:
+        (out_dir / str(i)).write_bytes(data[i])
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(WRITERS) as pool:
+        list(pool.map(write, range(len(data))))
+    return time.perf_counter() - t0
+
+
 def build(cfg, backend: str) -> tuple[float, int]:
     """Seconds of build_training_set(cfg, backend), and the rows it wrote."""
     from trainers.downstream.training_set import build_training_set
@@ -179,7 +205,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7, help="days the events span")
     parser.add_argument("--change", type=float, default=0.1, help="share of entities updated a day")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--formats", default="parquet,arrow",
+        help="training-set formats of derm's own join, comma-separated (parquet, arrow)",
+    )  # fmt: skip
     args = parser.parse_args()
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
 
     from derm_features.core.workdir import Workdir
     from derm_features.feast.repo import REPO_ROOT, apply
@@ -215,50 +246,60 @@ def main() -> None:
 
         first = START + dt.timedelta(days=args.history_days)
         keys = ("ctr_user", "ctr_pin", "cvr_user", "cvr_pin")
-        seconds = {}
-        for backend in ("feast", "duckdb"):
+        seconds, peaks = {}, {}  # set name -> seconds, peak RSS GB
+        for name, backend, fmt in [("feast", "feast", "parquet")] + [
+            (f"duckdb-{f}", "duckdb", f) for f in formats
+        ]:
             cfg = TrainingSetConfig(log_dir, workdir.root, first,
                                     first + dt.timedelta(days=args.days - 1), keys,
-                                    name=backend)  # fmt: skip
-            (seconds[backend], rows), peak = in_child(build, cfg, backend)
+                                    name=name, file_format=fmt)  # fmt: skip
+            (seconds[name], rows), peaks[name] = in_child(build, cfg, backend)
             assert rows == args.rows, (rows, args.rows)
-            runs[f"derm builder, {backend} join ({args.rows:,} rows, Parquet out)"] = (
-                seconds[backend], rows, peak,
+            runs[f"derm builder, {backend} join ({args.rows:,} rows, {fmt} out)"] = (
+                seconds[name], rows, peaks[name],
             )  # fmt: skip
-        sets = {b: open_training_set(workdir.training_set(b)) for b in seconds}
+        sets = {name: open_training_set(workdir.training_set(name)) for name in seconds}
         order = [("ts", "ascending"), ("user_id", "ascending"), ("pin_id", "ascending")]
-        same = sets["feast"].meta["days"] == sets["duckdb"].meta["days"]
-        for day in sets["duckdb"].meta["days"]:  # a day at a time: at D=256 a set is 4 GB
-            a, b = (pq.read_table(sets[k].path / f"ds={day}").sort_by(order) for k in sets)
-            same = same and a.equals(b)
-        print(f"the two builders' training sets are equal row for row: {same}")
+        same = len({tuple(s.meta["days"]) for s in sets.values()}) == 1
+        for i in range(len(sets["feast"].meta["days"])):  # a day at a time: at D=256 a set is 4 GB
+            first_set, *others = (
+                pads.dataset(s.files()[i], format=s.file_format).to_table().sort_by(order)
+                for s in sets.values()
+            )
+            same = same and all(first_set.equals(other) for other in others)
+        print(f"the builders' training sets ({', '.join(sets)}) are equal row for row: {same}")
         assert same
 
+        floors = {}
         floor_dir = Path(tmp) / "write-alone"
-        floor_dir.mkdir()
-        floor, _ = in_child(write_alone, workdir.training_set("duckdb"), floor_dir)
-        shutil.rmtree(floor_dir)
+        for fmt, fn in (("parquet", write_alone), ("arrow", write_bytes_alone)):
+            if f"duckdb-{fmt}" in sets:
+                floor_dir.mkdir()
+                floors[fmt], _ = in_child(fn, sets[f"duckdb-{fmt}"].path, floor_dir)
+                shutil.rmtree(floor_dir)
 
         for name, (s, rows, peak) in runs.items():
             print(f"{name:<62} {s:8.2f} s {rows / s:>12,.0f} rows/s  peak RSS {peak:5.2f} GB")
-        ours, peak = seconds["duckdb"], runs[next(n for n in runs if "duckdb join" in n)][2]
-        ratio = duck_s / ours
-        print(f"ratio derm builder (ASOF join) / one raw Feast DuckDB call: {ratio:,.2f}x")
-        print(f"ratio derm builder (ASOF join) / derm builder via Feast: "
-              f"{seconds['feast'] / ours:,.2f}x")  # fmt: skip
-        if file_rate:
-            print(f"ratio derm builder (ASOF join) / file raw (per row): "
-                  f"{args.rows / ours / file_rate:,.1f}x")  # fmt: skip
-
-        print(f"floor: pyarrow writing the same set's Parquet alone, one thread: {floor:.2f} s "
-              f"(the builder writes on {WRITERS} threads)")  # fmt: skip
+        if "parquet" in floors:
+            print(f"floor: pyarrow writing the Parquet set alone, one thread: "
+                  f"{floors['parquet']:.2f} s (the builder: {WRITERS} threads)")  # fmt: skip
+        if "arrow" in floors:
+            print(f"floor: the Arrow set's bytes written with plain file writes on {WRITERS} "
+                  f"threads: {floors['arrow']:.2f} s")  # fmt: skip
 
         def met(ok: bool) -> str:
             return "met" if ok else "NOT met"
 
-        print(f"target (issue 15, 3), D={args.dim}: <= 3 s: {ours:.2f} s, {met(ours <= 3)}; "
-              f"< 4 GB: {peak:.2f} GB, {met(peak < 4)}; >= 3x Feast's DuckDB call: "
-              f"{ratio:.2f}x, {met(ratio >= 3)}")  # fmt: skip
+        for fmt in formats:
+            ours, peak = seconds[f"duckdb-{fmt}"], peaks[f"duckdb-{fmt}"]
+            ratio = duck_s / ours
+            print(f"{fmt}: derm builder (ASOF join) / one raw Feast DuckDB call {ratio:,.2f}x; "
+                  f"/ derm builder via Feast {seconds['feast'] / ours:,.2f}x"
+                  + (f"; / file raw (per row) {args.rows / ours / file_rate:,.1f}x"
+                     if file_rate else ""))  # fmt: skip
+            print(f"target (issue 15, 3), D={args.dim}, {fmt} out: <= 3 s: {ours:.2f} s, "
+                  f"{met(ours <= 3)}; < 4 GB: {peak:.2f} GB, {met(peak < 4)}; >= 3x Feast's "
+                  f"DuckDB call: {ratio:.2f}x, {met(ratio >= 3)}")  # fmt: skip
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

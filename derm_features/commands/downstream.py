@@ -92,6 +92,13 @@ def downstream_cmd(
             "ones, as in the paper."
         ),
     ] = 1.0,
+    set_format: Annotated[
+        str,
+        typer.Option(
+            help="Files of the training sets: parquet, or arrow (Arrow IPC, uncompressed: "
+            "faster to write and memory-mapped on read, for large D)."
+        ),
+    ] = "parquet",
 ) -> None:
     """Train a downstream CTR or CVR model on point-in-time-correct Feast training sets.
 
@@ -139,6 +146,7 @@ def downstream_cmd(
             batch_size=batch_size or default_batch,
             patience=patience,
             sample_fraction=sample_fraction,
+            set_format=set_format,
             network=NetworkConfig(
                 projection_dim=projection_dim,
                 id_features=id_features,

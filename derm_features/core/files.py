@@ -28,7 +28,7 @@ def is_hidden(path: Path, root: Path) -> bool:
 
 def parquet_files(path: str | Path) -> list[Path]:
     """The data files of `path`: the file itself, or every ``*.parquet`` below a directory
-    (any depth, hidden names skipped), sorted by path.
+    (any depth, hidden names skipped), sorted by path (`data_files` with ``.parquet``).
 
     Returns [] for a directory without data files; raises FileNotFoundError when `path`
     does not exist (callers turn both into their own error naming what was expected).
@@ -41,9 +41,14 @@ def parquet_files(path: str | Path) -> list[Path]:
     >>> [str(p.relative_to(root)) for p in parquet_files(root)]
     ['ds=1/a.parquet']
     """
+    return data_files(path, ".parquet")
+
+
+def data_files(path: str | Path, suffix: str) -> list[Path]:
+    """`parquet_files` for files named ``*<suffix>`` (e.g. ``.arrow``: Arrow IPC files)."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    return sorted(p for p in path.rglob("*.parquet") if p.is_file() and not is_hidden(p, path))
+    return sorted(p for p in path.rglob(f"*{suffix}") if p.is_file() and not is_hidden(p, path))

@@ -264,7 +264,7 @@ def run_key(run, keys: tuple[str, ...]) -> str:
     settings = {
         f.name: getattr(run, f.name)
         for f in dataclasses.fields(run)
-        if f.name not in ("logs", "workdir", "embeddings", "seed", "threads")
+        if f.name not in ("logs", "workdir", "embeddings", "seed", "threads", "set_format")
     }
     # the task defaults a None setting stands for: a changed default is a changed setting
     settings |= {"_l2": (run.table_l2, run.matrix_l2, run.wide_part)}

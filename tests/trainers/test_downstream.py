@@ -181,6 +181,17 @@ def test_derm_downstream_rejects_unknown_embeddings(tmp_path):
     assert result.exit_code == 2 and "--embeddings" in result.output
 
 
+def test_derm_downstream_rejects_an_unknown_set_format(tmp_path):
+    args = [
+        "downstream", "--task", "ctr", "--logs", str(tmp_path),
+        "--train-start", "2026-01-01", "--train-end", "2026-01-03",
+        "--eval-start", "2026-01-04", "--eval-end", "2026-01-04", "--set-format", "csv",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "--set-format must be one of parquet, arrow, got 'csv'" in result.output
+
+
 @pytest.mark.slow
 def test_experiment_runner_end_to_end_on_a_tiny_log(applied_workdir):
     """generate -> upstream train/infer -> materialize -> Feast -> downstream, two seeds."""

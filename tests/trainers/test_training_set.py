@@ -239,6 +239,42 @@ def test_rows_keep_their_labels_and_features_after_feast_reorders(applied_workdi
     assert table.schema.field("ctr_user_embedding").type == pa.list_(pa.float32(), D)
 
 
+def test_an_arrow_set_holds_the_same_rows_as_a_parquet_one(applied_workdir, tmp_path):
+    """file_format="arrow" writes Arrow IPC files (memory-mapped on read) with the same
+    columns, types and rows as the Parquet set; the format is recorded in meta.json and
+    `dataset()` (what the downstream encoder reads in batches) reads either."""
+    t = dt.date(2024, 5, 2)
+    write_offline(
+        applied_workdir, "ctr", "user", [(u, t - dt.timedelta(days=1), vec(u)) for u in (1, 2)]
+    )
+    log = tmp_path / "logs"
+    for day in (t, t + dt.timedelta(days=1)):
+        write_log(log / f"ds={day}" / "part.parquet", [(1, 5, at(day, 1)), (3, 6, at(day, 2))])
+    sets = {
+        fmt: build_training_set(
+            TrainingSetConfig(
+                log,
+                applied_workdir.root,
+                t,
+                t + dt.timedelta(days=1),
+                ("ctr_user",),
+                name=fmt,
+                file_format=fmt,
+            )
+        )  # fmt: skip
+        for fmt in ("parquet", "arrow")
+    }
+    assert [p.suffix for p in sets["arrow"].files()] == [".arrow", ".arrow"]
+    assert sets["arrow"].meta["format"] == "arrow" and sets["parquet"].file_format == "parquet"
+    parquet, arrow = (sets[f].read() for f in ("parquet", "arrow"))
+    assert arrow.num_rows == 4 and arrow.equals(parquet)
+    assert arrow.column("has_ctr_user_embedding").to_pylist() == [1, 0, 1, 0]
+    batches = sets["arrow"].dataset().to_batches(columns=["ctr_user_embedding"], batch_size=3)
+    assert [b.num_rows for b in batches] == [2, 2]  # one record batch per day file
+    with pytest.raises(TrainingSetError, match="format must be one of parquet, arrow.*'csv'"):
+        TrainingSetConfig(log, applied_workdir.root, t, t, ("ctr_user",), file_format="csv")
+
+
 def test_no_embeddings_needs_no_feast(workdir, tmp_path):
     t = dt.date(2024, 1, 5)
     log = tmp_path / "log.parquet"

@@ -1,8 +1,9 @@
 """Point-in-time-correct training sets: ad logs joined with DERM embeddings through Feast.
 
 For every day of a range, the log rows of that day are joined with the chosen embedding
-views by `FeatureStore.get_historical_features` and written as Parquet under
-``<workdir>/training_sets/<name>/ds=<day>/``, with a ``meta.json`` beside the partitions.
+views by `FeatureStore.get_historical_features` and written as Parquet (or, with
+``file_format="arrow"``, as Arrow IPC files) under ``<workdir>/training_sets/<name>/ds=<day>/``,
+with a ``meta.json`` beside the partitions.
 
 The point-in-time cut. An event on day t looks its embeddings up at the first microsecond
 of day t, 00:00:00.000001 UTC (the ``event_timestamp`` Feast sees). Feast's as-of join
@@ -47,10 +48,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.feather as pafeather
 import pyarrow.parquet as pq
 
 from derm_features.core.arrays import fixed_size_list
-from derm_features.core.files import parquet_files
+from derm_features.core.files import data_files, parquet_files
 from derm_features.core.ids import hash_ids_to_int64
 from derm_features.core.spec import ENTITY_NAMES, DermSpec, feature_name, join_key, view_name
 from derm_features.core.workdir import Workdir
@@ -67,6 +69,11 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 META_FILE = "meta.json"
 # Days `build_training_set` writes at once (two: the 2-core machine it was tuned on).
 WRITERS = 2
+# File formats of a training set and their file names. Arrow IPC (Feather v2, uncompressed)
+# stores a vector column as its float32 buffer, where Parquet encodes a repetition and a
+# definition level per float: at D=256 the Parquet write is most of a build, and an Arrow
+# file is read back memory-mapped without a copy (BENCHMARKS.md, issue 15 target 3).
+FILE_FORMATS = {"parquet": ".parquet", "arrow": ".arrow"}
 
 
 class TrainingSetError(ValueError):
@@ -188,6 +195,7 @@ class TrainingSetConfig:
     # Days whose (entity, day) pairs go to Feast in one call: fewer calls (each one scans
     # the offline sources) against the memory of the pairs' embeddings.
     days_per_fetch: int = 7
+    file_format: str = "parquet"  # one of FILE_FORMATS
 
     @property
     def spec(self) -> DermSpec:
@@ -196,6 +204,11 @@ class TrainingSetConfig:
     def __post_init__(self) -> None:
         if self.end < self.start:
             raise TrainingSetError(f"the end day {self.end} is before the start day {self.start}")
+        if self.file_format not in FILE_FORMATS:
+            raise TrainingSetError(
+                f"training-set format must be one of {', '.join(FILE_FORMATS)}, "
+                f"got '{self.file_format}'"
+            )
         known = embedding_keys(self.spec)
         if self.embeddings is None:
             object.__setattr__(self, "embeddings", known)
@@ -228,8 +241,17 @@ class TrainingSet:
     def dim(self, key: str) -> int:
         return int(self.meta["embeddings"][key]["dim"])
 
+    @property
+    def file_format(self) -> str:
+        """``parquet`` or ``arrow`` (sets written before the format was recorded: Parquet)."""
+        return self.meta.get("format", "parquet")
+
+    def files(self) -> list[Path]:
+        """The set's data files, by day."""
+        return data_files(self.path, FILE_FORMATS[self.file_format])
+
     def dataset(self) -> pads.Dataset:
-        return pads.dataset([str(p) for p in parquet_files(self.path)], format="parquet")
+        return pads.dataset([str(p) for p in self.files()], format=self.file_format)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         return self.dataset().to_table(columns=columns)
@@ -247,6 +269,14 @@ def _parquet_options(table: pa.Table) -> dict:
         "use_dictionary": others,
         "write_statistics": others,
     }
+
+
+def write_day(table: pa.Table, path: Path, file_format: str) -> None:
+    """One day of a training set as `path` (a Parquet or an uncompressed Arrow IPC file)."""
+    if file_format == "arrow":
+        pafeather.write_feather(table, path, compression="uncompressed")
+    else:
+        pq.write_table(table, path, **_parquet_options(table))
 
 
 def open_training_set(path: Path) -> TrainingSet:
@@ -683,14 +713,8 @@ def build_training_set(
                 part.mkdir()
                 if len(pending) == WRITERS:
                     pending.popleft().result()
-                pending.append(
-                    writers.submit(
-                        pq.write_table,
-                        joined,
-                        part / "part-0.parquet",
-                        **_parquet_options(joined),
-                    )
-                )
+                name = f"part-0{FILE_FORMATS[cfg.file_format]}"
+                pending.append(writers.submit(write_day, joined, part / name, cfg.file_format))
                 rows_written += joined.num_rows
                 written_days.append(day.isoformat())
                 del rows, joined  # the writer holds the day until it is written
@@ -703,6 +727,7 @@ def build_training_set(
             "end": cfg.end.isoformat(),
             "days": written_days,
             "rows": rows_written,
+            "format": cfg.file_format,
             "embeddings": {
                 k: {"view": embedding_column(k), "dim": dims[k], "has": presence_column(k)}
                 for k in cfg.embeddings
