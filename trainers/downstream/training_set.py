@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.feather as pafeather
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from derm_features.core.arrays import fixed_size_list
@@ -251,7 +252,11 @@ class TrainingSet:
         return data_files(self.path, FILE_FORMATS[self.file_format])
 
     def dataset(self) -> pads.Dataset:
-        return pads.dataset([str(p) for p in self.files()], format=self.file_format)
+        """The set's files as one dataset, memory-mapped: an Arrow set's columns are read
+        without a copy (a set is only ever replaced whole, never truncated in place)."""
+        files = [str(p) for p in self.files()]
+        mapped = pafs.LocalFileSystem(use_mmap=True)
+        return pads.dataset(files, format=self.file_format, filesystem=mapped)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         return self.dataset().to_table(columns=columns)
