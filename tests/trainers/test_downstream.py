@@ -171,25 +171,22 @@ def test_derm_downstream_rejects_eval_days_inside_training(tmp_path):
     assert "--eval-start 2026-01-03 must come after --train-end" in result.output
 
 
-def test_derm_downstream_rejects_unknown_embeddings(tmp_path):
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--embeddings", "ctr_item", "--embeddings: unknown embedding(s) ['ctr_item']"),
+        ("--set-format", "csv", "--set-format must be one of parquet, arrow, got 'csv'"),
+    ],
+)
+def test_derm_downstream_rejects_a_bad_flag_by_name(tmp_path, flag, value, message):
     args = [
         "downstream", "--task", "cvr", "--logs", str(tmp_path),
         "--train-start", "2026-01-01", "--train-end", "2026-01-03",
-        "--eval-start", "2026-01-04", "--eval-end", "2026-01-04", "--embeddings", "ctr_item",
-    ]  # fmt: skip
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2 and "--embeddings" in result.output
-
-
-def test_derm_downstream_rejects_an_unknown_set_format(tmp_path):
-    args = [
-        "downstream", "--task", "ctr", "--logs", str(tmp_path),
-        "--train-start", "2026-01-01", "--train-end", "2026-01-03",
-        "--eval-start", "2026-01-04", "--eval-end", "2026-01-04", "--set-format", "csv",
+        "--eval-start", "2026-01-04", "--eval-end", "2026-01-04", flag, value,
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
-    assert "--set-format must be one of parquet, arrow, got 'csv'" in result.output
+    assert message in result.output
 
 
 @pytest.mark.slow
