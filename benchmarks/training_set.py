@@ -169,9 +169,9 @@ def write_bytes_alone(set_dir: Path, out_dir: Path) -> float:
     output format that stores the same vectors as float32."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from trainers.downstream.training_set import WRITERS
+    from trainers.downstream.training_set import WRITERS, open_training_set
 
-    data = [p.read_bytes() for p in sorted(set_dir.glob("ds=*/*")) if p.is_file()]
+    data = [p.read_bytes() for p in open_training_set(set_dir).files()]
     os.sync()
 
     def write(i: int) -> None:

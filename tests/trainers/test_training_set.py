@@ -261,7 +261,7 @@ def test_an_arrow_set_holds_the_same_rows_as_a_parquet_one(applied_workdir, tmp_
                 name=fmt,
                 file_format=fmt,
             )
-        )  # fmt: skip
+        )
         for fmt in ("parquet", "arrow")
     }
     assert [p.suffix for p in sets["arrow"].files()] == [".arrow", ".arrow"]

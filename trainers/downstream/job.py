@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from derm_features.core.workdir import Workdir
 from trainers.downstream.models import NetworkConfig
 from trainers.downstream.training_set import (
-    FILE_FORMATS,
     TrainingSet,
     TrainingSetConfig,
     TrainingSetError,
     build_training_set,
+    check_file_format,
     embedding_view,
 )
 
@@ -92,7 +92,7 @@ class DownstreamConfig:
     # threads spin-wait and a step gets many times slower (measured here: 13x at 2 threads).
     threads: int = 1
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    set_format: str = "parquet"  # the training sets' files (training_set.FILE_FORMATS)
+    set_format: str = "parquet"  # the training sets' files: training_set.FILE_FORMATS
 
     def __post_init__(self) -> None:
         from trainers.downstream.data import TASKS
@@ -130,10 +130,7 @@ class DownstreamConfig:
         ):
             if value is not None and not value >= 0:
                 raise TrainingSetError(f"{name} must be >= 0, got {value}")
-        if self.set_format not in FILE_FORMATS:
-            raise TrainingSetError(
-                f"--set-format must be one of {', '.join(FILE_FORMATS)}, got '{self.set_format}'"
-            )
+        check_file_format(self.set_format, "--set-format")
         if not 0 < self.sample_fraction <= 1:
             raise TrainingSetError(
                 f"--sample-fraction must be in (0, 1], got {self.sample_fraction}"

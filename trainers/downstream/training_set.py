@@ -81,6 +81,12 @@ class TrainingSetError(ValueError):
     """Bad input to the training-set builder; the message names the flag, file or column."""
 
 
+def check_file_format(value: str, flag: str) -> None:
+    """Raises TrainingSetError naming `flag` unless `value` is one of FILE_FORMATS."""
+    if value not in FILE_FORMATS:
+        raise TrainingSetError(f"{flag} must be one of {', '.join(FILE_FORMATS)}, got '{value}'")
+
+
 def embedding_view(key: str) -> tuple[str, str, str]:
     """``"ctr_user"`` -> ``("ctr", "user", "ctr_user_embedding")``.
 
@@ -205,11 +211,7 @@ class TrainingSetConfig:
     def __post_init__(self) -> None:
         if self.end < self.start:
             raise TrainingSetError(f"the end day {self.end} is before the start day {self.start}")
-        if self.file_format not in FILE_FORMATS:
-            raise TrainingSetError(
-                f"training-set format must be one of {', '.join(FILE_FORMATS)}, "
-                f"got '{self.file_format}'"
-            )
+        check_file_format(self.file_format, "training-set format")
         known = embedding_keys(self.spec)
         if self.embeddings is None:
             object.__setattr__(self, "embeddings", known)
