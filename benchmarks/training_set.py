@@ -157,7 +157,7 @@ def write_alone(set_dir: Path, out_dir: Path) -> float:
     for i, file in enumerate(parquet_files(set_dir)):
         table = pq.read_table(file)
         t0 = time.perf_counter()
-        pq.write_table(table, out_dir / f"{i}.parquet", **_parquet_options(table))
+        pq.write_table(table, out_dir / f"{i}.parquet", **_parquet_options(table.schema))
         seconds += time.perf_counter() - t0
         del table
     return seconds

@@ -209,9 +209,13 @@ def test_a_value_stamped_exactly_ttl_before_the_cut_is_still_seen(
     assert table.column("has_ctr_user_embedding").to_pylist() == [1, 0]
 
 
-def test_rows_keep_their_labels_and_features_after_feast_reorders(applied_workdir, tmp_path):
-    """Many users on one day: every row's embedding must be its own user's (Feast's DuckDB
-    store returns rows in its own order; the builder re-keys them)."""
+@pytest.mark.parametrize(("file_format", "batch_rows"), [("parquet", 65_536), ("arrow", 7)])
+def test_rows_keep_their_labels_and_features_after_feast_reorders(
+    applied_workdir, tmp_path, file_format, batch_rows
+):
+    """Many users on one day: every row's embedding must be its own user's and its Pin's
+    (Feast's DuckDB store returns rows in its own order; the builder re-keys them), also
+    when a day is gathered and written in batches of `batch_rows` rows."""
     t = dt.date(2024, 5, 2)
     users = list(range(100, 160))
     write_offline(
@@ -220,14 +224,18 @@ def test_rows_keep_their_labels_and_features_after_feast_reorders(applied_workdi
         "user",
         [(u, t - dt.timedelta(days=1), vec(float(u))) for u in users],
     )
+    write_offline(
+        applied_workdir, "ctr", "pin", [(p, t - dt.timedelta(days=1), vec(-p)) for p in (1, 3)]
+    )
     events = [(u, u % 5, at(t, u % 24)) for u in reversed(users)] + [(999, 1, at(t, 3))]
     log = tmp_path / "logs" / "ds=2024-05-02" / "part.parquet"
     write_log(log, events)
     cfg = TrainingSetConfig(
         logs=log.parent.parent, workdir=applied_workdir.root, start=t, end=t,
-        embeddings=("ctr_user",),
+        embeddings=("ctr_user", "ctr_pin"), file_format=file_format, batch_rows=batch_rows,
     )  # fmt: skip
-    table = build_training_set(cfg).read()
+    built = build_training_set(cfg)
+    table = built.read()
     assert table.num_rows == len(events)
     user = table.column("user_id").to_numpy()
     emb = np.stack(table.column("ctr_user_embedding").to_numpy(zero_copy_only=False))
@@ -237,6 +245,14 @@ def test_rows_keep_their_labels_and_features_after_feast_reorders(applied_workdi
     assert has[known].all() and not has[~known].any()
     assert (emb[~known] == 0).all()
     assert table.schema.field("ctr_user_embedding").type == pa.list_(pa.float32(), D)
+    pin = table.column("pin_id").to_numpy()
+    pin_emb = np.stack(table.column("ctr_pin_embedding").to_numpy(zero_copy_only=False))
+    found = np.isin(pin, (1, 3))
+    np.testing.assert_array_equal(pin_emb[found, 0], -pin[found].astype(np.float32))
+    assert (pin_emb[~found] == 0).all()
+    assert (table.column("has_ctr_pin_embedding").to_numpy() == found).all()
+    batches = [b.num_rows for b in built.dataset().to_batches(columns=["user_id"])]
+    assert batches == ([61] if batch_rows > 61 else [7] * 8 + [5])
 
 
 def test_an_arrow_set_holds_the_same_rows_as_a_parquet_one(applied_workdir, tmp_path):
@@ -273,6 +289,8 @@ def test_an_arrow_set_holds_the_same_rows_as_a_parquet_one(applied_workdir, tmp_
     assert [b.num_rows for b in batches] == [2, 2]  # one record batch per day file
     with pytest.raises(TrainingSetError, match="format must be one of parquet, arrow.*'csv'"):
         TrainingSetConfig(log, applied_workdir.root, t, t, ("ctr_user",), file_format="csv")
+    with pytest.raises(TrainingSetError, match="batch_rows must be at least 1, got 0"):
+        TrainingSetConfig(log, applied_workdir.root, t, t, ("ctr_user",), batch_rows=0)
 
 
 def test_no_embeddings_needs_no_feast(workdir, tmp_path):

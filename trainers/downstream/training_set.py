@@ -25,13 +25,14 @@ and once for the distinct (Pin, day) pairs (Pin views); the results are joined b
 rows on (day, id). Labels and the log's own features never go through pandas: they stay
 Arrow columns and are written as read, so list columns (recent Pins, content embeddings)
 are never pandas object columns, and a day's rows are held in memory only until that day
-is written (at most `WRITERS` + 1 days at a time).
+is written (at most `WRITERS` + 1 days at a time); its vectors never are, whole.
 
 Where the time goes (1M rows x 4 views, `benchmarks/training_set.py`). With derm's own
 join (`asof_embeddings`) the join is a small share: encoding and writing the set's Parquet
 is most of it, and grows with D (at D=256 the set is 4 GB of vectors). So the join carries
 row numbers rather than vectors, each output column is gathered once straight from the
-offline rows as read, and days are written on `WRITERS` threads while the next is joined.
+offline rows as read, a batch of rows at a time into buffers its writer reuses, and days
+are written on `WRITERS` threads while the next is read.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.feather as pafeather
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -203,6 +203,11 @@ class TrainingSetConfig:
     # the offline sources) against the memory of the pairs' embeddings.
     days_per_fetch: int = 7
     file_format: str = "parquet"  # one of FILE_FORMATS
+    # Rows of a file's record batches (Parquet row groups). A writer gathers a batch's
+    # vectors into buffers it reuses, just before writing them: a day's vectors are never
+    # held whole (at D=256, 1M rows x 4 views is 4 GB), nor taken fresh from the OS (and
+    # page-faulted in) day after day (BENCHMARKS.md, issue 15 target 3).
+    batch_rows: int = 65_536
 
     @property
     def spec(self) -> DermSpec:
@@ -212,6 +217,8 @@ class TrainingSetConfig:
         if self.end < self.start:
             raise TrainingSetError(f"the end day {self.end} is before the start day {self.start}")
         check_file_format(self.file_format, "training-set format")
+        if self.batch_rows < 1:
+            raise TrainingSetError(f"batch_rows must be at least 1, got {self.batch_rows}")
         known = embedding_keys(self.spec)
         if self.embeddings is None:
             object.__setattr__(self, "embeddings", known)
@@ -264,26 +271,39 @@ class TrainingSet:
         return self.dataset().to_table(columns=columns)
 
 
-def _parquet_options(table: pa.Table) -> dict:
+def _parquet_options(schema: pa.Schema) -> dict:
     """Vectors neither compress (snappy saves ~2 % on float32) nor dictionary-encode, so
     both only cost time on the embedding columns; the log's own columns keep the defaults."""
-    vectors = [f.name for f in table.schema if pa.types.is_fixed_size_list(f.type)]
-    others = [name for name in table.column_names if name not in vectors]
+    vectors = [f.name for f in schema if pa.types.is_fixed_size_list(f.type)]
+    others = [name for name in schema.names if name not in vectors]
     return {
-        "compression": {
-            name: "none" if name in vectors else "snappy" for name in table.column_names
-        },
+        "compression": {name: "none" if name in vectors else "snappy" for name in schema.names},
         "use_dictionary": others,
         "write_statistics": others,
     }
 
 
-def write_day(table: pa.Table, path: Path, file_format: str) -> None:
-    """One day of a training set as `path` (a Parquet or an uncompressed Arrow IPC file)."""
-    if file_format == "arrow":
-        pafeather.write_feather(table, path, compression="uncompressed")
-    else:
-        pq.write_table(table, path, **_parquet_options(table))
+class DayFile:
+    """One day of a training set written batch by batch as `path`: a Parquet file (a row
+    group per batch) or an uncompressed Arrow IPC file (Feather v2, a record batch per
+    batch). Opened on the first batch, whose schema every later one must share; `close`
+    finishes the file."""
+
+    def __init__(self, path: Path, file_format: str) -> None:
+        self.path, self.file_format, self._writer = path, file_format, None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            if self.file_format == "arrow":
+                self._writer = pa.ipc.new_file(str(self.path), table.schema)
+            else:
+                options = _parquet_options(table.schema)
+                self._writer = pq.ParquetWriter(self.path, table.schema, **options)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def open_training_set(path: Path) -> TrainingSet:
@@ -326,18 +346,46 @@ class Lookup:
         lo, hi = np.searchsorted(self.cuts, [cut_micros(day), cut_micros(day) + 1])
         return lo + np.searchsorted(self.ids[lo:hi], row_ids)
 
-    def gather(self, key: str, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def gather(
+        self, key: str, pairs: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The vectors of `pairs` ([n] pair indices): ([n, D] float32, zeros where there is
-        none; [n] bool, whether there is one). One pass over the output bytes."""
+        none; [n] bool, whether there is one). One pass over the output bytes.
+
+        `out`: an [n, D] float32 C-contiguous matrix to write them into (and return), e.g.
+        one of `OutputBuffers`; None allocates one.
+        """
         source, rows = self.vectors[key], self.rows[key][pairs]
         present = rows >= 0
+        if out is None:
+            out = np.empty((len(pairs), source.shape[1]), np.float32)
         if not len(source):  # nothing to point into: every row is absent
-            return np.zeros((len(pairs), source.shape[1]), np.float32), present
-        # -1 reads the last row (numpy wraps); those rows are zeroed just after
-        out = np.take(source, rows, axis=0)
+            out[:] = 0.0
+            return out, present
+        # mode="clip": the default buffers `out` (2x slower); -1 reads row 0, zeroed just after
+        np.take(source, rows, axis=0, out=out, mode="clip")
         if not present.all():
             out[~present] = 0.0
         return out, present
+
+
+class OutputBuffers:
+    """Float32 matrices one writer gathers a batch's vectors into, batch after batch.
+
+    Memory freshly taken from the OS is page-faulted in on first write; a buffer kept
+    from batch to batch pays that once (`TrainingSetConfig.batch_rows`). Each grows to the
+    largest batch.
+    """
+
+    def __init__(self) -> None:
+        self._matrices: dict[str, np.ndarray] = {}
+
+    def matrix(self, key: str, rows: int, dim: int) -> np.ndarray:
+        """An [rows, D] float32 C-contiguous view of `key`'s buffer (contents undefined)."""
+        held = self._matrices.get(key)
+        if held is None or held.shape[0] < rows or held.shape[1] != dim:
+            held = self._matrices[key] = np.empty((rows, dim), np.float32)
+        return held[:rows]
 
 
 def fetch_embeddings(
@@ -411,7 +459,8 @@ def used_vectors(values: pa.ChunkedArray, used: np.ndarray, dim: int) -> np.ndar
     for chunk in values.chunks:
         lo, hi = np.searchsorted(used, [start, start + len(chunk)])
         if hi > lo:
-            np.take(chunk_matrix(chunk, dim), used[lo:hi] - start, axis=0, out=out[lo:hi])
+            rows = used[lo:hi] - start  # in range; "clip" as the default mode buffers `out`
+            np.take(chunk_matrix(chunk, dim), rows, axis=0, out=out[lo:hi], mode="clip")
         start += len(chunk)
     return out
 
@@ -523,18 +572,59 @@ def distinct_pairs(
     return np.concatenate(cuts), np.concatenate(uniques), known
 
 
-def join_day(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> pa.Table:
-    """One day's log rows plus, per embedding key, its column and has_ indicator."""
+def join_batch(
+    rows: pa.Table,
+    day: dt.date,
+    lookups: dict[str, Lookup],
+    pairs: dict[str, np.ndarray],
+    buffers: OutputBuffers | None = None,
+) -> pa.Table:
+    """Log rows of `day` plus, per embedding key, its column and has_ indicator.
+
+    pairs: entity -> [n] each row's pair index in `lookups[entity]` (`Lookup.rows_of`).
+    With `buffers`, the vector columns wrap its matrices (valid until they are reused).
+    """
     columns = {"event_timestamp": pa.array(np.full(rows.num_rows, cut_micros(day))).cast(TIMESTAMP)}
     for entity, lookup in lookups.items():
-        pairs = lookup.rows_of(day, hash_ids_to_int64(rows.column(join_key(entity))))
         for k in lookup.rows:
-            matrix, present = lookup.gather(k, pairs)
+            dim = lookup.vectors[k].shape[1]
+            out = buffers.matrix(k, rows.num_rows, dim) if buffers is not None else None
+            matrix, present = lookup.gather(k, pairs[entity], out)
             columns[embedding_column(k)] = fixed_size_list(matrix)
             columns[presence_column(k)] = pa.array(present.astype(np.int8))
     for name, values in columns.items():
         rows = rows.append_column(name, values)
     return rows
+
+
+def day_pairs(rows: pa.Table, day: dt.date, lookups: dict[str, Lookup]) -> dict[str, np.ndarray]:
+    """entity -> [n] the pair index of each of the day's rows in that entity's `Lookup`."""
+    return {
+        entity: lookup.rows_of(day, hash_ids_to_int64(rows.column(join_key(entity))))
+        for entity, lookup in lookups.items()
+    }
+
+
+def join_and_write_day(
+    rows: pa.Table,
+    day: dt.date,
+    lookups: dict[str, Lookup],
+    path: Path,
+    file_format: str,
+    buffers: OutputBuffers,
+    batch_rows: int,
+) -> None:
+    """One day of a training set joined and written `batch_rows` rows at a time, each
+    batch's vectors gathered into `buffers` just before it is written
+    (`TrainingSetConfig.batch_rows`)."""
+    pairs = day_pairs(rows, day, lookups)
+    day_file = DayFile(path, file_format)
+    try:
+        for lo in range(0, rows.num_rows, batch_rows):
+            batch = {entity: index[lo : lo + batch_rows] for entity, index in pairs.items()}
+            day_file.write(join_batch(rows.slice(lo, batch_rows), day, lookups, batch, buffers))
+    finally:
+        day_file.close()
 
 
 BACKENDS = ("auto", "duckdb", "feast")
@@ -686,8 +776,9 @@ def build_training_set(
 
     `store` is a feast.FeatureStore to join through (default: none, see `embedding_fetcher`
     for `backend`). `progress` wraps the iterator over chunks of days (e.g. tqdm); None
-    shows nothing. Memory: the offline vectors some event of a chunk sees, plus up to
-    `WRITERS` + 1 joined days (a day of n rows holds n x D x 4 bytes per embedding).
+    shows nothing. Memory: the offline vectors some event of a chunk sees, up to
+    `WRITERS` + 1 days of log rows, and per writer one batch of vectors (`batch_rows` x D
+    x 4 bytes per embedding).
     """
     from derm_features.core.atomic import atomic_dir, write_text_atomic
     from derm_features.core.logs import open_log
@@ -706,27 +797,34 @@ def build_training_set(
     chunks = [days[i : i + cfg.days_per_fetch] for i in range(0, len(days), cfg.days_per_fetch)]
     rows_written = 0
     written_days = []
-    # Encoding the Parquet is most of the work (its list levels cost more than the join), and
-    # pyarrow writes a file on one thread without the GIL: days are written by WRITERS
-    # threads while the next day is joined. At most WRITERS joined days wait in memory.
+    # Gathering the vectors and encoding and writing them is most of the work: it runs on
+    # WRITERS threads (numpy's take and pyarrow's writers release the GIL) while the next
+    # day's log rows are read. Each writer thread owns one OutputBuffers.
+    free = [OutputBuffers() for _ in range(WRITERS)]
     with atomic_dir(cfg.output_dir()) as tmp, ThreadPoolExecutor(WRITERS) as writers:
-        pending: deque[Future] = deque()
+        pending: deque[tuple[Future, OutputBuffers]] = deque()
         for chunk in progress(chunks) if progress else chunks:
             lookups = fetch_chunk(log, fetch, cfg.embeddings, dims, chunk) if cfg.embeddings else {}
             for day in chunk:
                 rows = log.scanner(day, day).to_table()
-                joined = join_day(rows, day, lookups)
                 part = tmp / f"ds={day.isoformat()}"
                 part.mkdir()
                 if len(pending) == WRITERS:
-                    pending.popleft().result()
-                name = f"part-0{FILE_FORMATS[cfg.file_format]}"
-                pending.append(writers.submit(write_day, joined, part / name, cfg.file_format))
-                rows_written += joined.num_rows
+                    done, buffers = pending.popleft()
+                    done.result()
+                    free.append(buffers)
+                path = part / f"part-0{FILE_FORMATS[cfg.file_format]}"
+                buffers = free.pop()
+                done = writers.submit(
+                    join_and_write_day,
+                    *(rows, day, lookups, path, cfg.file_format, buffers, cfg.batch_rows),
+                )
+                pending.append((done, buffers))
+                rows_written += rows.num_rows
                 written_days.append(day.isoformat())
-                del rows, joined  # the writer holds the day until it is written
+                del rows  # the writer holds the day until it is written
         while pending:
-            pending.popleft().result()
+            pending.popleft()[0].result()
         meta = {
             "logs": str(Path(cfg.logs).resolve()),
             "schema": log.schema.to_dict(),
