@@ -18,6 +18,34 @@ from derm_features.commands.options import ConfigOption, WorkdirOption, settings
 
 # prometheus_client's (values and the scrape-time collector) and the older name Feast reads
 METRICS_DIR_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+# A service's metrics directory in the temp dir: derm-serve-metrics-<pid>-<random>
+METRICS_DIR_PREFIX = "derm-serve-metrics-"
+
+
+def remove_stale_metrics_dirs(root: Path | None = None) -> list[Path]:
+    """Removes the metrics directories of `derm serve` processes that are gone; returns them.
+
+    A service removes its directory when it stops, but one killed first (SIGKILL, or
+    SIGTERM while it still imports) cannot, and under a supervisor that restarts it they
+    would pile up. Each name carries its service's pid; a directory whose pid is alive (or
+    belongs to another user) is kept. root: where to look (default: the temp dir).
+    """
+    import shutil
+
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = path.name[len(METRICS_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except (PermissionError, OverflowError):
+            pass  # alive under another user, or no pid at all: not ours to judge
+    return removed
+
 
 ModelOption = Annotated[
     str, typer.Option("--model", help="Upstream model whose embeddings to use: ctr or cvr.")
@@ -238,7 +266,8 @@ def serve_cmd(
         # points it at a directory of its own, or at one inherited from a parent process.
         # The command starts again (same pid) with a fresh directory of the service's own
         # rather than write os.environ; --metrics-dir marks the second start.
-        directory = tempfile.mkdtemp(prefix="derm-serve-metrics-")
+        remove_stale_metrics_dirs()
+        directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         argv = [sys.executable, "-m", "derm_features.cli", "serve", "--metrics-dir", directory]
         argv += ["--workdir", str(workdir)] if workdir else []
         argv += ["--config", str(config)] if config else []

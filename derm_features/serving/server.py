@@ -438,39 +438,38 @@ def run(config: ServeConfig, metrics_dir_to_remove: str | None = None) -> None:
     `metrics_dir_to_remove`: that directory is removed when the service stops.
     """
     import shutil
+    import signal
 
     from derm_features.serving.metrics import MULTIPROC_ENV, multiprocess
 
     owner = os.getpid()
+    # SIGTERM while the indexes load, and uvicorn's re-raised SIGTERM after its graceful
+    # shutdown, would end the process before `finally`; this handler makes either an
+    # ordinary exit (status 0). gunicorn's arbiter installs handlers of its own.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if config.workers > 1 and not multiprocess():
             raise RuntimeError(f"{config.workers} workers need {MULTIPROC_ENV} set")
         services = open_services(config)  # fails here, before binding, on a missing registry
         app = create_app(config, services)
         if config.workers == 1:
-            import signal
-
             import uvicorn
 
-            # uvicorn re-raises SIGTERM after its graceful shutdown, which would end the
-            # process before `finally`; this handler makes it an ordinary exit (status 0).
-            previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            try:
-                uvicorn.run(
-                    app,
-                    host=config.host,
-                    port=config.port,
-                    access_log=config.access_log,
-                    log_level="info",
-                    timeout_graceful_shutdown=5,
-                )
-            finally:
-                signal.signal(signal.SIGTERM, previous)
+            uvicorn.run(
+                app,
+                host=config.host,
+                port=config.port,
+                access_log=config.access_log,
+                log_level="info",
+                timeout_graceful_shutdown=5,
+            )
         else:
             _run_gunicorn(app, config)
     finally:
-        if metrics_dir_to_remove and os.getpid() == owner:  # forked workers exit through here
-            shutil.rmtree(metrics_dir_to_remove, ignore_errors=True)
+        if os.getpid() == owner:  # forked workers exit through here
+            signal.signal(signal.SIGTERM, previous)
+            if metrics_dir_to_remove:
+                shutil.rmtree(metrics_dir_to_remove, ignore_errors=True)
 
 
 def _run_gunicorn(app: FastAPI, config: ServeConfig) -> None:

@@ -23,6 +23,7 @@ from materialize_helpers import VERSION, daily_table, unit_rows, write_daily
 from typer.testing import CliRunner
 
 from derm_features.cli import app as cli_app
+from derm_features.commands.serving import METRICS_DIR_PREFIX, remove_stale_metrics_dirs
 from derm_features.core.workdir import Workdir
 from derm_features.serving.ann import IndexConfig, PinIndex, build_index
 from derm_features.serving.server import MAX_IDS, ServeConfig, Services, create_app
@@ -451,6 +452,7 @@ def test_derm_serve_process_answers_sums_its_workers_metrics_and_cleans_up(serve
         assert len(master.children()) == expected
         metrics_dir = master.environ()["PROMETHEUS_MULTIPROC_DIR"]  # as it re-executed
         assert os.path.isdir(metrics_dir) and metrics_dir != env["PROMETHEUS_MULTIPROC_DIR"]
+        assert os.path.basename(metrics_dir).startswith(f"{METRICS_DIR_PREFIX}{process.pid}-")
 
         read = {"user_ids": [3], "views": ["ctr_user_embedding"]}
         for _ in range(20):
@@ -471,3 +473,24 @@ def test_derm_serve_process_answers_sums_its_workers_metrics_and_cleans_up(serve
     assert process.returncode == 0, output[-3000:]
     assert not os.path.exists(metrics_dir)  # the directory it made for itself is gone
     assert PASSWORD not in output
+
+
+def test_metrics_directories_of_services_that_are_gone_are_removed(tmp_path):
+    """A service killed before it could clean up leaves derm-serve-metrics-<pid>-<random> in
+    the temp dir; the next `derm serve` removes those whose process is gone, and keeps a live
+    service's, one named before pids were in the name, and anything else."""
+    import os
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{METRICS_DIR_PREFIX}{gone.pid}-a1b2"
+    stale.mkdir()
+    (stale / "counter_1234.db").write_bytes(b"x")
+    live = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-c3d4"
+    old_style = tmp_path / f"{METRICS_DIR_PREFIX}k2j4h5x9"
+    other = tmp_path / "someone-elses-12-dir"
+    for path in (live, old_style, other):
+        path.mkdir()
+    assert remove_stale_metrics_dirs(tmp_path) == [stale]
+    assert not stale.exists() and live.is_dir() and old_style.is_dir() and other.is_dir()
