@@ -228,10 +228,11 @@ def test_rows_keep_their_labels_and_features_after_feast_reorders(
         applied_workdir, "ctr", "pin", [(p, t - dt.timedelta(days=1), vec(-p)) for p in (1, 3)]
     )
     events = [(u, u % 5, at(t, u % 24)) for u in reversed(users)] + [(999, 1, at(t, 3))]
-    log = tmp_path / "logs" / "ds=2024-05-02" / "part.parquet"
-    write_log(log, events)
+    day_dir = tmp_path / "logs" / "ds=2024-05-02"
+    write_log(day_dir / "part-0.parquet", events[:30])  # two files: a batch spans both
+    write_log(day_dir / "part-1.parquet", events[30:])
     cfg = TrainingSetConfig(
-        logs=log.parent.parent, workdir=applied_workdir.root, start=t, end=t,
+        logs=day_dir.parent, workdir=applied_workdir.root, start=t, end=t,
         embeddings=("ctr_user", "ctr_pin"), file_format=file_format, batch_rows=batch_rows,
     )  # fmt: skip
     built = build_training_set(cfg)

@@ -622,7 +622,9 @@ def join_and_write_day(
     try:
         for lo in range(0, rows.num_rows, batch_rows):
             batch = {entity: index[lo : lo + batch_rows] for entity, index in pairs.items()}
-            day_file.write(join_batch(rows.slice(lo, batch_rows), day, lookups, batch, buffers))
+            # one chunk per column (the log's columns may arrive in several): one record batch
+            part = rows.slice(lo, batch_rows).combine_chunks()
+            day_file.write(join_batch(part, day, lookups, batch, buffers))
     finally:
         day_file.close()
 
