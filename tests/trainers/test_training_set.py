@@ -235,7 +235,9 @@ def test_rows_keep_their_labels_and_features_after_feast_reorders(
         logs=day_dir.parent, workdir=applied_workdir.root, start=t, end=t,
         embeddings=("ctr_user", "ctr_pin"), file_format=file_format, batch_rows=batch_rows,
     )  # fmt: skip
-    built = build_training_set(cfg)
+    shown = []
+    built = build_training_set(cfg, progress=lambda days: (shown.append(d) or d for d in days))
+    assert shown == [t]  # the progress callable sees the days themselves
     table = built.read()
     assert table.num_rows == len(events)
     user = table.column("user_id").to_numpy()
@@ -267,6 +269,7 @@ def test_an_arrow_set_holds_the_same_rows_as_a_parquet_one(applied_workdir, tmp_
     log = tmp_path / "logs"
     for day in (t, t + dt.timedelta(days=1)):
         write_log(log / f"ds={day}" / "part.parquet", [(1, 5, at(day, 1)), (3, 6, at(day, 2))])
+    shown = []
     sets = {
         fmt: build_training_set(
             TrainingSetConfig(
@@ -277,10 +280,13 @@ def test_an_arrow_set_holds_the_same_rows_as_a_parquet_one(applied_workdir, tmp_
                 ("ctr_user",),
                 name=fmt,
                 file_format=fmt,
-            )
+                days_per_fetch=days_per_fetch,  # the arrow set: one join per day
+            ),
+            progress=lambda days: (shown.append(d) or d for d in days),
         )
-        for fmt in ("parquet", "arrow")
+        for fmt, days_per_fetch in (("parquet", 7), ("arrow", 1))
     }
+    assert shown == [t, t + dt.timedelta(days=1)] * 2
     assert [p.suffix for p in sets["arrow"].files()] == [".arrow", ".arrow"]
     assert sets["arrow"].meta["format"] == "arrow" and sets["parquet"].file_format == "parquet"
     parquet, arrow = (sets[f].read() for f in ("parquet", "arrow"))

@@ -777,7 +777,8 @@ def build_training_set(
     """Builds (or rebuilds, atomically) the training set of `cfg`; returns it.
 
     `store` is a feast.FeatureStore to join through (default: none, see `embedding_fetcher`
-    for `backend`). `progress` wraps the iterator over chunks of days (e.g. tqdm); None
+    for `backend`). `progress` wraps the iterator over the days that have rows (e.g.
+    tqdm; a day counts once it is joined, up to `WRITERS` days before it is written); None
     shows nothing. Memory: the offline vectors some event of a chunk sees, up to
     `WRITERS` + 1 days of log rows, and per writer one batch of vectors (`batch_rows` x D
     x 4 bytes per embedding).
@@ -796,7 +797,6 @@ def build_training_set(
     ]
     if not days:
         raise TrainingSetError(f"{cfg.logs} holds no impressions between {cfg.start} and {cfg.end}")
-    chunks = [days[i : i + cfg.days_per_fetch] for i in range(0, len(days), cfg.days_per_fetch)]
     rows_written = 0
     written_days = []
     # Gathering the vectors and encoding and writing them is most of the work: it runs on
@@ -805,26 +805,27 @@ def build_training_set(
     free = [OutputBuffers() for _ in range(WRITERS)]
     with atomic_dir(cfg.output_dir()) as tmp, ThreadPoolExecutor(WRITERS) as writers:
         pending: deque[tuple[Future, OutputBuffers]] = deque()
-        for chunk in progress(chunks) if progress else chunks:
-            lookups = fetch_chunk(log, fetch, cfg.embeddings, dims, chunk) if cfg.embeddings else {}
-            for day in chunk:
-                rows = log.scanner(day, day).to_table()
-                part = tmp / f"ds={day.isoformat()}"
-                part.mkdir()
-                if len(pending) == WRITERS:
-                    done, buffers = pending.popleft()
-                    done.result()
-                    free.append(buffers)
-                path = part / f"part-0{FILE_FORMATS[cfg.file_format]}"
-                buffers = free.pop()
-                done = writers.submit(
-                    join_and_write_day,
-                    *(rows, day, lookups, path, cfg.file_format, buffers, cfg.batch_rows),
-                )
-                pending.append((done, buffers))
-                rows_written += rows.num_rows
-                written_days.append(day.isoformat())
-                del rows  # the writer holds the day until it is written
+        for i, day in enumerate(progress(days) if progress else days):
+            if i % cfg.days_per_fetch == 0:  # the first day of a chunk: its embeddings
+                chunk = days[i : i + cfg.days_per_fetch]
+                lookups = fetch_chunk(log, fetch, cfg.embeddings, dims, chunk) if fetch else {}
+            rows = log.scanner(day, day).to_table()
+            part = tmp / f"ds={day.isoformat()}"
+            part.mkdir()
+            if len(pending) == WRITERS:
+                done, buffers = pending.popleft()
+                done.result()
+                free.append(buffers)
+            path = part / f"part-0{FILE_FORMATS[cfg.file_format]}"
+            buffers = free.pop()
+            done = writers.submit(
+                join_and_write_day,
+                *(rows, day, lookups, path, cfg.file_format, buffers, cfg.batch_rows),
+            )
+            pending.append((done, buffers))
+            rows_written += rows.num_rows
+            written_days.append(day.isoformat())
+            del rows  # the writer holds the day until it is written
         while pending:
             pending.popleft()[0].result()
         meta = {
