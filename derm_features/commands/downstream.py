@@ -15,6 +15,7 @@ import typer
 
 from derm_features.commands.options import (
     ConfigOption,
+    PlainWorkdirOption,
     WorkdirOption,
     fail,
     parse_day_option,
@@ -189,7 +190,7 @@ def experiment_cmd(
             "seed-mean lift are reported)."
         ),
     ] = 5,
-    workdir: WorkdirOption = None,
+    workdir: PlainWorkdirOption = None,
     users: Annotated[
         int | None, typer.Option(help="Generated log: users [default: the demo's, 20,000].")
     ] = None,

@@ -113,6 +113,13 @@ def materialize_cmd(
         config, workdir, heuristic=heuristic, w=w, ttl_days=ttl_days, engine=engine,
         online=online, renormalize=renormalize,
     )  # fmt: skip
+    if not settings.workdir.root.is_dir():  # before the lock file would create it
+        from derm_features.commands.options import fail
+
+        raise fail(
+            f"--workdir {settings.workdir.root}: no such work directory (the day's tower "
+            "outputs are read from it)"
+        )
     from tqdm import tqdm  # heavier imports once the settings are checked
 
     from materialize.health import format_metrics

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from derm_features.commands.options import WorkdirOption
+from derm_features.commands.options import PlainWorkdirOption
 
 
 def convert_obd_cmd(
@@ -28,7 +28,7 @@ def convert_obd_cmd(
             show_default=False,
         ),
     ] = None,
-    workdir: WorkdirOption = None,
+    workdir: PlainWorkdirOption = None,
     sample: Annotated[
         int | None,
         typer.Option(

@@ -20,6 +20,16 @@ WorkdirOption = Annotated[
         show_default=False,
     ),
 ]
+# demo, experiment and convert-obd run on the default spec and never read derm.yaml
+PlainWorkdirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--workdir",
+        help="Work directory for every artifact of a run (default: $DERM_WORKDIR, else "
+        "./data; this command does not read derm.yaml).",
+        show_default=False,
+    ),
+]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(

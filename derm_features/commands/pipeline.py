@@ -12,6 +12,7 @@ import typer
 from derm_features.commands.options import (
     ConfigOption,
     LogsOption,
+    PlainWorkdirOption,
     ProgressOption,
     WorkdirOption,
     run_or_exit,
@@ -339,7 +340,7 @@ def report_cmd(workdir: WorkdirOption = None, config: ConfigOption = None) -> No
 
 
 def demo_cmd(
-    workdir: WorkdirOption = None,
+    workdir: PlainWorkdirOption = None,
     days: Annotated[int, typer.Option("--days", help="Days of generated log.")] = 14,
     users: Annotated[int, typer.Option("--users", help="Users in the generated world.")] = 20_000,
     pins: Annotated[int, typer.Option("--pins", help="Pins in the generated world.")] = 5_000,

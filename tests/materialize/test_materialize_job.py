@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from materialize_helpers import DIM, VERSION, daily_table, unit_rows, write_daily
 
+from derm_features.core.workdir import Workdir
 from materialize import health
 from materialize.job import MaterializeConfig, OnlineError, materialize_day, push_online
 from materialize.kernel import embedding_matrix
@@ -324,6 +325,15 @@ def test_cli_materializes_and_prints_health(workdir):
     assert "live 3" in result.stdout and "new 3" in result.stdout
     bad = _materialize_cli(workdir, "2024-02-01")
     assert bad.returncode == 2 and "older than the newest pool" in bad.stderr
+
+
+def test_cli_refuses_a_missing_workdir_and_writes_nothing(tmp_path):
+    """A mistyped --workdir is named, exit 2, and not created (not even its lock file)."""
+    missing = Workdir(tmp_path / "wrok")
+    result = _materialize_cli(missing, str(day(0)))
+    assert result.returncode == 2 and "--workdir" in result.stderr
+    assert "no such work directory" in result.stderr
+    assert not missing.root.exists()
 
 
 # ---------------------------------------------------------------- issue 13: faults
