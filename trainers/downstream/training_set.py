@@ -217,8 +217,9 @@ class TrainingSetConfig:
         if self.end < self.start:
             raise TrainingSetError(f"the end day {self.end} is before the start day {self.start}")
         check_file_format(self.file_format, "training-set format")
-        if self.batch_rows < 1:
-            raise TrainingSetError(f"batch_rows must be at least 1, got {self.batch_rows}")
+        for name in ("batch_rows", "days_per_fetch"):
+            if getattr(self, name) < 1:
+                raise TrainingSetError(f"{name} must be at least 1, got {getattr(self, name)}")
         known = embedding_keys(self.spec)
         if self.embeddings is None:
             object.__setattr__(self, "embeddings", known)
@@ -618,6 +619,9 @@ def join_and_write_day(
     batch's vectors gathered into `buffers` just before it is written
     (`TrainingSetConfig.batch_rows`)."""
     pairs = day_pairs(rows, day, lookups)
+    # A dictionary column read from several files has a dictionary per file; an Arrow IPC
+    # file holds one per column, so every batch must carry the same (Parquet minds not).
+    rows = rows.unify_dictionaries()
     day_file = DayFile(path, file_format)
     try:
         for lo in range(0, rows.num_rows, batch_rows):
