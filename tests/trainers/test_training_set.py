@@ -39,27 +39,32 @@ def write_offline(
     workdir: Workdir,
     model: str,
     entity: str,
-    rows: list[tuple[int, dt.date, list[float]]],
+    rows: list[tuple[int, dt.date, list[float] | None]],
     convention: str = "last_us",
-) -> None:
-    """Offline-source rows in the materializer's format: (entity id, day included, vector)."""
-    by_day: dict[dt.date, list] = {}
+    tag: str = "0",
+) -> list[tuple[int, dt.datetime, list[float] | None]]:
+    """Offline-source rows in the materializer's format: (entity id, day included, vector;
+    None: a tombstone), one `part-<tag>.parquet` per day. Returns (id, stamp, vector) rows."""
+    written, by_day = [], {}
     for row in rows:
         by_day.setdefault(row[1], []).append(row)
     for day, day_rows in by_day.items():
         stamp = end_of_day(day, convention)
+        dim = next((len(r[2]) for r in day_rows if r[2] is not None), D)
         table = pa.table(
             {
                 f"{entity}_id": pa.array([r[0] for r in day_rows], pa.int64()),
                 "event_timestamp": pa.array([stamp] * len(day_rows), UTC),
                 "embedding": pa.array([r[2] for r in day_rows], pa.list_(pa.float32())),
                 "last_seen": pa.array([stamp] * len(day_rows), UTC),
-                "model_version": pa.array([f"{model}-0123abcd-d{D}@{day}"] * len(day_rows)),
+                "model_version": pa.array([f"{model}-0123abcd-d{dim}@{day}"] * len(day_rows)),
             }
         )
         directory = workdir.offline(model, entity) / f"ds={day.isoformat()}"
         directory.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, directory / "part-0.parquet")
+        pq.write_table(table, directory / f"part-{tag}.parquet")
+        written += [(r[0], stamp, r[2]) for r in day_rows]
+    return written
 
 
 def write_log(path, events: list[tuple[int, int, dt.datetime]]) -> None:

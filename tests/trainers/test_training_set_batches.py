@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+from test_training_set import write_offline
 
-from derm_features.core.workdir import Workdir
 from trainers.downstream import training_set as ts_mod
 from trainers.downstream.training_set import (
     TrainingSetConfig,
@@ -31,35 +31,6 @@ from trainers.downstream.training_set import (
 UTC = pa.timestamp("us", tz="UTC")
 T0 = dt.date(2024, 5, 1)
 DAY = dt.timedelta(days=1)
-
-
-def end_of_day(day: dt.date, convention: str) -> dt.datetime:
-    after = dt.datetime.combine(day + DAY, dt.time(), tzinfo=dt.UTC)
-    return after - dt.timedelta(microseconds=1) if convention == "last_us" else after
-
-
-def write_offline(workdir: Workdir, model, entity, rows, convention="last_us", tag="0"):
-    """rows: (id, day, vector or None); returns [(id, stamp, vector)] for the oracle."""
-    out, by_day = [], {}
-    for row in rows:
-        by_day.setdefault(row[1], []).append(row)
-    for day, day_rows in by_day.items():
-        stamp = end_of_day(day, convention)
-        dim = next((len(r[2]) for r in day_rows if r[2] is not None), 1)
-        table = pa.table(
-            {
-                f"{entity}_id": pa.array([r[0] for r in day_rows], pa.int64()),
-                "event_timestamp": pa.array([stamp] * len(day_rows), UTC),
-                "embedding": pa.array([r[2] for r in day_rows], pa.list_(pa.float32())),
-                "last_seen": pa.array([stamp] * len(day_rows), UTC),
-                "model_version": pa.array([f"{model}-0123abcd-d{dim}@{day}"] * len(day_rows)),
-            }
-        )
-        directory = workdir.offline(model, entity) / f"ds={day.isoformat()}"
-        directory.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, directory / f"part-{tag}.parquet")
-        out += [(r[0], stamp, r[2]) for r in day_rows]
-    return out
 
 
 def log_table(events, extra=None) -> pa.Table:
