@@ -113,13 +113,9 @@ def materialize_cmd(
         config, workdir, heuristic=heuristic, w=w, ttl_days=ttl_days, engine=engine,
         online=online, renormalize=renormalize,
     )  # fmt: skip
-    if not settings.workdir.root.is_dir():  # before the lock file would create it
-        from derm_features.commands.options import fail
+    from derm_features.commands.options import require_workdir
 
-        raise fail(
-            f"--workdir {settings.workdir.root}: no such work directory (the day's tower "
-            "outputs are read from it)"
-        )
+    require_workdir(settings.workdir.root, " (the day's tower outputs are read from it)")
     from tqdm import tqdm  # heavier imports once the settings are checked
 
     from materialize.health import format_metrics

@@ -11,25 +11,22 @@ from typing import Annotated
 
 import typer
 
-WorkdirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workdir",
-        help="Work directory for every artifact of a run (default: $DERM_WORKDIR, else "
-        "derm.yaml's workdir, else ./data).",
-        show_default=False,
-    ),
-]
+
+def _workdir_option(default: str):
+    return Annotated[
+        Path | None,
+        typer.Option(
+            "--workdir",
+            help=f"Work directory for every artifact of a run (default: {default}).",
+            show_default=False,
+        ),
+    ]
+
+
+WorkdirOption = _workdir_option("$DERM_WORKDIR, else derm.yaml's workdir, else ./data")
 # demo, experiment and convert-obd run on the default spec and never read derm.yaml
-PlainWorkdirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--workdir",
-        help="Work directory for every artifact of a run (default: $DERM_WORKDIR, else "
-        "./data; this command does not read derm.yaml).",
-        show_default=False,
-    ),
-]
+PlainWorkdirOption = _workdir_option("$DERM_WORKDIR, else ./data; this command does not read "
+                                     "derm.yaml")  # fmt: skip
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -111,6 +108,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Prints `message` to stderr and returns the Exit to raise."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
+
+
+def require_workdir(root: Path, why: str = "") -> None:
+    """Raises `fail` naming --workdir when `root` is not a directory: a mistyped --workdir
+    is refused before anything (a lock file, say) would create it. `why`: appended."""
+    if not root.is_dir():
+        raise fail(f"--workdir {root}: no such work directory{why}")
 
 
 def parse_day_option(value: str, flag: str) -> dt.date:

@@ -271,12 +271,11 @@ def status_cmd(
     """
     import dataclasses
 
-    from derm_features.commands.options import fail, run_or_exit, settings_or_exit
+    from derm_features.commands.options import require_workdir, run_or_exit, settings_or_exit
     from derm_features.jobs.pipeline import status
 
     wd = settings_or_exit(config, workdir).workdir
-    if not wd.root.is_dir():
-        raise fail(f"--workdir {wd.root}: no such work directory")
+    require_workdir(wd.root)
     from derm_features.feast.repo import has_registry
 
     reader, online_note = None, ""

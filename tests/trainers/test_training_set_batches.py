@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
-from test_training_set import write_offline
+from test_training_set import UTC, at, write_offline
 
 from trainers.downstream import training_set as ts_mod
 from trainers.downstream.training_set import (
@@ -28,7 +28,6 @@ from trainers.downstream.training_set import (
     lookup_time,
 )
 
-UTC = pa.timestamp("us", tz="UTC")
 T0 = dt.date(2024, 5, 1)
 DAY = dt.timedelta(days=1)
 
@@ -51,10 +50,6 @@ def log_table(events, extra=None) -> pa.Table:
     }
     cols.update(extra or {})
     return pa.table(cols)
-
-
-def at(day, hour, minute=0):
-    return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=dt.UTC)
 
 
 def oracle(offline, ident, day, ttl):

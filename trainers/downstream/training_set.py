@@ -578,18 +578,18 @@ def join_batch(
     day: dt.date,
     lookups: dict[str, Lookup],
     pairs: dict[str, np.ndarray],
-    buffers: OutputBuffers | None = None,
+    buffers: OutputBuffers,
 ) -> pa.Table:
     """Log rows of `day` plus, per embedding key, its column and has_ indicator.
 
     pairs: entity -> [n] each row's pair index in `lookups[entity]` (`Lookup.rows_of`).
-    With `buffers`, the vector columns wrap its matrices (valid until they are reused).
+    The vector columns wrap `buffers`' matrices (valid until they are reused).
     """
     columns = {"event_timestamp": pa.array(np.full(rows.num_rows, cut_micros(day))).cast(TIMESTAMP)}
     for entity, lookup in lookups.items():
         for k in lookup.rows:
             dim = lookup.vectors[k].shape[1]
-            out = buffers.matrix(k, rows.num_rows, dim) if buffers is not None else None
+            out = buffers.matrix(k, rows.num_rows, dim)
             matrix, present = lookup.gather(k, pairs[entity], out)
             columns[embedding_column(k)] = fixed_size_list(matrix)
             columns[presence_column(k)] = pa.array(present.astype(np.int8))
