@@ -619,16 +619,15 @@ def join_and_write_day(
     batch's vectors gathered into `buffers` just before it is written
     (`TrainingSetConfig.batch_rows`)."""
     pairs = day_pairs(rows, day, lookups)
-    # A dictionary column read from several files has a dictionary per file; an Arrow IPC
-    # file holds one per column, so every batch must carry the same (Parquet minds not).
-    rows = rows.unify_dictionaries()
+    # One chunk per column, once for the day: the log's columns arrive in a chunk per file
+    # or row group, and a dictionary column with a dictionary per file, where an Arrow IPC
+    # file wants one record batch per batch and one dictionary per column.
+    rows = rows.combine_chunks()
     day_file = DayFile(path, file_format)
     try:
         for lo in range(0, rows.num_rows, batch_rows):
             batch = {entity: index[lo : lo + batch_rows] for entity, index in pairs.items()}
-            # one chunk per column (the log's columns may arrive in several): one record batch
-            part = rows.slice(lo, batch_rows).combine_chunks()
-            day_file.write(join_batch(part, day, lookups, batch, buffers))
+            day_file.write(join_batch(rows.slice(lo, batch_rows), day, lookups, batch, buffers))
     finally:
         day_file.close()
 
