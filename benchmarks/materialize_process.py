@@ -6,15 +6,18 @@ day t's raw tower outputs: `updated` of the pool's entities each with one row, p
 matters), then runs, each as a fresh child process on the same input:
 
 - ours: `derm materialize --workdir W --model ctr --entity user --date D --no-online`
-- the peer: pandas + NumPy, written as one would with those tools (`pd.read_parquet`,
-  `sort_values` + `drop_duplicates` for the dedup, `Index.get_indexer` for the join, the
-  vectors stacked into NumPy matrices for the `ma` merge, `to_parquet` for pool(t) and
-  the offline day file). Its pool(t) and offline rows are checked equal to derm's.
+- the peer: pandas + NumPy, written as one would with those tools, on the same files
+  (`pd.read_feather` for pool(t-1)'s Arrow IPC bucket files and `pd.read_parquet` for the
+  day, `sort_values` + `drop_duplicates` for the dedup, `Index.get_indexer` for the join,
+  the vectors stacked into NumPy matrices for the `ma` merge, `to_feather` for pool(t) and
+  `to_parquet` for the offline day file). Its pool(t) and offline rows are checked equal
+  to derm's.
 
-- the I/O floor: pyarrow alone reading pool(t-1)'s bucket files and day t's file and writing
-  them back (the pool's files, and as many of the day's rows as the offline day file holds)
-  with derm's Parquet options, two files at a time on two threads, nothing computed,
-  checked or deduplicated: what any process that reads and writes these files pays.
+- the I/O floor: pyarrow alone reading pool(t-1)'s bucket files (memory-mapped) and day t's
+  file and writing them back in their formats (the pool's files as Arrow IPC, as many of
+  the day's rows as the offline day file holds as Parquet with derm's options), two files
+  at a time on two threads, nothing computed, checked or deduplicated: what any process
+  that reads and writes these files pays.
 
 Wall time and peak RSS of each child come from `os.wait4` (the child's own rusage:
 `ru_maxrss`, the largest resident set the process had). The scaling table runs derm alone
@@ -41,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import feather
 
 ROOT = Path(__file__).resolve().parent.parent
 # This folder holds benchmarks/materialize.py, named like the `materialize` package.
@@ -227,20 +231,23 @@ def io_floor(root: Path, out: Path) -> None:
 
     import pyarrow.compute as pc
 
-    from materialize.storage import VECTOR_PARQUET
+    from materialize.storage import POOL_SUFFIX, VECTOR_PARQUET
 
     wd = Workdir(root)
-    pool_files = sorted(
-        wd.pool("ctr", "user", DAY - dt.timedelta(days=1)).glob("bucket=*/*.parquet")
-    )
+    previous = wd.pool("ctr", "user", DAY - dt.timedelta(days=1))
+    pool_files = sorted(previous.glob(f"bucket=*/*{POOL_SUFFIX}"))
     day_file = next(wd.daily("ctr", "user", DAY).glob("*.parquet"))
     out.mkdir(parents=True, exist_ok=True)
 
     def copy(i: int, path: Path) -> None:
-        table = pq.read_table(path)
         if path == day_file:  # the offline day file: one row per distinct entity
+            table = pq.read_table(path)
             table = table.slice(0, pc.count_distinct(table["user_id"]).as_py())
-        pq.write_table(table, out / f"{i}.parquet", **VECTOR_PARQUET)
+            pq.write_table(table, out / f"{i}.parquet", **VECTOR_PARQUET)
+            return
+        table = feather.read_table(path, memory_map=True)
+        with pa.ipc.new_file(str(out / f"{i}{POOL_SUFFIX}"), table.schema) as writer:
+            writer.write_table(table)
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(copy, range(len(pool_files) + 1), pool_files + [day_file]))
@@ -263,13 +270,13 @@ def peer_argv(wd: Workdir, out: Path) -> list[str]:
 def peer(root: Path, out: Path, w: float = W) -> None:
     """The same day with pandas + NumPy: `ma` (w * E(t-1) + (1 - w) * today, E(t-1) =
     aggregate_scale * embedding), re-normalised, no TTL expiry (every row of the input pool
-    was seen yesterday). Writes `out`/pool.parquet and `out`/offline.parquet."""
+    was seen yesterday). Writes `out`/pool.arrow and `out`/offline.parquet."""
     import pandas as pd
 
     wd = Workdir(root)
     previous = wd.pool("ctr", "user", DAY - dt.timedelta(days=1))
     pool = pd.concat(
-        [pd.read_parquet(p) for p in sorted(previous.glob("bucket=*/*.parquet"))],
+        [pd.read_feather(p) for p in sorted(previous.glob("bucket=*/*.arrow"))],
         ignore_index=True,
     )
     daily = pd.read_parquet(wd.daily("ctr", "user", DAY))
@@ -296,7 +303,7 @@ def peer(root: Path, out: Path, w: float = W) -> None:
     if len(new):
         raise NotImplementedError("the peer handles updated entities only")
     out.mkdir(parents=True, exist_ok=True)
-    pool.to_parquet(out / "pool.parquet", index=False)
+    pool.to_feather(out / "pool.arrow")
     offline = pool.loc[changed, ["user_id", "embedding", "last_seen", "model_version"]]
     offline = offline.sort_values("user_id")
     offline.insert(1, "event_timestamp", stamp + pd.Timedelta(days=1))
@@ -313,7 +320,7 @@ def check_equal(wd: Workdir, out: Path) -> str:
     `model_version` exactly, vectors and scales to float32 rounding. Returns a summary;
     raises AssertionError on a difference."""
     ours = read_pool(wd.pool("ctr", "user", DAY)).sort_by("user_id")
-    theirs = pq.read_table(out / "pool.parquet").sort_by("user_id")
+    theirs = feather.read_table(out / "pool.arrow").sort_by("user_id")
     assert ours["user_id"].equals(theirs["user_id"]), "pool ids differ"
     for name in ("last_seen", "model_version"):
         a, b = ours[name], theirs[name].cast(ours[name].type)

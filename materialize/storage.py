@@ -2,7 +2,7 @@
 
     daily/<model>/<entity>/ds=<day>/*.parquet        input, validated here (`scan_daily`,
                                                      `split_daily`), spilled per bucket
-    pool/<model>/<entity>/ds=<day>/bucket=<k>/*.parquet   one row per live entity
+    pool/<model>/<entity>/ds=<day>/bucket=<k>/*.arrow     one row per live entity
     pool/.../ds=<day>/_layout.json                   the manifest: bucket count, and each
                                                      file's bucket, rows, bytes and crc32
     offline/<model>_<entity>_embedding/day=<day>.parquet   that day's changed rows (Feast)
@@ -14,6 +14,11 @@ manifest before day t reads it (`verify_pool`, `read_pool_bucket`): a missing, t
 unlisted file, or a garbled manifest, is refused by name (`PoolIntegrityError`), never read
 as an empty bucket. Pools written before manifests (`{"buckets": n}` only) are read with an
 `UnverifiedPoolWarning` as long as every bucket has a readable file.
+
+Pool files are Arrow IPC files (`POOL_SUFFIX`), read memory-mapped: the next day's kernel
+views a bucket's vectors where they lie in the page cache, with nothing decoded or copied
+(BENCHMARKS.md, "pool files"). Pools written by derm 0.1.0 hold Parquet files; the
+manifest's file names say which, and both are read.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import pyarrow.parquet as pq
 
 from derm_features.core.arrays import fixed_size_list
 from derm_features.core.atomic import atomic_file, write_text_atomic
-from derm_features.core.files import parquet_files
+from derm_features.core.files import data_files, parquet_files
 from derm_features.core.provenance import ModelVersion, compatible
 from materialize.kernel import (
     TIMESTAMP,
@@ -545,12 +550,19 @@ class UnverifiedPoolWarning(UserWarning):
     """A pool written before manifests existed was read without checksums."""
 
 
+# Pool files: Arrow IPC (uncompressed, one record batch). Parquet's list reader grew and
+# decoded fresh buffers for every bucket read (half of a run's page faults); a mapped IPC
+# file is the kernel's input as it lies on disk.
+POOL_SUFFIX = ".arrow"
+POOL_SUFFIXES = (POOL_SUFFIX, ".parquet")  # ".parquet": pools written by derm 0.1.0
+
+
 @dataclass(frozen=True)
 class PoolFile:
-    """One Parquet file of a pool, as its manifest records it."""
+    """One file of a pool, as its manifest records it."""
 
     bucket: int
-    path: str  # relative to the pool directory, e.g. "bucket=3/part-00000.parquet"
+    path: str  # relative to the pool directory, e.g. "bucket=3/part-00000.arrow"
     rows: int
     bytes: int
     crc32: str  # zlib.crc32 of the whole file, 8 hex digits
@@ -600,15 +612,19 @@ def _file_crc32(path: Path) -> tuple[int, str]:
 
 
 def write_pool_bucket(pool_dir: Path, bucket: int, table: pa.Table) -> PoolFile:
-    """One bucket of the pool being built (inside `atomic_dir`, so not atomic on its own).
+    """One bucket of the pool being built (inside `atomic_dir`, so not atomic on its own),
+    as an Arrow IPC file of one record batch (the same bytes for the same rows, whatever
+    chunks `table` came in: both engines write byte-identical pools).
 
     Returns the file's manifest entry (rows, bytes and crc32 of what was written; the file
     is read back from the page cache for the checksum, a block at a time).
     """
-    relative = f"bucket={bucket}/part-00000.parquet"
+    relative = f"bucket={bucket}/part-00000{POOL_SUFFIX}"
     path = pool_dir / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, **VECTOR_PARQUET)
+    table = table.combine_chunks()  # no copy when each column already has one chunk
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
     size, crc = _file_crc32(path)
     return PoolFile(bucket, relative, table.num_rows, size, crc)
 
@@ -700,8 +716,8 @@ def _warn_unverified(pool_dir: Path) -> None:
 def verify_pool(pool_dir: Path) -> Layout:
     """Checks a pool before any work reads it; returns its layout.
 
-    Format 2: every listed file exists with its recorded size and its Parquet footer
-    holds the recorded rows, and no unlisted Parquet file sits in a bucket (checksums are
+    Format 2: every listed file exists with its recorded size and its footer holds the
+    recorded rows, and no unlisted pool file sits in a bucket (checksums are
     verified when a bucket is read whole, `read_pool_bucket`). Format 1: every bucket has
     a readable Parquet file, with a warning that nothing else can be checked.
     Raises `PoolIntegrityError` naming the pool, the file and what does not match.
@@ -724,12 +740,13 @@ def verify_pool(pool_dir: Path) -> Layout:
     listed = {f.path for f in layout.files}
     extra = sorted(
         str(p.relative_to(pool_dir))
-        for p in parquet_files(pool_dir)
+        for suffix in POOL_SUFFIXES
+        for p in data_files(pool_dir, suffix)
         if str(p.relative_to(pool_dir)) not in listed
     )
     if extra:
         raise PoolIntegrityError(
-            f"pool {pool_dir}: Parquet file(s) not in its manifest: {extra}; {_REBUILD}"
+            f"pool {pool_dir}: file(s) not in its manifest: {extra}; {_REBUILD}"
         )
     return layout
 
@@ -750,13 +767,32 @@ def _check_size(pool_dir: Path, f: PoolFile) -> None:
 
 
 def _footer_rows(pool_dir: Path, path: Path) -> int:
+    arrow = path.suffix == POOL_SUFFIX
     try:
+        if arrow:
+            return pa.ipc.open_file(pa.memory_map(str(path))).count_rows()
         return pq.ParquetFile(path).metadata.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
+        kind = "a readable Arrow IPC file" if arrow else "readable Parquet"
         raise PoolIntegrityError(
-            f"pool {pool_dir}: {path.relative_to(pool_dir)} is not readable Parquet ({exc}); "
-            f"{_REBUILD}"
+            f"pool {pool_dir}: {path.relative_to(pool_dir)} is not {kind} ({exc}); {_REBUILD}"
         ) from None
+
+
+def read_pool_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One pool file, by its suffix: an Arrow IPC file memory-mapped (its columns views of
+    the mapped file, one chunk each: nothing decoded or copied), a Parquet file of an
+    earlier version as `read_contiguous` reads it (`columns`: those only)."""
+    if path.suffix != POOL_SUFFIX:
+        if columns is not None:
+            return pq.read_table(path, columns=columns)
+        return read_contiguous(path)
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    if columns is not None:
+        table = table.select(columns)
+    if table.num_rows == 0:  # no record batch: one empty chunk per column, as Parquet gives
+        return table.schema.empty_table()
+    return table.combine_chunks()  # one batch as written (no copy); several: one copy
 
 
 def _read_verified(pool_dir: Path, f: PoolFile) -> pa.Table:
@@ -774,7 +810,7 @@ def _read_verified(pool_dir: Path, f: PoolFile) -> pa.Table:
             f"pool {pool_dir}: {f.path} has crc32 {crc}, its manifest says "
             f"{f.crc32} (corrupted); {_REBUILD}"
         )
-    table = read_contiguous(path)
+    table = read_pool_file(path)
     if table.num_rows != f.rows:
         raise PoolIntegrityError(
             f"pool {pool_dir}: {f.path} holds {table.num_rows} rows, its manifest says "
@@ -825,7 +861,7 @@ def read_pool(pool_dir: Path, columns: list[str] | None = None) -> pa.Table:
         paths = [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
     else:
         paths = [pool_dir / f.path for f in layout.files]
-    tables = [pq.read_table(p, columns=columns) for p in paths]
+    tables = [read_pool_file(p, columns) for p in paths]
     return pa.concat_tables(tables)
 
 
@@ -852,7 +888,7 @@ def pool_versions(pool_dir: Path) -> list[str]:
         paths = [pool_dir / f.path for f in layout.files]
     versions: set[str] = set()
     for path in paths:
-        column = pq.read_table(path, columns=["model_version"])["model_version"]
+        column = read_pool_file(path, ["model_version"])["model_version"]
         versions.update(v for v in pc.unique(column).to_pylist() if v is not None)
     return sorted(versions)
 

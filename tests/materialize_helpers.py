@@ -58,3 +58,18 @@ def write_daily(
     # As the infer step writes them: one row group per predict batch (4096 rows).
     pq.write_table(table, path, row_group_size=4096)
     return path
+
+
+def flip_a_vector_byte(path: Path) -> None:
+    """Flips one bit of the last vector's first float in a pool file, in place: the file
+    keeps its size and still parses, so only its checksum can tell."""
+    from materialize.storage import read_pool_file
+
+    vectors = read_pool_file(path)["embedding"].combine_chunks().values.to_numpy()
+    data = bytearray(path.read_bytes())
+    at = data.rfind(vectors[-1].tobytes())
+    assert at > 0, f"{path}: the last vector's bytes not found"
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+    changed = read_pool_file(path)["embedding"].combine_chunks().values.to_numpy()
+    assert changed[-1] != vectors[-1]

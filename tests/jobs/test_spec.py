@@ -18,6 +18,7 @@ from derm_features.cli import app
 from derm_features.core.spec import DermSpec, SpecError, load_spec
 from derm_features.core.workdir import Workdir
 from derm_features.feast.repo import apply, feature_store
+from materialize.storage import read_pool
 
 LAST = dt.date(2026, 1, 1)  # the entity's last day
 
@@ -147,7 +148,7 @@ def test_a_third_model_declared_in_derm_yaml_runs_end_to_end(tmp_path, redis_url
         "ctr_ranking", "cvr_ranking", "save_ranking"
     }  # fmt: skip
     # Redis holds the save views, readable the way serving reads them
-    pool_pins = pq.read_table(wd.pool("save", "pin", LAST + dt.timedelta(days=3)))["pin_id"]
+    pool_pins = read_pool(wd.pool("save", "pin", LAST + dt.timedelta(days=3)), ["pin_id"])["pin_id"]
     read = EmbeddingReader(store).read([], pool_pins.to_numpy()[:5], ["save_pin_embedding"])
     values, found = read["save_pin_embedding"]
     assert found.all() and values.shape == (5, 16)

@@ -2,7 +2,8 @@
 
 The manifest (`_layout.json`) records each bucket file's rows, bytes and crc32; day t
 checks it before any work and again as it reads each bucket whole. Pools written before
-manifests are read with a warning as long as every bucket has a readable file.
+manifests are read with a warning as long as every bucket has a readable file; pools of
+earlier versions (Parquet files) are read as they are.
 """
 
 from __future__ import annotations
@@ -11,22 +12,28 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from materialize_helpers import daily_table, unit_rows, write_daily
+from materialize_helpers import daily_table, flip_a_vector_byte, unit_rows, write_daily
 
 from materialize.job import MaterializeConfig, materialize_offline
 from materialize.storage import (
     LAYOUT_FILE,
+    VECTOR_PARQUET,
+    PoolFile,
     PoolIntegrityError,
     UnverifiedPoolWarning,
+    pool_versions,
     read_layout,
     read_pool,
     read_pool_bucket,
+    read_pool_file,
+    write_layout,
 )
 
 DAY = dt.date(2024, 3, 1)
@@ -57,7 +64,21 @@ def pool0(workdir) -> Path:
 
 
 def bucket_file(workdir, k: int) -> Path:
-    return pool0(workdir) / f"bucket={k}" / "part-00000.parquet"
+    return pool0(workdir) / f"bucket={k}" / "part-00000.arrow"
+
+
+def as_parquet_pool(pool_dir: Path) -> None:
+    """Rewrites a pool as derm wrote it before Arrow IPC pool files: each bucket one
+    Parquet file (`VECTOR_PARQUET`), listed in a format-2 manifest."""
+    files = []
+    for f in read_layout(pool_dir).files:
+        table = read_pool_file(pool_dir / f.path)
+        relative = f.path.replace(".arrow", ".parquet")
+        pq.write_table(table, pool_dir / relative, **VECTOR_PARQUET)
+        (pool_dir / f.path).unlink()
+        data = (pool_dir / relative).read_bytes()
+        files.append(PoolFile(f.bucket, relative, f.rows, len(data), f"{zlib.crc32(data):08x}"))
+    write_layout(pool_dir, BUCKETS, files)
 
 
 def refused(workdir, match: str) -> None:
@@ -76,8 +97,6 @@ def test_manifest_records_every_bucket_file_with_rows_bytes_and_crc32(two_days):
     for f in layout.files:
         path = pool0(two_days) / f.path
         assert f.bytes == path.stat().st_size
-        import zlib
-
         assert f.crc32 == f"{zlib.crc32(path.read_bytes()):08x}"
 
 
@@ -85,7 +104,7 @@ def test_truncated_bucket_file_is_refused_by_name(two_days):
     path = bucket_file(two_days, 1)
     size = path.stat().st_size
     path.write_bytes(path.read_bytes()[: size - 100])
-    refused(two_days, rf"bucket=1/part-00000.parquet is {size - 100} bytes, its manifest says")
+    refused(two_days, rf"bucket=1/part-00000.arrow is {size - 100} bytes, its manifest says")
     # The README's recovery: re-run the damaged (newest) day, then day 1 goes through.
     materialize_offline(config(two_days, DAY))
     assert materialize_offline(config(two_days, DAY1)).metrics["live"] == 31
@@ -93,21 +112,14 @@ def test_truncated_bucket_file_is_refused_by_name(two_days):
 
 def test_missing_bucket_file_is_refused_not_read_as_empty(two_days):
     bucket_file(two_days, 2).unlink()
-    refused(two_days, r"bucket=2/part-00000.parquet \(bucket 2, \d+ rows\) is missing")
+    refused(two_days, r"bucket=2/part-00000.arrow \(bucket 2, \d+ rows\) is missing")
     with pytest.raises(PoolIntegrityError):
         read_pool(pool0(two_days))  # every reader, not only the merge
 
 
 def test_corrupted_bytes_of_the_same_size_fail_the_checksum(two_days):
-    path = bucket_file(two_days, 0)
-    chunk = pq.ParquetFile(path).metadata.row_group(0).column(1)  # the embedding values
-    assert chunk.path_in_schema.startswith("embedding")
-    data = bytearray(path.read_bytes())
-    # The last byte of the vectors' data page: a float's bits, the file still parses.
-    data[chunk.data_page_offset + chunk.total_compressed_size - 1] ^= 0x40
-    path.write_bytes(bytes(data))
-    pq.read_table(path)  # still readable: only the checksum can tell
-    refused(two_days, r"bucket=0/part-00000.parquet has crc32 [0-9a-f]{8}, its manifest says")
+    flip_a_vector_byte(bucket_file(two_days, 0))
+    refused(two_days, r"bucket=0/part-00000.arrow has crc32 [0-9a-f]{8}, its manifest says")
 
 
 @pytest.mark.parametrize(
@@ -129,10 +141,11 @@ def test_missing_layout_is_refused(two_days):
     refused(two_days, "_layout.json is missing")
 
 
-def test_a_file_not_in_the_manifest_is_refused(two_days):
-    extra = pool0(two_days) / "bucket=0" / "part-00001.parquet"
+@pytest.mark.parametrize("name", ["part-00001.arrow", "part-00001.parquet"])
+def test_a_file_not_in_the_manifest_is_refused(two_days, name):
+    extra = pool0(two_days) / "bucket=0" / name
     extra.write_bytes(bucket_file(two_days, 0).read_bytes())
-    refused(two_days, r"not in its manifest: \['bucket=0/part-00001.parquet'\]")
+    refused(two_days, rf"not in its manifest: \['bucket=0/{name}'\]")
 
 
 def test_cli_exits_2_and_names_the_damaged_file(two_days):
@@ -144,7 +157,7 @@ def test_cli_exits_2_and_names_the_damaged_file(two_days):
         text=True,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert "bucket=1/part-00000.parquet" in result.stderr and "is missing" in result.stderr
+    assert "bucket=1/part-00000.arrow" in result.stderr and "is missing" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -160,6 +173,7 @@ def test_a_pool_without_manifest_is_read_with_a_warning(two_days, tmp_path):
 
     legacy = Workdir(tmp_path / "legacy")
     shutil.copytree(two_days.root, legacy.root)
+    as_parquet_pool(pool0(legacy))
     _as_format_1(pool0(legacy))
     with pytest.warns(UnverifiedPoolWarning, match="written before pool manifests"):
         materialize_offline(config(legacy, DAY1))
@@ -170,8 +184,9 @@ def test_a_pool_without_manifest_is_read_with_a_warning(two_days, tmp_path):
 
 
 def test_a_pool_without_manifest_and_a_missing_bucket_is_refused(two_days):
+    as_parquet_pool(pool0(two_days))
     _as_format_1(pool0(two_days))
-    bucket_file(two_days, 2).unlink()
+    (pool0(two_days) / "bucket=2" / "part-00000.parquet").unlink()
     with pytest.warns(UnverifiedPoolWarning):
         refused(two_days, r"bucket 2 of 3 has no Parquet file")
 
@@ -180,3 +195,36 @@ def test_read_pool_bucket_verifies_a_whole_bucket(two_days):
     table = read_pool_bucket(pool0(two_days), 1)
     assert table.num_rows == read_layout(pool0(two_days)).bucket_files(1)[0].rows
     assert isinstance(table, pa.Table)
+
+
+def test_a_parquet_pool_of_an_earlier_version_gives_the_same_next_day(two_days, tmp_path):
+    import shutil
+
+    from derm_features.core.workdir import Workdir
+
+    earlier = Workdir(tmp_path / "earlier")
+    shutil.copytree(two_days.root, earlier.root)
+    as_parquet_pool(pool0(earlier))
+    assert read_pool(pool0(earlier)).equals(read_pool(pool0(two_days)))
+    assert pool_versions(pool0(earlier)) == pool_versions(pool0(two_days))
+    materialize_offline(config(earlier, DAY1))
+    materialize_offline(config(two_days, DAY1))
+    for w in (earlier, two_days):  # day 1's pool is Arrow IPC whatever day 0's was
+        assert {f.path[-6:] for f in read_layout(w.pool(MODEL, ENTITY, DAY1)).files} == {".arrow"}
+    day1 = [(w.pool(MODEL, ENTITY, DAY1) / f"bucket={k}/part-00000.arrow").read_bytes()
+            for w in (earlier, two_days) for k in range(BUCKETS)]  # fmt: skip
+    assert day1[:BUCKETS] == day1[BUCKETS:]  # the same bytes
+
+
+@pytest.mark.parametrize(
+    ("earlier", "match"),
+    [(False, "part-00000.arrow is not a readable Arrow IPC file"),
+     (True, "part-00000.parquet is not readable Parquet")],
+)  # fmt: skip
+def test_a_garbled_footer_is_refused_by_name(two_days, earlier, match):
+    if earlier:
+        as_parquet_pool(pool0(two_days))
+    path = next((pool0(two_days) / "bucket=1").iterdir())
+    data = path.read_bytes()
+    path.write_bytes(data[:-8] + b"XXXXXXXX")  # same size, the footer's magic garbled
+    refused(two_days, rf"bucket=1/{match}")

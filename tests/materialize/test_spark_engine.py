@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from materialize_helpers import daily_table, unit_rows, write_daily
+from materialize_helpers import daily_table, flip_a_vector_byte, unit_rows, write_daily
 
 from materialize.job import MaterializeConfig, materialize_offline
 from materialize.kernel import embedding_matrix
@@ -202,15 +202,11 @@ def test_spark_refuses_a_corrupted_pool_bucket_by_name(spark, tmp_path):
     materialize_offline(
         MaterializeConfig(workdir=wd, model=MODEL, entity=ENTITY, day=DAY, online=False, buckets=2)
     )
-    path = wd.pool(MODEL, ENTITY, DAY) / "bucket=1" / "part-00000.parquet"
-    chunk = pq.ParquetFile(path).metadata.row_group(0).column(1)
-    data = bytearray(path.read_bytes())
-    data[chunk.data_page_offset + chunk.total_compressed_size - 1] ^= 0x40
-    path.write_bytes(bytes(data))
+    flip_a_vector_byte(wd.pool(MODEL, ENTITY, DAY) / "bucket=1" / "part-00000.arrow")
     day1 = DAY + dt.timedelta(days=1)
     config = MaterializeConfig(
         workdir=wd, model=MODEL, entity=ENTITY, day=day1, engine="spark", online=False
     )
-    with pytest.raises(PoolIntegrityError, match="bucket=1/part-00000.parquet has crc32"):
+    with pytest.raises(PoolIntegrityError, match="bucket=1/part-00000.arrow has crc32"):
         materialize_offline(config, spark=spark)
     assert not wd.pool(MODEL, ENTITY, day1).exists()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import tempfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +58,13 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return out.getvalue()
 
 
+def pool_bytes(table: pa.Table) -> bytes:
+    """A pool bucket file's bytes for `table`, as `write_pool_bucket` writes it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        written = storage.write_pool_bucket(Path(tmp), 0, table)
+        return (Path(tmp) / written.path).read_bytes()
+
+
 def write_day(workdir, d, ids, seconds, seed, files=3, row_group=9) -> None:
     """Day d's rows in `files` files of small row groups, in the given order."""
     vectors = unit_rows(np.random.default_rng(seed), len(ids))
@@ -86,7 +95,7 @@ def whole_day_reference(workdir, d) -> tuple[dict[int, bytes], bytes]:
         result = split_annotated(
             merge_day(read_pool_bucket(previous, k), day.take(rows), params, DIM), KEY
         )
-        pools[k] = parquet_bytes(result.pool)
+        pools[k] = pool_bytes(result.pool)
         changed.append(result.changed)
     return pools, parquet_bytes(offline_rows(pa.concat_tables(changed), KEY, d))
 
