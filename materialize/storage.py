@@ -780,14 +780,20 @@ def _footer_rows(pool_dir: Path, path: Path) -> int:
 
 
 def read_pool_file(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One pool file, by its suffix: an Arrow IPC file memory-mapped (its columns views of
-    the mapped file, one chunk each: nothing decoded or copied), a Parquet file of an
-    earlier version as `read_contiguous` reads it (`columns`: those only)."""
-    if path.suffix != POOL_SUFFIX:
-        if columns is not None:
-            return pq.read_table(path, columns=columns)
-        return read_contiguous(path)
-    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    """One pool file, by its suffix: an Arrow IPC file memory-mapped (`read_ipc_buffer`),
+    a Parquet file of derm 0.1.0 as `read_contiguous` reads it (`columns`: those only)."""
+    if path.suffix == POOL_SUFFIX:
+        return read_ipc_buffer(pa.memory_map(str(path)).read_buffer(), columns)
+    if columns is not None:
+        return pq.read_table(path, columns=columns)
+    return read_contiguous(path)
+
+
+def read_ipc_buffer(data: pa.Buffer, columns: list[str] | None = None) -> pa.Table:
+    """The table of an Arrow IPC file's bytes (`columns`: those only), its columns views of
+    `data` (a memory map: nothing decoded or copied), one chunk each. Raises
+    `pa.ArrowInvalid` when `data` is not an IPC file."""
+    table = pa.ipc.open_file(data).read_all()
     if columns is not None:
         table = table.select(columns)
     if table.num_rows == 0:  # no record batch: one empty chunk per column, as Parquet gives
@@ -798,19 +804,22 @@ def read_pool_file(path: Path, columns: list[str] | None = None) -> pa.Table:
 def _read_verified(pool_dir: Path, f: PoolFile) -> pa.Table:
     """One manifest-listed file, its size, crc32 and rows checked, read whole.
 
-    The checksum is taken a block at a time before the file is parsed (not over a copy of
-    the whole file held in memory): pools are written once into a fresh directory and a
-    day's runs hold the work directory's lock, so the two reads see the same bytes.
+    An Arrow IPC file is mapped once: the checksum is taken over the mapped pages, which
+    the table's columns then view (no copy of the file in memory, one pass over it). A
+    Parquet file (derm 0.1.0) is checksummed a block at a time before it is parsed: pools
+    are written once into a fresh directory and a day's runs hold the work directory's
+    lock, so the two reads see the same bytes.
     """
     _check_size(pool_dir, f)
     path = pool_dir / f.path
-    _, crc = _file_crc32(path)
+    mapped = pa.memory_map(str(path)).read_buffer() if path.suffix == POOL_SUFFIX else None
+    crc = _crc32(memoryview(mapped)) if mapped is not None else _file_crc32(path)[1]
     if crc != f.crc32:
         raise PoolIntegrityError(
             f"pool {pool_dir}: {f.path} has crc32 {crc}, its manifest says "
             f"{f.crc32} (corrupted); {_REBUILD}"
         )
-    table = read_pool_file(path)
+    table = read_contiguous(path) if mapped is None else read_ipc_buffer(mapped)
     if table.num_rows != f.rows:
         raise PoolIntegrityError(
             f"pool {pool_dir}: {f.path} holds {table.num_rows} rows, its manifest says "
