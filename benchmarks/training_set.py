@@ -151,7 +151,7 @@ def write_alone(set_dir: Path, out_dir: Path) -> float:
     thread with the builder's options (each read untimed first): the floor of the build's
     Parquet out on this machine, which the builder spreads over `WRITERS` threads."""
     from derm_features.core.files import parquet_files
-    from trainers.downstream.training_set import _parquet_options
+    from trainers.downstream.training_set.write import _parquet_options
 
     seconds = 0.0
     for i, file in enumerate(parquet_files(set_dir)):
@@ -169,7 +169,8 @@ def write_bytes_alone(set_dir: Path, out_dir: Path) -> float:
     output format that stores the same vectors as float32."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from trainers.downstream.training_set import WRITERS, open_training_set
+    from trainers.downstream.training_set import open_training_set
+    from trainers.downstream.training_set.build import WRITERS
 
     data = [p.read_bytes() for p in open_training_set(set_dir).files()]
     os.sync()
@@ -214,7 +215,8 @@ def main() -> None:
 
     from derm_features.core.workdir import Workdir
     from derm_features.feast.repo import REPO_ROOT, apply
-    from trainers.downstream.training_set import WRITERS, TrainingSetConfig, open_training_set
+    from trainers.downstream.training_set import TrainingSetConfig, open_training_set
+    from trainers.downstream.training_set.build import WRITERS
 
     print(f"load average at the start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory(prefix="derm-bench-") as tmp:

@@ -438,7 +438,7 @@ def test_an_event_that_would_see_another_d_is_refused_naming_the_view(
 def test_rows_of_finds_pairs_for_rows_in_any_order():
     """`Lookup.rows_of` answers from the pairs' own index when a day's rows come back in
     the order they were paired, and searches when they do not: the same pairs either way."""
-    from trainers.downstream.training_set import Lookup, distinct_pairs
+    from trainers.downstream.training_set.lookup import Lookup, distinct_pairs
 
     day = dt.date(2024, 3, 10)
     row_ids = np.array([30, 10, 30, 20, 10], np.int64)
@@ -454,7 +454,7 @@ def test_rows_of_finds_pairs_for_rows_in_any_order():
 def test_used_vectors_copies_only_the_rows_asked_for_across_chunks():
     """The ASOF join's vectors: rows picked by number across chunks (a chunk may hold a
     tombstone or an older D's vector, which are never picked), list or fixed-size list."""
-    from trainers.downstream.training_set import used_vectors, vector_lengths
+    from trainers.downstream.training_set.vectors import used_vectors, vector_lengths
 
     values = pa.chunked_array(
         [

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 from test_training_set import UTC, at, write_offline
 
-from trainers.downstream import training_set as ts_mod
 from trainers.downstream.training_set import (
     TrainingSetConfig,
     TrainingSetError,
     build_training_set,
     lookup_time,
 )
+from trainers.downstream.training_set import build as build_module
 
 T0 = dt.date(2024, 5, 1)
 DAY = dt.timedelta(days=1)
@@ -197,7 +197,7 @@ def test_every_batching_equals_the_oracle_duckdb(scenario, which):
 @pytest.mark.parametrize("writers", [1, 3])
 def test_other_writer_counts(scenario, monkeypatch, writers):
     wd, logs, offline, dims, ttl, expected = scenario
-    monkeypatch.setattr(ts_mod, "WRITERS", writers)
+    monkeypatch.setattr(build_module, "WRITERS", writers)
     for fmt in ("parquet", "arrow"):
         table = build(wd, logs, KEYS["both"], f"w{writers}{fmt}", batch_rows=2,
                       days_per_fetch=2, file_format=fmt).read()  # fmt: skip

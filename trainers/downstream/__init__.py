@@ -1,6 +1,7 @@
 """Downstream ranking models that consume DERM embeddings (paper section 3.2, appendix D).
 
-training_set.py   logs + Feast get_historical_features -> point-in-time-correct Parquet
+training_set/     logs + Feast get_historical_features -> point-in-time-correct Parquet
+                  (or Arrow IPC); its __init__ maps its modules, names.py to build.py
 data.py           training set -> tensors (LightningDataModule)
 models.py         CTR (MoE of low-rank DCNv2 experts) and CVR (DHEN) networks
 system.py         the thin LightningModule: losses, optimiser, eval metrics

@@ -1,6 +1,6 @@
 """Training sets -> batches for the downstream models.
 
-A training set (see training_set.py) is encoded once, day by day, into compact tensors:
+A training set (see training_set/) is encoded once, day by day, into compact tensors:
 the log's features through the upstream `BatchEncoder` (the same hashing and batch layout
 as the upstream towers), plus the chosen DERM embeddings and their presence flags:
 
