@@ -8,8 +8,8 @@
                    (`split_daily`); nothing of day t is written if it is bad (no rows: a
                    carry-over-only day)
       3. merge     the kernel through an engine (local or Spark) -> pool(t) in a temp dir,
-                   and the changed rows as runs sorted by id
-      4. write     offline day file (atomic; the runs merged in id order a row group at a
+                   and the changed rows as runs (one a bucket, each sorted by id)
+      4. write     offline day file (atomic; the runs one after the other, a row group at a
                    time), then pool(t) renamed into place, then metrics
       5. online    push day t's changed rows, remove expired entities (`push_online`)
 
@@ -239,7 +239,7 @@ def _materialize_offline(
             output = engine.merge(
                 previous_dir, daily, params, dim, buckets, tmp, progress or (lambda n: None)
             )
-            # The changed rows merged from their sorted runs, a row group at a time.
+            # The changed rows, run after run (bucket order), a row group at a time.
             size = VECTOR_PARQUET["row_group_size"]
             rows = (offline_rows(g, key, config.day) for g in output.changed.groups(size))
             if reset and previous is not None:

@@ -48,8 +48,6 @@ from materialize.kernel import (
     day_start,
     embedding_matrix,
     row_norms,
-    sorted_by,
-    take_rows,
 )
 
 DAILY_COLUMNS = ("ts", "embedding", "model_version")
@@ -921,8 +919,7 @@ def offline_day_path(offline_dir: Path, day: dt.date) -> Path:
 
 
 def offline_rows(changed: pa.Table, id_column: str, day: dt.date) -> pa.Table:
-    """The Feast offline rows of day t's changed entities, sorted by id."""
-    changed = sorted_by(changed, id_column)
+    """The Feast offline rows of day t's changed entities, in `changed`'s order."""
     stamp = pa.array(np.full(changed.num_rows, 0), pa.int64())
     stamp = pc.cast(pc.add(stamp, _micros(offline_timestamp(day))), TIMESTAMP)
     return pa.table(
@@ -997,10 +994,11 @@ def parquet_row_groups(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Tab
 
 class ChangedRows:
     """Day t's changed rows (new and updated entities: <id>, embedding, last_seen,
-    model_version), held as runs sorted by id, read back merged in id order.
+    model_version), held as runs, one a bucket in bucket order, each sorted by id; read
+    back run after run, which is the offline file's row order.
 
-    A run is a table in memory (the Spark engine's, already sorted) or an Arrow IPC file
-    that `write_changed_run` wrote (the local engine: one a bucket, in the run's scratch
+    A run is a table in memory (the Spark engine's) or an Arrow IPC file that
+    `write_changed_run` wrote (the local engine: one a bucket, in the run's scratch
     directory); `ids[i]` are run i's ids in its order (8 bytes a row stay in memory, the
     vectors stay on disk until the offline file is written).
     """
@@ -1020,23 +1018,32 @@ class ChangedRows:
         return pa.array(values, self.schema.field(0).type)
 
     def groups(self, rows: int) -> Iterator[pa.Table]:
-        """The rows in id order, `rows` at a time (the last fewer; one empty table when
-        there are none), each column one chunk. Memory: a group, plus up to one batch of
-        each run (`write_changed_run` sizes them so that is about one group in all)."""
+        """The runs' rows one after the other, `rows` at a time (the last fewer; one empty
+        table when there are none), each column one chunk, whatever batches the runs hold
+        (so both engines' offline files are the same bytes). Memory: a group, plus one
+        batch of the run being read.
+
+        Bucket order rather than id order: a k-way merge of the runs by id cost a sort and
+        a gather of every vector, and nothing reads the offline file by id range (its
+        Parquet statistics leave the id out).
+        """
         if not self.num_rows:
             yield self.schema.empty_table()
             return
-        run = np.repeat(np.arange(len(self.ids), dtype=np.int32), [len(i) for i in self.ids])
-        order = np.argsort(np.concatenate(self.ids), kind="stable")
-        key = self.schema.names[0]
+        pending: list[pa.RecordBatch] = []
+        held = 0
         with contextlib.ExitStack() as stack:
-            cursors = [_RunCursor(r, stack) for r in self.runs]
-            for start in range(0, len(order), rows):
-                counts = np.bincount(run[order[start : start + rows]], minlength=len(cursors))
-                batches = [b for r in np.flatnonzero(counts) for b in cursors[r].take(counts[r])]
-                table = pa.Table.from_batches(batches, schema=self.schema)
-                # Each run's share is sorted already; the group interleaves them.
-                yield take_rows(table, pc.sort_indices(table[key]).to_numpy())
+            for run, run_ids in zip(self.runs, self.ids, strict=True):
+                cursor, left = _RunCursor(run, stack), len(run_ids)
+                while left:
+                    n = min(rows - held, left)
+                    pending.extend(cursor.take(n))
+                    held, left = held + n, left - n
+                    if held == rows:
+                        yield pa.Table.from_batches(pending, schema=self.schema).combine_chunks()
+                        pending, held = [], 0
+        if pending:
+            yield pa.Table.from_batches(pending, schema=self.schema).combine_chunks()
 
 
 class _RunCursor:

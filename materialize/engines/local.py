@@ -3,10 +3,10 @@
 Bucket k of pool(t-1) and bucket k of day t (its spill file, written while the job
 validated the day: `storage.split_daily`) go through `kernel.merge_day`; the bucket's pool
 file is written, and so are its changed rows, sorted by id, to a run file in the day's
-scratch directory (`storage.write_changed_run`), which the job merges into the offline
-file. Only the day's stats (`health.fold_stats`: a few scalars per changed entity, one
-row per last-seen day for the others) and 8 bytes per changed row (their ids) stay in
-memory, so memory is bounded by the buckets in flight (the next one being read, the one
+scratch directory (`storage.write_changed_run`), which the job copies into the offline
+file in bucket order. Only the day's stats (`health.fold_stats`: a few scalars per changed
+entity, one row per last-seen day for the others) and 8 bytes per changed row (their ids)
+stay in memory, so memory is bounded by the buckets in flight (the next one being read, the one
 merging, the last one being written), not by the day or the pool.
 """
 

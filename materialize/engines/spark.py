@@ -154,12 +154,15 @@ def run_spark(
         raise PoolIntegrityError(errors[0])
     files = [PoolFile(**row) for row in done.drop_columns(["error"]).to_pylist()]
     write_layout(out_dir, buckets, files)
-    changed = pq.read_table(side / "changed")
+    # One run a bucket, in bucket order, each sorted by id: the local engine's order.
+    runs = [
+        sorted_by(pq.read_table(side / "changed" / f"bucket={k}.parquet"), key)
+        for k in range(buckets)
+    ]
     stats = pq.read_table(side / "stats")
     shutil.rmtree(side)
-    changed = sorted_by(changed, key)
-    ids = changed[key].to_numpy()
-    return EngineOutput(changed=ChangedRows(changed.schema, [changed], [ids]), stats=stats)
+    ids = [run[key].to_numpy() for run in runs]
+    return EngineOutput(changed=ChangedRows(runs[0].schema, runs, ids), stats=stats)
 
 
 class SparkEngine(Engine):

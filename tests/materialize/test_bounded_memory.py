@@ -236,16 +236,17 @@ def test_split_daily_holds_a_few_blocks_whatever_the_day(tmp_path, monkeypatch):
 
 def _merge_peak(tmp_path, n: int) -> int:
     """Arrow's most live bytes (above what was live before) while 20 sorted runs of `n`
-    64-d rows in all are merged in groups of 1024; checks the merged order."""
+    64-d rows in all are read back in groups of 1024; checks the order (run after run)."""
     dim, buckets = 64, 20
     rng = np.random.default_rng(9)
     ids = rng.permutation(10 * n)[:n].astype(np.int64)
     vectors = unit_rows(rng, n, dim)
     bucket = bucket_of(pa.array(ids), buckets)
-    runs, run_ids = [], []
+    runs, run_ids, order = [], [], []
     for k in range(buckets):
         rows = np.flatnonzero(bucket == k)
         rows = rows[np.argsort(ids[rows])]
+        order.append(ids[rows])
         part = pa.table({"user_id": ids[rows], "embedding": fixed_size_list(vectors[rows])})
         runs.append(tmp_path / f"run-{n}-{k}.arrow")
         run_ids.append(storage.write_changed_run(runs[-1], part, buckets))
@@ -256,15 +257,15 @@ def _merge_peak(tmp_path, n: int) -> int:
         peak = max(peak, pa.total_allocated_bytes() - before)
         merged.append(np.array(group["user_id"]))  # a copy: a view would hold Arrow buffers
         assert group["embedding"].num_chunks == 1
-    np.testing.assert_array_equal(np.concatenate(merged), np.sort(ids))
+    np.testing.assert_array_equal(np.concatenate(merged), np.concatenate(order))
+    assert sorted(len(m) for m in merged)[1:] == [1024] * (len(merged) - 1)
     return peak
 
 
-def test_changed_rows_merge_holds_a_few_groups_whatever_the_day(tmp_path, monkeypatch):
-    """Arrow's live bytes while runs of 10 and 40 groups in all are merged: a few groups'
-    worth (the runs' current batches and the group) for both, not all the rows."""
+def test_changed_rows_read_back_holds_a_few_groups_whatever_the_day(tmp_path, monkeypatch):
+    """Arrow's live bytes while runs of 10 and 40 groups in all are read back: a few
+    groups' worth (the run's current batch and the group) for both, not all the rows."""
     monkeypatch.setitem(VECTOR_PARQUET, "row_group_size", 1024)
     small = _merge_peak(tmp_path, 10_240)
     large = _merge_peak(tmp_path, 40_960)
-    # Not equal: the largest share one run gives a group grows a little with more groups.
     assert large < 2 * small and large < 40_960 * 64 * 4 / 8

@@ -60,7 +60,7 @@ def test_two_days_pool_offline_metrics_and_idempotent_rerun(workdir):
     pool0 = tree_bytes(workdir.pool(MODEL, ENTITY, day(0)))
     first = materialize_day(config(workdir, day(1)))
     pool1 = tree_bytes(workdir.pool(MODEL, ENTITY, day(1)))
-    offline1 = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(1)))
+    offline1 = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(1))).sort_by(KEY)
 
     again = materialize_day(config(workdir, day(1)))  # re-run of the newest day
     assert tree_bytes(workdir.pool(MODEL, ENTITY, day(1))) == pool1
@@ -126,7 +126,7 @@ def test_fold_from_reads_earlier_days_as_one_input_stamped_at_the_day(workdir):
     np.testing.assert_allclose(vectors[ids.index(2)], e1[0], rtol=1e-6)  # the latest wins
     assert not workdir.pool(MODEL, ENTITY, day(0)).exists()
     assert not offline_day_path(workdir.offline(MODEL, ENTITY), day(0)).exists()
-    offline = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(1)))
+    offline = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(1))).sort_by(KEY)
     assert offline[KEY].to_pylist() == [1, 2, 3]
     assert report.metrics["new"] == 3
     with pytest.raises(ValueError, match="fold_from"):
@@ -381,7 +381,7 @@ def test_cancelling_day_publishes_the_previous_value_everywhere(applied_workdir)
     materialize_day(config(wd, day(0), online=True, w=0.5))
     report = materialize_day(config(wd, day(1), online=True, w=0.5))
     assert report.metrics["degenerate"] == 1 and report.metrics["norm_min"] == 0.0
-    offline = pq.read_table(offline_day_path(wd.offline(MODEL, ENTITY), day(1)))
+    offline = pq.read_table(offline_day_path(wd.offline(MODEL, ENTITY), day(1))).sort_by(KEY)
     np.testing.assert_array_equal(embedding_matrix(offline["embedding"], DIM)[0], _basis(0)[0])
     e2 = (0.5 * _basis(1) + 0.5 * _basis(2))[0]
     np.testing.assert_allclose(
@@ -404,7 +404,7 @@ def test_huge_daily_norms_publish_unit_vectors(workdir):
     e = unit_rows(np.random.default_rng(3), 2) * np.float32(1e30)
     write_daily(workdir, MODEL, ENTITY, day(0), daily_table([1, 2], e, day(0)))
     report = materialize_day(config(workdir, day(0)))
-    offline = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(0)))
+    offline = pq.read_table(offline_day_path(workdir.offline(MODEL, ENTITY), day(0))).sort_by(KEY)
     published = embedding_matrix(offline["embedding"], DIM).astype(np.float64)
     np.testing.assert_allclose(np.linalg.norm(published, axis=1), 1.0, rtol=1e-6)
     direction = e / np.linalg.norm(e.astype(np.float64), axis=1)[:, None]

@@ -20,7 +20,7 @@ from materialize_helpers import DIM, daily_table, unit_rows, write_daily
 
 from materialize import storage
 from materialize.job import MaterializeConfig, materialize_day
-from materialize.kernel import TIMESTAMP, merge_day, split_annotated
+from materialize.kernel import TIMESTAMP, merge_day, sorted_by, split_annotated
 from materialize.storage import (
     VECTOR_PARQUET,
     MaterializeError,
@@ -79,7 +79,7 @@ def write_day(workdir, d, ids, seconds, seed, files=3, row_group=9) -> None:
 def whole_day_reference(workdir, d) -> tuple[dict[int, bytes], bytes]:
     """Pool(t) bucket files and the offline file of day d as the day in memory gives
     them: every row of the day read at once, split by `bucket_of` (stable), each bucket
-    merged, every changed row sorted by id at the end."""
+    merged, its changed rows sorted by id, the buckets' changed rows one after the other."""
     schema = pa.schema(
         [(KEY, pa.int64()), ("ts", TIMESTAMP), ("embedding", pa.list_(pa.float32())),
          ("model_version", pa.string())]
@@ -96,8 +96,9 @@ def whole_day_reference(workdir, d) -> tuple[dict[int, bytes], bytes]:
             merge_day(read_pool_bucket(previous, k), day.take(rows), params, DIM), KEY
         )
         pools[k] = pool_bytes(result.pool)
-        changed.append(result.changed)
-    return pools, parquet_bytes(offline_rows(pa.concat_tables(changed), KEY, d))
+        changed.append(sorted_by(result.changed, KEY))
+    offline = offline_rows(pa.concat_tables(changed).combine_chunks(), KEY, d)
+    return pools, parquet_bytes(offline)
 
 
 def test_streamed_day_writes_the_whole_table_files_byte_for_byte(workdir, monkeypatch):
