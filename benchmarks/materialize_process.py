@@ -330,7 +330,7 @@ def check_equal(wd: Workdir, out: Path) -> str:
     scales = ours["aggregate_scale"].to_numpy(), theirs["aggregate_scale"].to_numpy()
     assert np.allclose(*scales, rtol=1e-6, atol=0), "aggregate_scale differs"
     offline_dir = wd.offline("ctr", "user")
-    ours_off = pq.read_table(offline_dir / f"day={DAY}.parquet")
+    ours_off = pq.read_table(offline_dir / f"day={DAY}.parquet").sort_by("user_id")
     theirs_off = pq.read_table(out / "offline.parquet")
     assert ours_off["user_id"].equals(theirs_off["user_id"]), "offline ids differ"
     off_diff = np.abs(matrix(ours_off["embedding"]) - matrix(theirs_off["embedding"])).max()
