@@ -231,7 +231,9 @@ def test_split_daily_holds_a_few_blocks_whatever_the_day(tmp_path, monkeypatch):
     small = _split_peak(tmp_path, monkeypatch, 24_000)
     large = _split_peak(tmp_path, monkeypatch, 96_000)
     block = 1000 * 64 * 4
-    assert large < small + block and large < 96_000 * 64 * 4 / 10
+    # A few blocks of slack: the peak moves by 1-2 blocks from run to run (Arrow's IPC
+    # writers' buffers), while a day held whole would add 72 blocks.
+    assert large < small + 4 * block and large < 96_000 * 64 * 4 / 10
 
 
 def _merge_peak(tmp_path, n: int) -> int:
