@@ -10,7 +10,8 @@
       3. merge     the kernel through an engine (local or Spark) -> pool(t) in a temp dir,
                    and the changed rows as runs (one a bucket, each sorted by id)
       4. write     offline day file (atomic; the runs one after the other, a row group at a
-                   time), then pool(t) renamed into place, then metrics
+                   time, on a thread of its own while later buckets merge), then pool(t)
+                   renamed into place, then metrics
       5. online    push day t's changed rows, remove expired entities (`push_online`)
 
 The offline file is written before the pool, so a pool on disk always has its offline
@@ -25,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from materialize.kernel import HEURISTICS, KernelParams
 from materialize.memory import returning_memory_pool
 from materialize.storage import (
     VECTOR_PARQUET,
+    ChangedRows,
     DailyInput,
     MaterializeError,
     buckets_for,
@@ -235,25 +237,44 @@ def _materialize_offline(
         offline_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_tmp(pool_dir.parent)
         clean_stale_tmp(offline_dir)
-        with atomic_dir(pool_dir) as tmp:
-            output = engine.merge(
-                previous_dir, daily, params, dim, buckets, tmp, progress or (lambda n: None)
-            )
-            # The changed rows, run after run (bucket order), a row group at a time.
+        if reset and previous is not None:
+            # Feast would keep serving the abandoned lineage's values (another embedding
+            # space, maybe another D) to later events: a null row closes each of them.
+            abandoned = _ids(wd.pool(config.model, config.entity, previous), key)
+        else:
+            abandoned = None
+        changed = ChangedRows.streaming()
+
+        def offline_groups() -> Iterator[pa.Table]:
+            """The changed rows, run after run (bucket order) as the engine adds them, a
+            row group at a time; then the abandoned entities' null rows."""
             size = VECTOR_PARQUET["row_group_size"]
-            rows = (offline_rows(g, key, config.day) for g in output.changed.groups(size))
-            if reset and previous is not None:
-                # Feast would keep serving the abandoned lineage's values (another
-                # embedding space, maybe another D) to later events: a null row closes
-                # each of them.
-                abandoned = _ids(wd.pool(config.model, config.entity, previous), key)
-                changed_ids = output.changed.id_array()
-                gone = abandoned.filter(pc.invert(pc.is_in(abandoned, value_set=changed_ids)))
-                schema = offline_rows(output.changed.schema.empty_table(), key, config.day).schema
-                rows = itertools.chain(rows, [tombstone_rows(gone, key, config.day, schema)])
-            # Offline first: once pool(t) exists, its offline rows do too.
-            offline_file = write_offline_day(offline_dir, config.day, rows)
-    metrics = health.day_metrics(output.stats, config.model, config.entity, config.day)
+            yield from (offline_rows(g, key, config.day) for g in changed.groups(size))
+            if abandoned is not None:
+                gone = abandoned.filter(
+                    pc.invert(pc.is_in(abandoned, value_set=changed.id_array()))
+                )
+                schema = offline_rows(changed.schema.empty_table(), key, config.day).schema
+                yield tombstone_rows(gone, key, config.day, schema)
+
+        with atomic_dir(pool_dir) as tmp, ThreadPoolExecutor(1) as offline_writer:
+            # The offline file is written while later buckets merge (Arrow's writer
+            # releases the GIL); offline first: once pool(t) exists, its offline rows do too.
+            offline = offline_writer.submit(
+                write_offline_day, offline_dir, config.day, offline_groups()
+            )
+            try:
+                stats = engine.merge(
+                    previous_dir, daily, params, dim, buckets, tmp, changed,
+                    progress or (lambda n: None),
+                )  # fmt: skip
+            except BaseException:
+                changed.abort()  # the writer stops and leaves no offline file
+                wait([offline])
+                raise
+            changed.close()
+            offline_file = offline.result()
+    metrics = health.day_metrics(stats, config.model, config.entity, config.day)
     if reset and previous is not None:
         # Entities of the abandoned pool are gone from pool(t) like expired ones.
         metrics["expired"] = len(_ids(wd.pool(config.model, config.entity, previous), key))

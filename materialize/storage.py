@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import math
+import threading
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -992,6 +994,10 @@ def parquet_row_groups(tables: Iterable[pa.Table], size: int) -> Iterator[pa.Tab
         yield schema.empty_table()
 
 
+class MergeAborted(MaterializeError):
+    """The merge feeding a `ChangedRows` failed; its reader stops (and writes nothing)."""
+
+
 class ChangedRows:
     """Day t's changed rows (new and updated entities: <id>, embedding, last_seen,
     model_version), held as runs, one a bucket in bucket order, each sorted by id; read
@@ -1001,12 +1007,59 @@ class ChangedRows:
     `write_changed_run` wrote (the local engine: one a bucket, in the run's scratch
     directory); `ids[i]` are run i's ids in its order (8 bytes a row stay in memory, the
     vectors stay on disk until the offline file is written).
+
+    `ChangedRows(schema, runs, ids)` holds runs that are all there. `ChangedRows.streaming()`
+    is filled while an engine merges (`add` a bucket's run as it is written, then `close`,
+    or `abort` on failure), so the offline file is written from one thread (`groups`)
+    while the next buckets merge in another.
     """
 
     def __init__(
-        self, schema: pa.Schema, runs: Sequence[pa.Table | Path], ids: Sequence[np.ndarray]
+        self,
+        schema: pa.Schema | None,
+        runs: Sequence[pa.Table | Path],
+        ids: Sequence[np.ndarray],
+        *,
+        complete: bool = True,
     ):
         self.schema, self.runs, self.ids = schema, list(runs), list(ids)
+        self._complete, self._aborted = complete, False
+        self._changed = threading.Condition()
+
+    @classmethod
+    def streaming(cls) -> ChangedRows:
+        """An empty holder an engine fills (`add`, then `close` or `abort`)."""
+        return cls(None, [], [], complete=False)
+
+    def add(self, run: pa.Table | Path, ids: np.ndarray, schema: pa.Schema) -> None:
+        """The next bucket's run (sorted by id; `ids` its ids in that order)."""
+        with self._changed:
+            if self._complete:
+                raise RuntimeError("ChangedRows.add after close")
+            self.schema = self.schema or schema
+            self.runs.append(run)
+            self.ids.append(ids)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Every run was added: `groups` ends after the last."""
+        with self._changed:
+            self._complete = True
+            self._changed.notify_all()
+
+    def abort(self) -> None:
+        """The merge failed: `groups` raises `MergeAborted` instead of waiting for runs."""
+        with self._changed:
+            self._complete = self._aborted = True
+            self._changed.notify_all()
+
+    def _run(self, i: int) -> tuple[pa.Table | Path, np.ndarray] | None:
+        """Run i, once it was added; None after the last run of a closed holder."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.runs) > i or self._complete)
+            if self._aborted:
+                raise MergeAborted("the merge of this day failed; no offline rows written")
+            return (self.runs[i], self.ids[i]) if i < len(self.runs) else None
 
     @property
     def num_rows(self) -> int:
@@ -1021,20 +1074,22 @@ class ChangedRows:
         """The runs' rows one after the other, `rows` at a time (the last fewer; one empty
         table when there are none), each column one chunk, whatever batches the runs hold
         (so both engines' offline files are the same bytes). Memory: a group, plus one
-        batch of the run being read.
+        batch of the run being read. On a streaming holder it waits for each run as the
+        merge adds it, and raises `MergeAborted` if the merge fails.
 
         Bucket order rather than id order: a k-way merge of the runs by id cost a sort and
-        a gather of every vector, and nothing reads the offline file by id range (its
-        Parquet statistics leave the id out).
+        a gather of every vector, could only start once every bucket was merged, and
+        nothing reads the offline file by id range (its Parquet statistics leave the id out).
         """
-        if not self.num_rows:
-            yield self.schema.empty_table()
-            return
         pending: list[pa.RecordBatch] = []
-        held = 0
+        held, total = 0, 0
         with contextlib.ExitStack() as stack:
-            for run, run_ids in zip(self.runs, self.ids, strict=True):
+            for i in itertools.count():
+                if (item := self._run(i)) is None:
+                    break
+                run, run_ids = item
                 cursor, left = _RunCursor(run, stack), len(run_ids)
+                total += left
                 while left:
                     n = min(rows - held, left)
                     pending.extend(cursor.take(n))
@@ -1044,6 +1099,8 @@ class ChangedRows:
                         pending, held = [], 0
         if pending:
             yield pa.Table.from_batches(pending, schema=self.schema).combine_chunks()
+        elif not total:
+            yield self.schema.empty_table()
 
 
 class _RunCursor:

@@ -4,11 +4,11 @@ knows the names."""
 
 from __future__ import annotations
 
-from materialize.engines.base import STATS_COLUMNS, Engine, EngineOutput
+from materialize.engines.base import STATS_COLUMNS, Engine
 
 ENGINES = ("local", "spark")
 
-__all__ = ["ENGINES", "STATS_COLUMNS", "Engine", "EngineOutput", "make_engine"]
+__all__ = ["ENGINES", "STATS_COLUMNS", "Engine", "make_engine"]
 
 
 def make_engine(name: str, *, spark_master: str = "local[2]", spark=None) -> Engine:

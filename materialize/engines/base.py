@@ -2,7 +2,8 @@
 
 Every engine runs the same pure kernel (`materialize.kernel.merge_day`) over the same hash
 buckets of the entity id (`materialize.storage.bucket_of`) and hands the job the same
-`EngineOutput`; they differ only in where the buckets run. Like Feast's
+things (each bucket's changed rows as they are written, then the day's stats); they differ
+only in where the buckets run. Like Feast's
 `compute_engines/`, each engine has its own small config and the caller never branches on
 the engine's type: it calls `make_engine(name, ...)` once and then `engine.merge(...)`.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,14 +20,6 @@ from materialize.kernel import KernelParams
 from materialize.storage import ChangedRows, DailyInput
 
 STATS_COLUMNS = ("status", "cosine", "norm", "degenerate", "last_seen")
-
-
-@dataclass(frozen=True)
-class EngineOutput:
-    """What the job needs from an engine once the pool is written."""
-
-    changed: ChangedRows  # <id>, embedding, last_seen, model_version (new and updated)
-    stats: pa.Table  # STATS_COLUMNS, one row per entity of either input
 
 
 class Engine(ABC):
@@ -47,13 +39,16 @@ class Engine(ABC):
         dim: int,
         buckets: int,
         out_dir: Path,
+        changed: ChangedRows,
         progress: Callable[[int], None] = lambda n: None,
-    ) -> EngineOutput:
+    ) -> pa.Table:
         """Writes pool(t) as `buckets` bucket files plus its layout under `out_dir`.
 
         previous_pool: pool(t-1)'s directory (bucketed with `buckets`), or None for a new
         pool. daily: day t, validated (its files; split by bucket when
-        `reads_split_day`). D = `dim`. `progress(n)` is called as n more buckets are
-        done. Returns the changed rows (new and updated entities) and one stats row per
-        entity of either input.
+        `reads_split_day`). D = `dim`. Each bucket's changed rows (new and updated
+        entities, sorted by id) are added to `changed` in bucket order (`ChangedRows.add`;
+        the caller closes it), so the offline file can be written while later buckets
+        merge. `progress(n)` is called as n more buckets are done. Returns the stats:
+        `STATS_COLUMNS`, one row per entity of either input (folded: `health.fold_stats`).
         """

@@ -16,10 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
-from materialize.engines.base import STATS_COLUMNS, Engine, EngineOutput
+from materialize.engines.base import STATS_COLUMNS, Engine
 from materialize.health import fold_stats
 from materialize.kernel import KernelParams, empty_pool, merge_day, sorted_by, split_annotated
 from materialize.storage import (
@@ -41,9 +40,11 @@ def run_local(
     dim: int,
     buckets: int,
     out_dir: Path,
+    changed_rows: ChangedRows,
     progress: Callable[[int], None] = lambda n: None,
-) -> EngineOutput:
-    """Merges day t bucket by bucket and writes pool(t) under `out_dir`.
+) -> pa.Table:
+    """Merges day t bucket by bucket and writes pool(t) under `out_dir`; each bucket's
+    changed rows go to `changed_rows` as their run file is written (`Engine.merge`).
 
     previous_pool: pool(t-1)'s directory (bucketed with `buckets`), or None for a new pool.
     daily: day t, validated and split into `buckets` (`DailyInput.split`; no rows: a
@@ -66,20 +67,20 @@ def run_local(
             return empty_pool(key, id_type, dim), day
         return read_pool_bucket(previous_pool, k, layout), day
 
-    def write(k: int, pool: pa.Table, changed: pa.Table) -> tuple[PoolFile, Path, np.ndarray]:
+    def write(k: int, pool: pa.Table, changed: pa.Table) -> PoolFile:
+        # One writer thread: the runs reach `changed_rows` in bucket order.
+        pool_file = write_pool_bucket(out_dir, k, pool)
         run = runs_dir / f"bucket={k}.arrow"
-        return write_pool_bucket(out_dir, k, pool), run, write_changed_run(run, changed, buckets)
+        changed_rows.add(run, write_changed_run(run, changed, buckets), changed.schema)
+        return pool_file
 
-    # Parquet I/O overlaps the merge: bucket k+1 is read and bucket k-1 written (Arrow
-    # releases the GIL) while bucket k merges; at most three buckets are in memory.
-    runs, ids, stats, files = [], [], [], []
-    schema = None
+    # I/O overlaps the merge: bucket k+1 is read and bucket k-1 written (Arrow releases the
+    # GIL) while bucket k merges, and the job writes the offline file from the runs as they
+    # come; at most three buckets are in memory.
+    stats, files = [], []
 
     def done(written) -> None:
-        pool_file, run, run_ids = written.result()  # one write in flight; raises its error here
-        files.append(pool_file)
-        runs.append(run)
-        ids.append(run_ids)
+        files.append(written.result())  # one write in flight; raises its error here
         progress(1)
 
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
@@ -93,7 +94,6 @@ def run_local(
             del pool_k, day_k
             result = split_annotated(annotated, key)
             changed = sorted_by(result.changed, key)
-            schema = changed.schema
             if written is not None:
                 done(written)
             written = writer.submit(write, k, result.pool, changed)
@@ -102,7 +102,7 @@ def run_local(
         if written is not None:
             done(written)
     write_layout(out_dir, buckets, files)
-    return EngineOutput(changed=ChangedRows(schema, runs, ids), stats=pa.concat_tables(stats))
+    return pa.concat_tables(stats)
 
 
 class LocalEngine(Engine):
@@ -118,6 +118,7 @@ class LocalEngine(Engine):
         dim: int,
         buckets: int,
         out_dir: Path,
+        changed: ChangedRows,
         progress: Callable[[int], None] = lambda n: None,
-    ) -> EngineOutput:
-        return run_local(previous_pool, daily, params, dim, buckets, out_dir, progress)
+    ) -> pa.Table:
+        return run_local(previous_pool, daily, params, dim, buckets, out_dir, changed, progress)

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from derm_features.core.atomic import write_parquet_atomic
-from materialize.engines.base import STATS_COLUMNS, Engine, EngineOutput
+from materialize.engines.base import STATS_COLUMNS, Engine
 from materialize.kernel import KernelParams, empty_pool, merge_day, sorted_by, split_annotated
 from materialize.storage import (
     VECTOR_PARQUET,
@@ -121,8 +121,11 @@ def run_spark(
     dim: int,
     buckets: int,
     out_dir: Path,
-) -> EngineOutput:
-    """Merges day t on Spark and writes pool(t) under `out_dir` (bucket=k/ directories)."""
+    changed: ChangedRows,
+) -> pa.Table:
+    """Merges day t on Spark and writes pool(t) under `out_dir` (bucket=k/ directories);
+    the buckets' changed rows go to `changed` once every task is done; returns the stats
+    (`Engine.merge`)."""
     from pyspark.sql import functions as F
 
     key = params.id_column
@@ -155,14 +158,12 @@ def run_spark(
     files = [PoolFile(**row) for row in done.drop_columns(["error"]).to_pylist()]
     write_layout(out_dir, buckets, files)
     # One run a bucket, in bucket order, each sorted by id: the local engine's order.
-    runs = [
-        sorted_by(pq.read_table(side / "changed" / f"bucket={k}.parquet"), key)
-        for k in range(buckets)
-    ]
+    for k in range(buckets):
+        run = sorted_by(pq.read_table(side / "changed" / f"bucket={k}.parquet"), key)
+        changed.add(run, run[key].to_numpy(), run.schema)
     stats = pq.read_table(side / "stats")
     shutil.rmtree(side)
-    ids = [run[key].to_numpy() for run in runs]
-    return EngineOutput(changed=ChangedRows(runs[0].schema, runs, ids), stats=stats)
+    return stats
 
 
 class SparkEngine(Engine):
@@ -192,9 +193,12 @@ class SparkEngine(Engine):
         dim: int,
         buckets: int,
         out_dir: Path,
+        changed: ChangedRows,
         progress: Callable[[int], None] = lambda n: None,
-    ) -> EngineOutput:
+    ) -> pa.Table:
         files = list(daily.files)
-        output = run_spark(self.session, previous_pool, files, params, dim, buckets, out_dir)
+        stats = run_spark(
+            self.session, previous_pool, files, params, dim, buckets, out_dir, changed
+        )
         progress(buckets)
-        return output
+        return stats

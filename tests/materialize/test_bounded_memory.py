@@ -271,3 +271,40 @@ def test_changed_rows_read_back_holds_a_few_groups_whatever_the_day(tmp_path, mo
     small = _merge_peak(tmp_path, 10_240)
     large = _merge_peak(tmp_path, 40_960)
     assert large < 2 * small and large < 40_960 * 64 * 4 / 8
+
+
+def test_streaming_changed_rows_are_read_as_they_are_added_and_stop_on_abort(tmp_path):
+    """A reader thread gets each run as the merge adds it, in order; `abort` makes it
+    raise instead of waiting; `add` after `close` is refused."""
+    import threading
+
+    schema = pa.schema([("user_id", pa.int64())])
+    runs = [pa.table({"user_id": np.arange(k * 10, k * 10 + 7)}, schema=schema) for k in range(3)]
+    changed = storage.ChangedRows.streaming()
+    got, added = [], threading.Event()
+
+    def read() -> None:
+        for group in changed.groups(5):
+            got.append(group["user_id"].to_pylist())
+            added.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    changed.add(runs[0], runs[0]["user_id"].to_numpy(), schema)
+    assert added.wait(10)  # the first group is read before any other run exists
+    assert got[0] == [0, 1, 2, 3, 4]
+    for run in runs[1:]:
+        changed.add(run, run["user_id"].to_numpy(), schema)
+    changed.close()
+    reader.join(10)
+    assert sum(got, []) == [i for run in runs for i in run["user_id"].to_pylist()]
+    assert [len(g) for g in got] == [5, 5, 5, 5, 1]
+    with pytest.raises(RuntimeError, match="after close"):
+        changed.add(runs[0], runs[0]["user_id"].to_numpy(), schema)
+
+    aborted = storage.ChangedRows.streaming()
+    aborted.add(runs[0], runs[0]["user_id"].to_numpy(), schema)
+    groups = aborted.groups(100)
+    aborted.abort()
+    with pytest.raises(storage.MergeAborted):
+        list(groups)
