@@ -670,12 +670,34 @@ def read_layout(pool_dir: Path) -> Layout:
         outside = [f.path for f in files if not 0 <= f.bucket < buckets]
         if outside:
             raise ValueError(f"files outside buckets 0..{buckets - 1}: {outside}")
+        # A path elsewhere (another bucket's directory, outside the pool) or listed twice
+        # would be read as this bucket's rows: entities in two buckets, or twice in one.
+        misplaced = [f.path for f in files if not _in_own_bucket(f)]
+        if misplaced:
+            raise ValueError(f"paths not a pool file of their bucket's directory: {misplaced}")
+        paths = [f.path for f in files]
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            raise ValueError(f"files listed more than once: {twice}")
         unlisted = sorted(set(range(buckets)) - {f.bucket for f in files})
         if unlisted:
             raise ValueError(f"no file listed for bucket(s) {unlisted}")
     except (KeyError, TypeError, ValueError) as exc:
         raise PoolIntegrityError(f"{where} is not a pool manifest ({exc}); {_REBUILD}") from None
     return Layout(buckets, files)
+
+
+def _in_own_bucket(f: PoolFile) -> bool:
+    """`bucket=<k>/<name>.arrow|.parquet` with k the file's bucket (what every engine
+    writes, derm 0.1.0 included)."""
+    directory, _, name = f.path.partition("/")
+    return (
+        directory == f"bucket={f.bucket}"
+        and bool(name)
+        and "/" not in name
+        and not name.startswith((".", "_"))
+        and name.endswith(POOL_SUFFIXES)
+    )
 
 
 # What to do about a damaged pool, in every integrity message.
@@ -772,7 +794,7 @@ def _footer_rows(pool_dir: Path, path: Path) -> int:
         if arrow:
             return pa.ipc.open_file(pa.memory_map(str(path))).count_rows()
         return pq.ParquetFile(path).metadata.num_rows
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:
         kind = "a readable Arrow IPC file" if arrow else "readable Parquet"
         raise PoolIntegrityError(
             f"pool {pool_dir}: {path.relative_to(pool_dir)} is not {kind} ({exc}); {_REBUILD}"
@@ -789,13 +811,41 @@ def read_pool_file(path: Path, columns: list[str] | None = None) -> pa.Table:
     return read_contiguous(path)
 
 
+def _unreadable(pool_dir: Path, relative: str | Path, exc: BaseException) -> PoolIntegrityError:
+    return PoolIntegrityError(
+        f"pool {pool_dir}: {relative} is not a readable pool file "
+        f"({type(exc).__name__}: {exc}); {_REBUILD}"
+    )
+
+
+# What a damaged file's bytes raise while it is parsed (an unknown type in a garbled
+# schema: ArrowNotImplementedError; a garbled column name: KeyError; bad UTF-8 in a
+# Parquet string: UnicodeDecodeError, a ValueError).
+_PARSE_ERRORS = (pa.ArrowException, OSError, ValueError, KeyError, NotImplementedError)
+
+
+def _read_listed(pool_dir: Path, path: Path, columns: list[str] | None) -> pa.Table:
+    """`read_pool_file` for a file of `pool_dir`, a parse error raised as
+    `PoolIntegrityError` naming the pool and the file."""
+    try:
+        return read_pool_file(path, columns)
+    except _PARSE_ERRORS as exc:
+        raise _unreadable(pool_dir, path.relative_to(pool_dir), exc) from None
+
+
 def read_ipc_buffer(data: pa.Buffer, columns: list[str] | None = None) -> pa.Table:
     """The table of an Arrow IPC file's bytes (`columns`: those only), its columns views of
-    `data` (a memory map: nothing decoded or copied), one chunk each. Raises
-    `pa.ArrowInvalid` when `data` is not an IPC file."""
+    `data` (a memory map: nothing decoded or copied), one chunk each, validated in full
+    (offsets in bounds, UTF-8). Raises `pa.ArrowInvalid` when `data` is not a valid IPC
+    file."""
     table = pa.ipc.open_file(data).read_all()
     if columns is not None:
         table = table.select(columns)
+    # An IPC file is used as it lies: a garbled string offset would make the first
+    # kernel that reads the column (pool_versions' unique) read out of bounds and crash
+    # the process. Full validation bounds every offset and checks UTF-8; on vectors
+    # (fixed-size lists of float32) it has nothing per value to check.
+    table.validate(full=True)
     if table.num_rows == 0:  # no record batch: one empty chunk per column, as Parquet gives
         return table.schema.empty_table()
     return table.combine_chunks()  # one batch as written (no copy); several: one copy
@@ -819,7 +869,10 @@ def _read_verified(pool_dir: Path, f: PoolFile) -> pa.Table:
             f"pool {pool_dir}: {f.path} has crc32 {crc}, its manifest says "
             f"{f.crc32} (corrupted); {_REBUILD}"
         )
-    table = read_contiguous(path) if mapped is None else read_ipc_buffer(mapped)
+    try:
+        table = read_contiguous(path) if mapped is None else read_ipc_buffer(mapped)
+    except _PARSE_ERRORS as exc:  # the bytes the manifest lists, but not a pool file
+        raise _unreadable(pool_dir, f.path, exc) from None
     if table.num_rows != f.rows:
         raise PoolIntegrityError(
             f"pool {pool_dir}: {f.path} holds {table.num_rows} rows, its manifest says "
@@ -853,7 +906,7 @@ def read_pool_bucket(pool_dir: Path, bucket: int, layout: Layout | None = None) 
     file. Never an empty table for a missing file: raises `PoolIntegrityError`."""
     layout = layout or read_layout(pool_dir)
     if layout.files is None:
-        tables = [pq.read_table(p) for p in _legacy_files(pool_dir, layout, bucket)]
+        tables = [_read_listed(pool_dir, p, None) for p in _legacy_files(pool_dir, layout, bucket)]
     else:
         tables = [_read_verified(pool_dir, f) for f in layout.bucket_files(bucket)]
     return pa.concat_tables(tables)
@@ -870,14 +923,16 @@ def read_pool(pool_dir: Path, columns: list[str] | None = None) -> pa.Table:
         paths = [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
     else:
         paths = [pool_dir / f.path for f in layout.files]
-    tables = [read_pool_file(p, columns) for p in paths]
+    tables = [_read_listed(pool_dir, p, columns) for p in paths]
     return pa.concat_tables(tables)
 
 
 def pool_rows(pool_dir: Path) -> int:
     """The number of live entities in a pool: its manifest's row counts (read from the
-    files' footers for a format-1 pool). Raises `PoolIntegrityError` as `read_layout`."""
-    layout = read_layout(pool_dir)
+    files' footers for a format-1 pool), after `verify_pool`'s checks (sizes, footers,
+    unlisted files: what `derm status` reports a damaged pool by). Raises
+    `PoolIntegrityError` as `verify_pool`."""
+    layout = verify_pool(pool_dir)
     if layout.files is not None:
         return sum(f.rows for f in layout.files)
     return sum(
@@ -897,8 +952,11 @@ def pool_versions(pool_dir: Path) -> list[str]:
         paths = [pool_dir / f.path for f in layout.files]
     versions: set[str] = set()
     for path in paths:
-        column = read_pool_file(path, ["model_version"])["model_version"]
-        versions.update(v for v in pc.unique(column).to_pylist() if v is not None)
+        column = _read_listed(pool_dir, path, ["model_version"])["model_version"]
+        try:
+            versions.update(v for v in pc.unique(column).to_pylist() if v is not None)
+        except _PARSE_ERRORS as exc:  # a Parquet string column with bad UTF-8
+            raise _unreadable(pool_dir, path.relative_to(pool_dir), exc) from None
     return sorted(versions)
 
 

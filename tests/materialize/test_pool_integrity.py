@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from materialize_helpers import daily_table, flip_a_vector_byte, unit_rows, write_daily
@@ -232,3 +233,134 @@ def test_a_garbled_footer_is_refused_by_name(two_days, earlier, match):
     data = path.read_bytes()
     path.write_bytes(data[:-8] + b"XXXXXXXX")  # same size, the footer's magic garbled
     refused(two_days, rf"bucket=1/{match}")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """derm in a child process: a crash (SIGSEGV) shows as a negative return code."""
+    return subprocess.run([DERM, *args], capture_output=True, text=True)
+
+
+def _relist(pool_dir: Path, relative: str) -> None:
+    """Records a file's current size and crc32 in the manifest, as if it had been written
+    so: the checksum then passes and only parsing the file can tell."""
+    layout = read_layout(pool_dir)
+    data = (pool_dir / relative).read_bytes()
+    files = [
+        PoolFile(f.bucket, f.path, f.rows, len(data), f"{zlib.crc32(data):08x}")
+        if f.path == relative
+        else f
+        for f in layout.files
+    ]
+    write_layout(pool_dir, layout.buckets, files)
+
+
+def test_a_garbled_string_offset_exits_2_not_a_crash(two_days):
+    """A same-size .arrow file whose model_version offsets point past the file: the
+    versions are read (without a checksum) before the buckets, and an unvalidated IPC
+    column made that read crash the process (SIGSEGV, found by flipping single bytes)."""
+    path = bucket_file(two_days, 1)
+    table = read_pool_file(path)
+    lengths = pc.binary_length(table["model_version"]).to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    data = bytearray(path.read_bytes())
+    at = data.find(offsets.tobytes())
+    assert at > 0, "the model_version offsets not found in the file"
+    last = at + 4 * (len(offsets) - 1)
+    data[last : last + 4] = np.int32(1 << 30).tobytes()
+    path.write_bytes(bytes(data))
+    result = _cli("materialize", "--workdir", str(two_days.root), "--model", MODEL,
+                  "--entity", ENTITY, "--date", str(DAY1), "--no-online")  # fmt: skip
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "bucket=1/part-00000.arrow is not a readable pool file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not two_days.pool(MODEL, ENTITY, DAY1).exists()
+    with pytest.raises(PoolIntegrityError, match="bucket=1/part-00000.arrow"):
+        read_pool(pool0(two_days), [KEY, "embedding", "model_version"])  # derm serve's index
+    with pytest.raises(PoolIntegrityError, match="bucket=1/part-00000.arrow"):
+        pool_versions(pool0(two_days))
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_file_with_a_renamed_column_is_refused_by_name(two_days, earlier):
+    """Listed with its own size and crc32, but not a pool file's schema: a KeyError (and
+    exit 1 with a traceback) before, now the file by name, from every reader."""
+    if earlier:
+        as_parquet_pool(pool0(two_days))
+    path = next((pool0(two_days) / "bucket=1").iterdir())
+    table = read_pool_file(path)
+    table = table.rename_columns(
+        [{"model_version": "version"}.get(n, n) for n in table.column_names]
+    )
+    if earlier:
+        pq.write_table(table, path, **VECTOR_PARQUET)
+    else:
+        with pa.ipc.new_file(str(path), table.schema) as writer:
+            writer.write_table(table)
+    _relist(pool0(two_days), f"bucket=1/{path.name}")
+    refused(two_days, rf"bucket=1/{path.name} is not a readable pool file")
+    with pytest.raises(PoolIntegrityError, match=rf"bucket=1/{path.name}"):
+        pool_versions(pool0(two_days))
+
+
+def test_an_unknown_type_in_a_garbled_schema_is_refused_by_name(two_days):
+    """A flipped bit that makes the schema's id an int128: ArrowNotImplementedError
+    escaped the footer check (exit 1, a traceback)."""
+    path = bucket_file(two_days, 0)
+    schema = pa.ipc.open_file(pa.memory_map(str(path))).schema
+    assert schema.field(KEY).type == pa.int64()
+    original = path.read_bytes()
+    # The footer's copy of the schema holds the Int type's bitWidth (64): make it 128.
+    for at in range(len(original) - 4, len(original) // 2, -1):
+        if original[at : at + 4] != b"\x40\x00\x00\x00":
+            continue
+        data = bytearray(original)
+        data[at] = 0x80
+        path.write_bytes(bytes(data))
+        try:
+            pa.ipc.open_file(pa.memory_map(str(path))).count_rows()
+        except pa.ArrowNotImplementedError:
+            break
+        except pa.ArrowException:
+            pass
+    else:
+        pytest.fail("no bitWidth of 64 found in the footer")
+    refused(two_days, r"bucket=0/part-00000.arrow is not a readable Arrow IPC file")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda files: files + [files[0]], "files listed more than once"),
+        (
+            lambda files: [
+                dict(f, bucket={0: 1, 1: 0}.get(f["bucket"], f["bucket"])) for f in files
+            ],
+            "not a pool file of their bucket's directory",
+        ),
+        (
+            lambda files: [
+                dict(f, path="../" + f["path"]) if f["bucket"] == 0 else f for f in files
+            ],
+            "not a pool file of their bucket's directory",
+        ),
+    ],
+    ids=["listed-twice", "buckets-swapped", "outside-the-pool"],
+)
+def test_a_manifest_that_moves_rows_between_buckets_is_refused(two_days, edit, match):
+    """Each edit passed every size, row and crc32 check and made day 1's pool hold
+    entities twice (40 rows for 31 entities with a file listed twice)."""
+    manifest = pool0(two_days) / LAYOUT_FILE
+    raw = json.loads(manifest.read_text())
+    raw["files"] = edit(raw["files"])
+    manifest.write_text(json.dumps(raw))
+    refused(two_days, match)
+
+
+def test_status_names_a_damaged_newest_pool(two_days, redis_url):
+    """README: `derm status` names a damaged newest pool as day t would; it summed the
+    manifest's row counts and printed them for a truncated or missing file."""
+    path = bucket_file(two_days, 1)
+    path.write_bytes(path.read_bytes()[:-100])
+    result = _cli("status", "--workdir", str(two_days.root))
+    assert result.returncode == 2, result.stdout
+    assert "bucket=1/part-00000.arrow is" in result.stderr and "truncated" in result.stderr
