@@ -275,9 +275,9 @@ def _materialize_offline(
             changed.close()
             offline_file = offline.result()
     metrics = health.day_metrics(stats, config.model, config.entity, config.day)
-    if reset and previous is not None:
+    if abandoned is not None:
         # Entities of the abandoned pool are gone from pool(t) like expired ones.
-        metrics["expired"] = len(_ids(wd.pool(config.model, config.entity, previous), key))
+        metrics["expired"] = len(abandoned)
     health.record(wd.metrics, metrics)
     return DayReport(metrics, previous, pool_dir, offline_file, reset)
 

@@ -68,6 +68,13 @@ def bucket_file(workdir, k: int) -> Path:
     return pool0(workdir) / f"bucket={k}" / "part-00000.arrow"
 
 
+def listed_as_is(pool_dir: Path, f: PoolFile, relative: str) -> PoolFile:
+    """`f`'s manifest entry for the file now at `relative`, with its current size and
+    crc32, as if it had been written so: the checksum then passes."""
+    data = (pool_dir / relative).read_bytes()
+    return PoolFile(f.bucket, relative, f.rows, len(data), f"{zlib.crc32(data):08x}")
+
+
 def as_parquet_pool(pool_dir: Path) -> None:
     """Rewrites a pool as derm wrote it before Arrow IPC pool files: each bucket one
     Parquet file (`VECTOR_PARQUET`), listed in a format-2 manifest."""
@@ -77,8 +84,7 @@ def as_parquet_pool(pool_dir: Path) -> None:
         relative = f.path.replace(".arrow", ".parquet")
         pq.write_table(table, pool_dir / relative, **VECTOR_PARQUET)
         (pool_dir / f.path).unlink()
-        data = (pool_dir / relative).read_bytes()
-        files.append(PoolFile(f.bucket, relative, f.rows, len(data), f"{zlib.crc32(data):08x}"))
+        files.append(listed_as_is(pool_dir, f, relative))
     write_layout(pool_dir, BUCKETS, files)
 
 
@@ -153,14 +159,15 @@ def test_a_file_not_in_the_manifest_is_refused(two_days, name):
     refused(two_days, rf"not in its manifest: \['bucket=0/{name}'\]")
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """derm in a child process: a crash (SIGSEGV) shows as a negative return code."""
+    return subprocess.run([DERM, *args], capture_output=True, text=True)
+
+
 def test_cli_exits_2_and_names_the_damaged_file(two_days):
     bucket_file(two_days, 1).unlink()
-    result = subprocess.run(
-        [DERM, "materialize", "--workdir", str(two_days.root), "--model", MODEL,
-         "--entity", ENTITY, "--date", str(DAY1), "--no-online"],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    result = _cli("materialize", "--workdir", str(two_days.root), "--model", MODEL,
+                  "--entity", ENTITY, "--date", str(DAY1), "--no-online")  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "bucket=1/part-00000.arrow" in result.stderr and "is missing" in result.stderr
     assert "Traceback" not in result.stderr
@@ -235,22 +242,11 @@ def test_a_garbled_footer_is_refused_by_name(two_days, earlier, match):
     refused(two_days, rf"bucket=1/{match}")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    """derm in a child process: a crash (SIGSEGV) shows as a negative return code."""
-    return subprocess.run([DERM, *args], capture_output=True, text=True)
-
-
 def _relist(pool_dir: Path, relative: str) -> None:
     """Records a file's current size and crc32 in the manifest, as if it had been written
     so: the checksum then passes and only parsing the file can tell."""
     layout = read_layout(pool_dir)
-    data = (pool_dir / relative).read_bytes()
-    files = [
-        PoolFile(f.bucket, f.path, f.rows, len(data), f"{zlib.crc32(data):08x}")
-        if f.path == relative
-        else f
-        for f in layout.files
-    ]
+    files = [listed_as_is(pool_dir, f, f.path) if f.path == relative else f for f in layout.files]
     write_layout(pool_dir, layout.buckets, files)
 
 
