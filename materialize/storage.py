@@ -31,7 +31,6 @@ import json
 import math
 import threading
 import warnings
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from isal import isal_zlib
 
 from derm_features.core.arrays import fixed_size_list
 from derm_features.core.atomic import atomic_file, write_text_atomic
@@ -565,7 +565,7 @@ class PoolFile:
     path: str  # relative to the pool directory, e.g. "bucket=3/part-00000.arrow"
     rows: int
     bytes: int
-    crc32: str  # zlib.crc32 of the whole file, 8 hex digits
+    crc32: str  # crc32 (zlib's) of the whole file, 8 hex digits
 
     def as_json(self) -> dict:
         return {
@@ -589,9 +589,10 @@ class Layout:
 
 
 def _crc32(data: bytes | memoryview) -> str:
-    """8 hex digits; crc32 rather than a cryptographic hash: it detects torn or truncated
-    files (what a crash or a bad copy leaves) at ~2 GB/s here, 2x sha256."""
-    return f"{zlib.crc32(data):08x}"
+    """8 hex digits of zlib's crc32. A crc rather than a cryptographic hash: it detects torn
+    or truncated files (what a crash or a bad copy leaves). Computed with ISA-L
+    (`isal_zlib.crc32`: the same values as `zlib.crc32`, several times faster)."""
+    return f"{isal_zlib.crc32(data):08x}"
 
 
 # Bytes read at a time for a file's checksum: a whole pool file in memory (128-256 MiB)
@@ -606,7 +607,7 @@ def _file_crc32(path: Path) -> tuple[int, str]:
     view = memoryview(block)
     with path.open("rb", buffering=0) as f:
         while n := f.readinto(block):
-            crc = zlib.crc32(view[:n], crc)
+            crc = isal_zlib.crc32(view[:n], crc)
             size += n
     return size, f"{crc:08x}"
 
