@@ -32,6 +32,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -411,14 +412,24 @@ def _blocks(path: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     list column its reader kept every batch's buffers until the end of the file (1.66 GB
     of RSS to iterate over a 1.35 GB day, measured)."""
     source = pq.ParquetFile(path)
-    held: list[pa.Table] = []
-    rows = 0
-    for group in range(source.num_row_groups):
-        held.append(source.read_row_group(group, columns=columns))
-        rows += held[-1].num_rows
-        if rows >= _CHECK_ROWS or group == source.num_row_groups - 1:
-            table = pa.concat_tables(held).combine_chunks() if len(held) > 1 else held[0]
-            held, rows = [], 0
+
+    def gathered() -> Iterator[pa.Table]:
+        held: list[pa.Table] = []
+        rows = 0
+        for group in range(source.num_row_groups):
+            held.append(source.read_row_group(group, columns=columns))
+            rows += held[-1].num_rows
+            if rows >= _CHECK_ROWS or group == source.num_row_groups - 1:
+                yield pa.concat_tables(held).combine_chunks() if len(held) > 1 else held[0]
+                held, rows = [], 0
+
+    # The next block is read (Parquet decoding releases the GIL) while this one is checked
+    # and spilled: one block ahead, on the core that would otherwise wait.
+    tables = gathered()
+    with ThreadPoolExecutor(1) as reader:
+        ahead = reader.submit(next, tables, None)
+        while (table := ahead.result()) is not None:
+            ahead = reader.submit(next, tables, None)
             yield from table.to_batches(max_chunksize=_CHECK_ROWS)
 
 
