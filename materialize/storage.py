@@ -94,9 +94,11 @@ def bucket_of(ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
     return (x % np.uint64(buckets)).astype(np.int32)
 
 
-def buckets_for(rows: int, dim: int, target_bytes: int = 256 << 20) -> int:
+def buckets_for(rows: int, dim: int, target_bytes: int = 128 << 20) -> int:
     """Enough buckets that one bucket (pool(t-1) in, pool(t) out: two vectors a row) stays
-    near `target_bytes`."""
+    near `target_bytes`. Smaller buckets bound memory lower and fill and drain the local
+    engine's read/merge/write pipeline sooner, at a small cost per bucket (BENCHMARKS.md:
+    128 MB against 256 and 64)."""
     return max(1, math.ceil(rows * dim * 4 * 2 / target_bytes))
 
 
