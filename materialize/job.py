@@ -42,7 +42,7 @@ from derm_features.feast.repo import check_ttl
 from materialize import health
 from materialize.engines import ENGINES, make_engine
 from materialize.kernel import HEURISTICS, KernelParams
-from materialize.memory import returning_memory_pool
+from materialize.memory import returning_memory_pool, small_pages
 from materialize.storage import (
     VECTOR_PARQUET,
     ChangedRows,
@@ -179,9 +179,10 @@ def materialize_offline(
     """Steps 1-4: builds pool(t), the offline day file and the health row of day t.
 
     Raises MaterializeError before any work when the TTL differs from the registered views'.
-    Arrow's freed memory goes back to the OS meanwhile (`memory.returning_memory_pool`).
+    Arrow's freed memory goes back to the OS meanwhile (`memory.returning_memory_pool`),
+    and NumPy's arrays use small pages (`memory.small_pages`).
     """
-    with returning_memory_pool():
+    with returning_memory_pool(), small_pages():
         return _materialize_offline(config, spark, progress, on_total)
 
 

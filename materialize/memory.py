@@ -1,4 +1,5 @@
-"""Arrow's memory pool while a day is materialized: freed memory goes back to the OS.
+"""Memory policy while a day is materialized: Arrow's freed memory goes back to the OS,
+and NumPy's large arrays use small pages.
 
 Arrow's default pool here (mimalloc) keeps the pages of freed buffers for reuse, and a
 day's work frees a lot: each Parquet row group read or written, each bucket's tables.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 
 # jemalloc purges freed pages over this many milliseconds. Measured at 1M x 128, runs
@@ -39,3 +41,24 @@ def returning_memory_pool() -> Iterator[None]:
         yield
     finally:
         pa.set_memory_pool(previous)
+
+
+@contextlib.contextmanager
+def small_pages() -> Iterator[None]:
+    """NumPy asks the kernel for transparent huge pages (`madvise(MADV_HUGEPAGE)`) on its
+    large arrays; inside the block it does not, and after it does again. With the kernel's
+    huge-page defrag on `madvise` (the common default), a fault in such an array may
+    compact memory first and always zeroes 2 MB: a materialization allocates its output
+    matrices bucket after bucket, and with the advice its kernel time varied by +-0.3 s on
+    a 2 s run (1M x 128; runs alternated in BENCHMARKS.md). Process-wide, like
+    `returning_memory_pool`; a NumPy without the switch (a private one) keeps its advice.
+    """
+    switch = getattr(np._core.multiarray, "_set_madvise_hugepage", None)
+    if switch is None:
+        yield
+        return
+    previous = switch(False)
+    try:
+        yield
+    finally:
+        switch(previous)

@@ -168,6 +168,22 @@ def test_returning_memory_pool_restores_the_default_pool():
     assert kept.sum().as_py() == 499_500
 
 
+def test_small_pages_turns_numpys_huge_page_advice_off_and_back():
+    switch = np._core.multiarray._set_madvise_hugepage  # returns the setting it replaces
+    original = switch(True)
+    try:
+        with memory.small_pages():
+            inside = switch(False)  # reads it (and leaves it off)
+            assert float(np.ones((1024, 1024), dtype=np.float32).sum()) == 1024 * 1024
+        assert inside is False
+        assert switch(True) is True  # restored on the way out
+        with pytest.raises(ZeroDivisionError), memory.small_pages():
+            raise ZeroDivisionError
+        assert switch(True) is True  # and when the block raises
+    finally:
+        switch(original)
+
+
 def test_folded_stats_give_the_same_health_row():
     """Carried and expired rows folded by (status, last_seen): the same counts, cosine
     quantiles, norms and carried ages as one row per entity."""
