@@ -488,6 +488,8 @@ def main() -> None:
     if args.floor_run:
         io_floor(Path(args.floor_run[0]), Path(args.floor_run[1]))
         return
+    if args.root is not None:
+        args.root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.root) as tmp:
         base = Path(tmp)
         print(f"machine: {os.cpu_count()} cores; load {os.getloadavg()}")

@@ -862,8 +862,9 @@ def read_ipc_buffer(data: pa.Buffer, columns: list[str] | None = None) -> pa.Tab
     return table.combine_chunks()  # one batch as written (no copy); several: one copy
 
 
-def _read_verified(pool_dir: Path, f: PoolFile) -> pa.Table:
-    """One manifest-listed file, its size, crc32 and rows checked, read whole.
+def _read_verified(pool_dir: Path, f: PoolFile, columns: list[str] | None = None) -> pa.Table:
+    """One manifest-listed file, its size, crc32 and rows checked, read whole (`columns`:
+    those only, the checksum still over the whole file).
 
     An Arrow IPC file is mapped once: the checksum is taken over the mapped pages, which
     the table's columns then view (no copy of the file in memory, one pass over it). A
@@ -881,7 +882,12 @@ def _read_verified(pool_dir: Path, f: PoolFile) -> pa.Table:
             f"{f.crc32} (corrupted); {_REBUILD}"
         )
     with _parsing(pool_dir, f.path):  # the bytes the manifest lists, but not a pool file
-        table = read_contiguous(path) if mapped is None else read_ipc_buffer(mapped)
+        if mapped is not None:
+            table = read_ipc_buffer(mapped, columns)
+        elif columns is not None:
+            table = pq.read_table(path, columns=columns)
+        else:
+            table = read_contiguous(path)
     if table.num_rows != f.rows:
         raise PoolIntegrityError(
             f"pool {pool_dir}: {f.path} holds {table.num_rows} rows, its manifest says "
@@ -927,18 +933,19 @@ def read_pool_bucket(pool_dir: Path, bucket: int, layout: Layout | None = None) 
 def read_pool(pool_dir: Path, columns: list[str] | None = None) -> pa.Table:
     """A whole pool (or some of its columns), without the `bucket` partition column.
 
-    Reads exactly the files of its manifest after `verify_pool`'s checks (sizes and row
-    counts; a column subset is not checksummed, as it does not read whole files).
+    Reads exactly the files of its manifest after `verify_pool`'s checks, each checked
+    against its size, crc32 and rows (`_read_verified`; for a column subset too: a
+    flipped byte of a vector must not reach serving). A format-1 pool has no checksums.
+    Raises `PoolIntegrityError` naming the pool and the file.
     """
     layout = verify_pool(pool_dir)
-    if layout.files is None:
-        paths = [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
-    else:
-        paths = [pool_dir / f.path for f in layout.files]
+    if layout.files is not None:
+        return pa.concat_tables([_read_verified(pool_dir, f, columns) for f in layout.files])
     tables = []
-    for path in paths:
-        with _parsing(pool_dir, path.relative_to(pool_dir)):
-            tables.append(read_pool_file(path, columns))
+    for k in range(layout.buckets):
+        for path in _legacy_files(pool_dir, layout, k):
+            with _parsing(pool_dir, path.relative_to(pool_dir)):
+                tables.append(read_pool_file(path, columns))
     return pa.concat_tables(tables)
 
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from materialize_helpers import daily_table, flip_a_vector_byte, unit_rows, write_daily
 
+from derm_features.serving.ann import pool_unit_vectors
 from materialize.job import MaterializeConfig, materialize_offline
 from materialize.storage import (
     LAYOUT_FILE,
@@ -131,6 +132,24 @@ def test_corrupted_bytes_of_the_same_size_fail_the_checksum(two_days, k):
     already being written from the earlier buckets' runs, and is dropped too."""
     flip_a_vector_byte(bucket_file(two_days, k))
     refused(two_days, rf"bucket={k}/part-00000.arrow has crc32 [0-9a-f]{{8}}, its manifest says")
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["arrow", "parquet"])
+def test_a_flipped_vector_byte_is_refused_by_column_readers_too(two_days, earlier):
+    """Serving, its ANN index and --resync read a few columns of a pool: they check the
+    whole file's checksum too, so a corrupted vector is refused, never served."""
+    pool = pool0(two_days)
+    if earlier:
+        as_parquet_pool(pool)
+    before = read_pool(pool, [KEY, "embedding"])
+    assert before.num_rows == 30
+    suffix = "parquet" if earlier else "arrow"
+    flip_a_vector_byte(pool / read_layout(pool).bucket_files(BUCKETS - 1)[0].path)
+    message = rf"bucket={BUCKETS - 1}/part-00000.{suffix} has crc32 [0-9a-f]{{8}}, its manifest"
+    with pytest.raises(PoolIntegrityError, match=message):
+        read_pool(pool, [KEY, "embedding"])
+    with pytest.raises(PoolIntegrityError, match=message):
+        pool_unit_vectors(two_days, MODEL, ENTITY, DAY)  # what `derm serve` loads
 
 
 @pytest.mark.parametrize(
