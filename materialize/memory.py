@@ -10,7 +10,8 @@ the pages it kept added 0.2-0.25 GB to the peak RSS of `derm materialize`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,30 +22,71 @@ import pyarrow as pa
 DECAY_MS = 100
 
 
-@contextlib.contextmanager
-def returning_memory_pool() -> Iterator[None]:
-    """Arrow allocates from jemalloc with a short decay (`DECAY_MS`) inside the block and
-    from the previous default pool after it; a build of pyarrow without jemalloc keeps
-    its default pool. Buffers remember their pool, so a table made inside may outlive
-    the block. Process-wide: other threads allocate from the same pool meanwhile, and
-    jemalloc keeps the decay after the block.
-    """
+class _ProcessSetting:
+    """A process-wide setting held while any caller is inside the block: the first to
+    enter sets it (`turn_on()` returns what it replaced), the last to leave restores it
+    (`turn_off(replaced)`), however threads overlap (two days materialized at once by a
+    library caller must not leave it set, nor lose it while one still runs)."""
+
+    def __init__(self, turn_on: Callable[[], object], turn_off: Callable[[object], None]):
+        self._turn_on, self._turn_off = turn_on, turn_off
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._replaced: object = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                self._replaced = self._turn_on()
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    self._turn_off(self._replaced)
+
+
+def _jemalloc_on() -> pa.MemoryPool | None:
     try:
         pool = pa.jemalloc_memory_pool()
     except NotImplementedError:
-        yield
-        return
+        return None
     previous = pa.default_memory_pool()
     pa.jemalloc_set_decay_ms(DECAY_MS)
     pa.set_memory_pool(pool)
-    try:
-        yield
-    finally:
+    return previous
+
+
+def _jemalloc_off(previous: pa.MemoryPool | None) -> None:
+    if previous is not None:
         pa.set_memory_pool(previous)
 
 
-@contextlib.contextmanager
-def small_pages() -> Iterator[None]:
+_ARROW_POOL = _ProcessSetting(_jemalloc_on, _jemalloc_off)
+
+
+def returning_memory_pool() -> contextlib.AbstractContextManager[None]:
+    """Arrow allocates from jemalloc with a short decay (`DECAY_MS`) inside the block and
+    from the previous default pool after it; a build of pyarrow without jemalloc keeps
+    its default pool. Buffers remember their pool, so a table made inside may outlive
+    the block. Process-wide (`_ProcessSetting`): other threads allocate from the same pool
+    meanwhile, and jemalloc keeps the decay after the block.
+    """
+    return _ARROW_POOL()
+
+
+# NumPy's switch of its huge-page advice (private; returns the setting it replaces).
+_HUGEPAGE_SWITCH = getattr(np._core.multiarray, "_set_madvise_hugepage", None)
+_SMALL_PAGES = _ProcessSetting(
+    lambda: _HUGEPAGE_SWITCH(False) if _HUGEPAGE_SWITCH else None,
+    lambda previous: _HUGEPAGE_SWITCH(previous) if _HUGEPAGE_SWITCH else None,
+)
+
+
+def small_pages() -> contextlib.AbstractContextManager[None]:
     """NumPy asks the kernel for transparent huge pages (`madvise(MADV_HUGEPAGE)`) on its
     large arrays; inside the block it does not, and after it does again. With the kernel's
     huge-page defrag on `madvise` (the common default), a fault in such an array may
@@ -53,12 +95,4 @@ def small_pages() -> Iterator[None]:
     a 2 s run (1M x 128; runs alternated in BENCHMARKS.md). Process-wide, like
     `returning_memory_pool`; a NumPy without the switch (a private one) keeps its advice.
     """
-    switch = getattr(np._core.multiarray, "_set_madvise_hugepage", None)
-    if switch is None:
-        yield
-        return
-    previous = switch(False)
-    try:
-        yield
-    finally:
-        switch(previous)
+    return _SMALL_PAGES()

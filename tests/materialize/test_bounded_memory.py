@@ -8,6 +8,7 @@ whole-table way it replaced."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import zlib
 
 import numpy as np
@@ -180,6 +181,39 @@ def test_small_pages_turns_numpys_huge_page_advice_off_and_back():
         with pytest.raises(ZeroDivisionError), memory.small_pages():
             raise ZeroDivisionError
         assert switch(True) is True  # and when the block raises
+    finally:
+        switch(original)
+
+
+def test_overlapping_holders_keep_the_setting_until_the_last_leaves():
+    """Two days materialized at once in one process (threads of a library caller): the
+    first out must not restore NumPy's advice under the second, nor leave it off."""
+    switch = np._core.multiarray._set_madvise_hugepage
+    original = switch(True)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first() -> None:
+        with memory.small_pages():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(5)
+        with memory.small_pages():
+            b_in.set()
+            a_out.wait(5)
+            seen["after the first left"] = switch(False)  # reads it, leaves it off
+
+    try:
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert seen == {"after the first left": False}
+        assert switch(True) is True  # restored once both left
     finally:
         switch(original)
 
