@@ -205,7 +205,9 @@ def _materialize_offline(
     pooled = pool_versions(previous_dir) if previous_dir is not None else []
 
     reset = False
-    if daily.versions and pooled and not compatible(pooled[0], daily.versions[0]):
+    if daily.versions and pooled and not _same_space(pooled[0], daily.versions[0]):
+        # A damaged pool can read as another model's: its checksums speak first.
+        verify_pool(previous_dir, checksums=True)
         if not config.reset_on_new_model:
             raise MaterializeError(
                 f"daily outputs of {config.day} come from model version "
@@ -291,6 +293,14 @@ def tombstone_rows(ids: pa.Array, key: str, day: dt.date, schema: pa.Schema) -> 
     return pa.table(
         {f.name: columns.get(f.name, pa.nulls(len(ids), f.type)) for f in schema}, schema=schema
     )
+
+
+def _same_space(pooled: str, daily: str) -> bool:
+    """`compatible`, and False for a pool version that does not parse."""
+    try:
+        return compatible(pooled, daily)
+    except ValueError:
+        return False
 
 
 def _day_dim(config: MaterializeConfig, daily: DailyInput, pooled: list[str]) -> int:

@@ -47,6 +47,7 @@ from derm_features.core.atomic import atomic_file, write_text_atomic
 from derm_features.core.files import data_files, parquet_files
 from derm_features.core.provenance import ModelVersion, compatible
 from materialize.kernel import (
+    POOL_COLUMNS,
     TIMESTAMP,
     day_start,
     embedding_matrix,
@@ -177,13 +178,17 @@ class _DailyFile:
         return next(iter(self.dims)) if clean and len(self.dims) == 1 else None
 
 
+# What reading a damaged daily file raises (bad UTF-8 in a string: UnicodeDecodeError).
+_UNREADABLE = (pa.ArrowInvalid, OSError, UnicodeDecodeError)
+
+
 def _scan_file(path: Path, id_column: str, model: str) -> _DailyFile:
     """Footer, schema and `model_version` column of one daily file (row group by row group)."""
     f = _DailyFile(path)
     try:
         source = pq.ParquetFile(path)
         schema = source.schema_arrow
-    except (pa.ArrowInvalid, OSError) as exc:
+    except _UNREADABLE as exc:
         f.fatal.append(f"unreadable Parquet ({exc})")
         return f
     f.rows = source.metadata.num_rows
@@ -207,7 +212,7 @@ def _scan_file(path: Path, id_column: str, model: str) -> _DailyFile:
             column = source.read_row_group(group, columns=["model_version"])["model_version"]
             f.version_nulls += column.null_count
             seen.update(dict.fromkeys(pc.unique(column.drop_null()).to_pylist()))
-    except (pa.ArrowInvalid, OSError) as exc:
+    except _UNREADABLE as exc:
         f.fatal.append(f"unreadable Parquet ({exc})")
         return f
     f.versions = list(seen)
@@ -391,7 +396,7 @@ def _file_problems(f: _DailyFile, id_column: str, spill: _Spill | None) -> list[
                 spill.add(batch, pc.cast(column.flatten(), pa.float32()))
             else:
                 spill = None
-    except (pa.ArrowInvalid, OSError) as exc:
+    except _UNREADABLE as exc:
         return [f"unreadable Parquet ({exc})"]
     problems = f.ts + [f"{n} row(s) with a null '{name}'" for name, n in nulls.items() if n]
     if f.version_nulls:
@@ -471,11 +476,17 @@ class _Spill:
             ],
             schema=self.schema,
         )
-        for k in np.flatnonzero(np.diff(bounds)):
-            if k not in self.writers:
-                self.writers[k] = pa.ipc.new_file(str(self.split.path(k)), self.schema)
-            self.writers[k].write_batch(rows.slice(bounds[k], bounds[k + 1] - bounds[k]))
-            self.rows[k] += bounds[k + 1] - bounds[k]
+        try:
+            for k in np.flatnonzero(np.diff(bounds)):
+                if k not in self.writers:
+                    self.writers[k] = pa.ipc.new_file(str(self.split.path(k)), self.schema)
+                self.writers[k].write_batch(rows.slice(bounds[k], bounds[k + 1] - bounds[k]))
+                self.rows[k] += bounds[k + 1] - bounds[k]
+        except OSError as exc:  # the scratch disk's fault, not the daily file's
+            raise MaterializeError(
+                f"could not write the day's spill under {self.split.directory} ({exc}); it "
+                "needs free space of about twice the day's vectors"
+            ) from exc
 
     def close(self) -> SplitDay:
         for writer in self.writers.values():
@@ -749,13 +760,14 @@ def _warn_unverified(pool_dir: Path) -> None:
     )
 
 
-def verify_pool(pool_dir: Path) -> Layout:
+def verify_pool(pool_dir: Path, checksums: bool = False) -> Layout:
     """Checks a pool before any work reads it; returns its layout.
 
     Format 2: every listed file exists with its recorded size and its footer holds the
-    recorded rows, and no unlisted pool file sits in a bucket (checksums are
-    verified when a bucket is read whole, `read_pool_bucket`). Format 1: every bucket has
-    a readable Parquet file, with a warning that nothing else can be checked.
+    recorded rows, and no unlisted pool file sits in a bucket; with `checksums`, each
+    file's crc32 too (a block at a time; otherwise verified when a bucket or the vectors
+    are read, `read_pool_bucket`, `read_pool`). Format 1: every bucket has a readable
+    Parquet file, with a warning that nothing else can be checked.
     Raises `PoolIntegrityError` naming the pool, the file and what does not match.
     """
     layout = read_layout(pool_dir)
@@ -784,6 +796,8 @@ def verify_pool(pool_dir: Path) -> Layout:
         raise PoolIntegrityError(
             f"pool {pool_dir}: file(s) not in its manifest: {extra}; {_REBUILD}"
         )
+    for f in layout.files if checksums else ():
+        _check_crc32(pool_dir, f, _file_crc32(pool_dir / f.path)[1])
     return layout
 
 
@@ -862,6 +876,14 @@ def read_ipc_buffer(data: pa.Buffer, columns: list[str] | None = None) -> pa.Tab
     return table.combine_chunks()  # one batch as written (no copy); several: one copy
 
 
+def _check_crc32(pool_dir: Path, f: PoolFile, crc: str) -> None:
+    if crc != f.crc32:
+        raise PoolIntegrityError(
+            f"pool {pool_dir}: {f.path} has crc32 {crc}, its manifest says "
+            f"{f.crc32} (corrupted); {_REBUILD}"
+        )
+
+
 def _read_verified(pool_dir: Path, f: PoolFile, columns: list[str] | None = None) -> pa.Table:
     """One manifest-listed file, its size, crc32 and rows checked, read whole (`columns`:
     those only, the checksum still over the whole file).
@@ -876,11 +898,7 @@ def _read_verified(pool_dir: Path, f: PoolFile, columns: list[str] | None = None
     path = pool_dir / f.path
     mapped = pa.memory_map(str(path)).read_buffer() if path.suffix == POOL_SUFFIX else None
     crc = _crc32(memoryview(mapped)) if mapped is not None else _file_crc32(path)[1]
-    if crc != f.crc32:
-        raise PoolIntegrityError(
-            f"pool {pool_dir}: {f.path} has crc32 {crc}, its manifest says "
-            f"{f.crc32} (corrupted); {_REBUILD}"
-        )
+    _check_crc32(pool_dir, f, crc)
     with _parsing(pool_dir, f.path):  # the bytes the manifest lists, but not a pool file
         if mapped is not None:
             table = read_ipc_buffer(mapped, columns)
@@ -933,20 +951,41 @@ def read_pool_bucket(pool_dir: Path, bucket: int, layout: Layout | None = None) 
 def read_pool(pool_dir: Path, columns: list[str] | None = None) -> pa.Table:
     """A whole pool (or some of its columns), without the `bucket` partition column.
 
-    Reads exactly the files of its manifest after `verify_pool`'s checks, each checked
-    against its size, crc32 and rows (`_read_verified`; for a column subset too: a
-    flipped byte of a vector must not reach serving). A format-1 pool has no checksums.
-    Raises `PoolIntegrityError` naming the pool and the file.
+    Reads exactly the files of its manifest after `verify_pool`'s checks. A read of the
+    vectors (all columns, or `embedding` or `prev_daily` among them: serving, its ANN
+    index, `--resync`) checks each file's crc32 and rows too (`_read_verified`), so a
+    flipped byte of a vector is refused, never served; a read of ids and scalars only
+    (sampling ids, the push's dropped ids) does not, as it would read every byte of a
+    pool to use a few percent. A format-1 pool has no checksums. Raises
+    `PoolIntegrityError` naming the pool and the file, KeyError for a column no pool has.
     """
+    if columns is not None and (unknown := [c for c in columns if c not in _pool_names(columns)]):
+        raise KeyError(f"no column {unknown} in a pool (it has an id column and {POOL_COLUMNS})")
     layout = verify_pool(pool_dir)
-    if layout.files is not None:
+    vectors = columns is None or any(c in _VECTOR_COLUMNS for c in columns)
+    if layout.files is not None and vectors:
         return pa.concat_tables([_read_verified(pool_dir, f, columns) for f in layout.files])
+    paths = _pool_paths(pool_dir, layout)
     tables = []
-    for k in range(layout.buckets):
-        for path in _legacy_files(pool_dir, layout, k):
-            with _parsing(pool_dir, path.relative_to(pool_dir)):
-                tables.append(read_pool_file(path, columns))
+    for path in paths:
+        with _parsing(pool_dir, path.relative_to(pool_dir)):
+            tables.append(read_pool_file(path, columns))
     return pa.concat_tables(tables)
+
+
+_VECTOR_COLUMNS = ("embedding", "prev_daily")
+
+
+def _pool_paths(pool_dir: Path, layout: Layout) -> list[Path]:
+    """The pool's data files: its manifest's, or a format-1 pool's in each bucket."""
+    if layout.files is None:
+        return [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
+    return [pool_dir / f.path for f in layout.files]
+
+
+def _pool_names(columns: Sequence[str]) -> set[str]:
+    """The columns a pool has, its id column taken from `columns` (`<entity>_id`)."""
+    return {c for c in columns if c.endswith("_id")} | set(POOL_COLUMNS)
 
 
 def pool_rows(pool_dir: Path) -> int:
@@ -968,10 +1007,7 @@ def pool_versions(pool_dir: Path) -> list[str]:
     """The distinct model versions of a pool, sorted. Read a file at a time: the pool's
     whole column took ~28 bytes an entity (as a dictionary column, 6x slower to read)."""
     layout = verify_pool(pool_dir)
-    if layout.files is None:
-        paths = [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
-    else:
-        paths = [pool_dir / f.path for f in layout.files]
+    paths = _pool_paths(pool_dir, layout)
     versions: set[str] = set()
     for path in paths:
         # pc.unique too: a Parquet string column with bad UTF-8 fails only there

@@ -23,7 +23,7 @@ import pytest
 from materialize_helpers import daily_table, flip_a_vector_byte, unit_rows, write_daily
 
 from derm_features.serving.ann import pool_unit_vectors
-from materialize.job import MaterializeConfig, materialize_offline
+from materialize.job import MaterializeConfig, dropped_ids, materialize_offline
 from materialize.storage import (
     LAYOUT_FILE,
     VECTOR_PARQUET,
@@ -150,6 +150,41 @@ def test_a_flipped_vector_byte_is_refused_by_column_readers_too(two_days, earlie
         read_pool(pool, [KEY, "embedding"])
     with pytest.raises(PoolIntegrityError, match=message):
         pool_unit_vectors(two_days, MODEL, ENTITY, DAY)  # what `derm serve` loads
+
+
+def test_a_pool_whose_vectors_are_damaged_still_gives_its_ids_to_the_push(two_days):
+    """Ids and scalars alone are read without the whole-file checksum (it would read every
+    byte of a pool for a few percent): `derm materialize --online-only` of a later day
+    needs only pool(t-1)'s ids, and is not refused for a vector byte it never uses."""
+    materialize_offline(config(two_days, DAY1))
+    flip_a_vector_byte(bucket_file(two_days, 0))
+    assert read_pool(pool0(two_days), [KEY]).num_rows == 30
+    dropped = dropped_ids(config(two_days, DAY1))
+    assert dropped.to_pylist() == []  # nothing expired between day 0 and day 1
+    with pytest.raises(PoolIntegrityError, match="bucket=0/part-00000.arrow has crc32"):
+        read_pool(pool0(two_days), [KEY, "embedding"])
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["refused", "reset"])
+def test_a_damaged_model_version_is_named_not_taken_for_a_new_model(two_days, reset):
+    """A garbled `model_version` byte makes pool(t-1) read as another lineage: the run
+    names the damaged file (its checksum) instead of asking for --reset-on-new-model,
+    which would throw the pool away."""
+    path = bucket_file(two_days, 1)
+    data = bytearray(path.read_bytes())
+    at = data.rfind(b"0a1b2c3d")
+    data[at + 7] = ord("c")  # another lineage, ...0a1b2c3c, same size
+    path.write_bytes(bytes(data))
+    assert any("0a1b2c3c" in v for v in pool_versions(pool0(two_days)))
+    refused_with = config(two_days, DAY1, reset_on_new_model=reset)
+    with pytest.raises(PoolIntegrityError, match="bucket=1/part-00000.arrow has crc32"):
+        materialize_offline(refused_with)
+    assert not two_days.pool(MODEL, ENTITY, DAY1).exists()
+
+
+def test_reading_a_column_no_pool_has_is_a_key_error_not_damage(two_days):
+    with pytest.raises(KeyError, match=r"no column \['nope'\] in a pool"):
+        read_pool(pool0(two_days), [KEY, "nope"])
 
 
 @pytest.mark.parametrize(

@@ -206,3 +206,36 @@ def test_files_with_different_id_types_are_refused_by_name(workdir):
     with pytest.raises(MaterializeError, match=r"mix id types \['int32', 'int64'\]"):
         materialize_day(config(workdir, DAY))
     assert not workdir.pool_dir(MODEL, ENTITY).exists()
+
+
+def test_bad_utf8_in_a_daily_model_version_is_refused_naming_the_file(workdir):
+    rng = np.random.default_rng(8)
+    path = write_daily(workdir, MODEL, ENTITY, DAY, daily_table([1, 2], unit_rows(rng, 2), DAY))
+    pq.write_table(pq.read_table(path), path, compression="none")
+    data = bytearray(path.read_bytes())
+    data[data.find(b"ctr-0a1b2c3d") + 5] = 0xE3  # not UTF-8
+    path.write_bytes(bytes(data))
+    with pytest.raises(MaterializeError, match=rf"{path}: unreadable Parquet \(.*utf-8"):
+        materialize_day(config(workdir, DAY))
+    assert not workdir.pool_dir(MODEL, ENTITY).exists()
+
+
+def test_a_spill_that_cannot_be_written_blames_the_scratch_disk_not_the_day(workdir, monkeypatch):
+    """A full scratch disk (ENOSPC injected where the spill files are opened) is named as
+    such, not as an unreadable daily file; nothing of the day is kept."""
+    rng = np.random.default_rng(9)
+    write_daily(workdir, MODEL, ENTITY, DAY, daily_table(np.arange(20), unit_rows(rng, 20), DAY))
+    real = pa.ipc.new_file
+
+    def full_disk(sink, schema, **kw):
+        if "/day/" in str(sink):
+            raise OSError(28, "No space left on device")
+        return real(sink, schema, **kw)
+
+    monkeypatch.setattr(pa.ipc, "new_file", full_disk)
+    with pytest.raises(MaterializeError, match="could not write the day's spill under") as info:
+        materialize_day(config(workdir, DAY))
+    assert "No space left on device" in str(info.value)
+    assert "unreadable Parquet" not in str(info.value)
+    assert not workdir.pool_dir(MODEL, ENTITY).exists()
+    assert not list(workdir.staging(MODEL, ENTITY).iterdir())
