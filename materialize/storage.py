@@ -727,8 +727,9 @@ def _in_own_bucket(f: PoolFile) -> bool:
 
 # What to do about a damaged pool, in every integrity message.
 _REBUILD = (
-    "restore this pool from a backup, or re-materialize its day (and every later day) from "
-    "the daily outputs, oldest first"
+    "restore this pool from a backup, or rebuild it: re-run `derm materialize` for its day "
+    "(if a later day has a pool, remove those later pool directories first and re-run their "
+    "days after it, oldest first)"
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 import zlib
@@ -180,6 +181,25 @@ def test_a_damaged_model_version_is_named_not_taken_for_a_new_model(two_days, re
     with pytest.raises(PoolIntegrityError, match="bucket=1/part-00000.arrow has crc32"):
         materialize_offline(refused_with)
     assert not two_days.pool(MODEL, ENTITY, DAY1).exists()
+
+
+def test_the_advice_for_a_damaged_older_pool_rebuilds_it(two_days):
+    """_REBUILD for a pool that is not the newest: remove the later pools, re-run its day,
+    then the later days, oldest first: the same pools as before the damage."""
+    materialize_offline(config(two_days, DAY1))
+    good = {d: _files(two_days.pool(MODEL, ENTITY, d)) for d in (DAY, DAY1)}
+    flip_a_vector_byte(bucket_file(two_days, 0))
+    with pytest.raises(PoolIntegrityError) as info:
+        read_pool(pool0(two_days))
+    assert "if a later day has a pool, remove those later pool directories first" in str(info.value)
+    shutil.rmtree(two_days.pool(MODEL, ENTITY, DAY1))
+    for d in (DAY, DAY1):
+        materialize_offline(config(two_days, d))
+    assert {d: _files(two_days.pool(MODEL, ENTITY, d)) for d in (DAY, DAY1)} == good
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*.arrow")}
 
 
 def test_reading_a_column_no_pool_has_is_a_key_error_not_damage(two_days):

@@ -70,4 +70,4 @@ def check_status_and_resync(wd, empty_redis) -> None:
     layout.write_text(layout.read_text()[:40])
     damaged = runner.invoke(app, status)
     assert damaged.exit_code == 2 and "_layout.json is unreadable" in damaged.output
-    assert "re-materialize" in damaged.output
+    assert "re-run `derm materialize` for its day" in damaged.output
