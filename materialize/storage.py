@@ -958,8 +958,11 @@ def read_pool(pool_dir: Path, columns: list[str] | None = None) -> pa.Table:
     flipped byte of a vector is refused, never served; a read of ids and scalars only
     (sampling ids, the push's dropped ids) does not, as it would read every byte of a
     pool to use a few percent. A format-1 pool has no checksums. Raises
-    `PoolIntegrityError` naming the pool and the file, KeyError for a column no pool has.
+    `PoolIntegrityError` naming the pool and the file, KeyError for a column no pool has,
+    ValueError for no column (an empty table would lose the row count).
     """
+    if columns is not None and not columns:
+        raise ValueError("read_pool: name at least one column (None reads them all)")
     if columns is not None and (unknown := [c for c in columns if c not in _pool_names(columns)]):
         raise KeyError(f"no column {unknown} in a pool (it has an id column and {POOL_COLUMNS})")
     layout = verify_pool(pool_dir)

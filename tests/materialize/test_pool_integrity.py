@@ -205,6 +205,8 @@ def _files(directory: Path) -> dict[str, bytes]:
 def test_reading_a_column_no_pool_has_is_a_key_error_not_damage(two_days):
     with pytest.raises(KeyError, match=r"no column \['nope'\] in a pool"):
         read_pool(pool0(two_days), [KEY, "nope"])
+    with pytest.raises(ValueError, match="name at least one column"):
+        read_pool(pool0(two_days), [])  # a table of no columns has no rows either
 
 
 @pytest.mark.parametrize(
