@@ -31,12 +31,12 @@ from materialize.kernel import (
 )
 from materialize.storage import (
     VECTOR_PARQUET,
-    _file_crc32,
     bucket_of,
     read_contiguous,
     scan_daily,
     split_daily,
 )
+from materialize.storage.pool import _file_crc32
 
 DAY = dt.date(2024, 3, 1)
 
@@ -58,7 +58,7 @@ def test_vector_checks_count_and_locate_across_blocks_and_row_groups(tmp_path, m
         "3 row(s) with a zero-norm vector in column 'embedding' (first: row 18)",
     ]
     for block in (7, 1 << 20):
-        monkeypatch.setattr(storage, "_CHECK_ROWS", block)
+        monkeypatch.setattr(storage.daily, "_CHECK_ROWS", block)
         daily = scan_daily(tmp_path, "user_id", "ctr")
         with pytest.raises(storage.MaterializeError) as info:
             split_daily(daily, DIM, 3, None)
@@ -71,7 +71,7 @@ def test_split_daily_spills_each_bucket_in_input_order_as_one_chunk(tmp_path, mo
     """Two files (row groups of 4, blocks of 5 rows): each bucket's spill file holds
     exactly the rows `bucket_of` gives it, in the order of the files' concatenation, as
     one chunk a column and one (n, D) buffer of vectors."""
-    monkeypatch.setattr(storage, "_CHECK_ROWS", 5)
+    monkeypatch.setattr(storage.daily, "_CHECK_ROWS", 5)
     rng = np.random.default_rng(1)
     tables = []
     for name, n in (("a", 23), ("b", 9)):
@@ -132,7 +132,7 @@ def test_read_contiguous_reads_null_vectors_as_arrow_does(tmp_path):
 def test_file_crc32_over_blocks_is_the_whole_file_crc32(tmp_path, monkeypatch):
     path = tmp_path / "data.bin"
     path.write_bytes(np.random.default_rng(3).bytes(100_003))
-    monkeypatch.setattr(storage, "_CRC_BLOCK", 4096)
+    monkeypatch.setattr(storage.pool, "_CRC_BLOCK", 4096)
     assert _file_crc32(path) == (100_003, f"{zlib.crc32(path.read_bytes()):08x}")
 
 
@@ -257,7 +257,7 @@ def _observe_arrow_bytes(monkeypatch, owner, name: str, seen: list[int]) -> None
 def _split_peak(tmp_path, monkeypatch, n: int) -> int:
     """Arrow's most live bytes (above what was live before) at each block `split_daily`
     spills, for a day of `n` 64-d rows in row groups of 400, blocks of 1000 rows."""
-    monkeypatch.setattr(storage, "_CHECK_ROWS", 1000)
+    monkeypatch.setattr(storage.daily, "_CHECK_ROWS", 1000)
     directory = tmp_path / f"day-{n}"
     directory.mkdir()
     rng = np.random.default_rng(8)
@@ -268,7 +268,7 @@ def _split_peak(tmp_path, monkeypatch, n: int) -> int:
     daily = scan_daily(directory, "user_id", "ctr")
     seen: list[int] = []
     with monkeypatch.context() as patch:
-        _observe_arrow_bytes(patch, storage._Spill, "add", seen)
+        _observe_arrow_bytes(patch, storage.daily._Spill, "add", seen)
         before = pa.total_allocated_bytes()
         split = split_daily(daily, 64, 6, directory / "scratch").split
     assert len(seen) >= n // 1000 and sum(split.rows) == n

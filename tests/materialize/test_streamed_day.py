@@ -105,7 +105,7 @@ def test_streamed_day_writes_the_whole_table_files_byte_for_byte(workdir, monkey
     """Five buckets, blocks of 7 rows over row groups of 9 in three files (so each
     bucket's spill file and run hold many batches), offline row groups of 16 rows (so
     the merge interleaves every bucket's run across several row groups)."""
-    monkeypatch.setattr(storage, "_CHECK_ROWS", 7)
+    monkeypatch.setattr(storage.daily, "_CHECK_ROWS", 7)
     monkeypatch.setitem(VECTOR_PARQUET, "row_group_size", 16)
     rng = np.random.default_rng(0)
     write_day(workdir, DAY, rng.permutation(200), None, seed=1)
@@ -150,7 +150,7 @@ def test_a_bad_row_found_late_leaves_the_last_good_state_and_no_scratch(workdir,
     """The last row of the last file is NaN: every other row was spilled by then. Then a
     bucket of pool(t-1) corrupted in place (its size kept, so only its checksum, read in
     the bucket loop, finds it): refused after the spill and earlier buckets' runs."""
-    monkeypatch.setattr(storage, "_CHECK_ROWS", 5)
+    monkeypatch.setattr(storage.daily, "_CHECK_ROWS", 5)
     rng = np.random.default_rng(4)
     write_day(workdir, DAY, np.arange(60), None, seed=5)
     materialize_day(config(workdir, DAY))
