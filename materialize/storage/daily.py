@@ -3,9 +3,12 @@
     daily/<model>/<entity>/ds=<day>/*.parquet     (`scan_daily`, then `split_daily`)
 
 A day's tower outputs are read twice, never whole: `scan_daily` reads the files' footers
-and `model_version` columns, then `split_daily` streams every row through the row rules
-and, for an engine that merges buckets in this process, into one spill file per bucket
-(`SplitDay`, read back a bucket at a time by the local engine)."""
+and `model_version` columns (the rules that need no vectors, the model versions, D and
+the row count, which decide the bucket count), then `split_daily` streams every row,
+`_CHECK_ROWS` at a time, through the row rules and, for an engine that merges buckets in
+this process, into one spill file per bucket (`SplitDay`, read back a bucket at a time by
+the local engine). Both raise `MaterializeError` naming every bad file before any pool
+file is written; memory stays near one block of rows."""
 
 from __future__ import annotations
 
@@ -27,14 +30,6 @@ from materialize.kernel import TIMESTAMP, row_norms
 from materialize.storage.common import MaterializeError, bucket_of, contiguous_table
 
 DAILY_COLUMNS = ("ts", "embedding", "model_version")
-
-
-# A day's tower outputs are read twice, never whole: `scan_daily` reads the files' footers
-# and `model_version` columns (the rules that need no vectors, the model versions, D and
-# the row count, which decide the bucket count), then `split_daily` streams every row,
-# `_CHECK_ROWS` at a time, through the row rules and, for an engine that merges buckets
-# in this process, into one spill file per bucket. Both raise `MaterializeError` naming
-# every bad file before any pool file is written; memory stays near one block of rows.
 
 
 @dataclass(frozen=True)

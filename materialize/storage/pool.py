@@ -26,8 +26,7 @@ from derm_features.core.files import data_files, parquet_files
 from materialize.kernel import POOL_COLUMNS
 from materialize.storage.common import MaterializeError, read_contiguous
 
-LAYOUT_FILE = "_layout.json"
-
+LAYOUT_FILE = "_layout.json"  # the manifest, in each pool directory
 LAYOUT_FORMAT = 2  # 1 (implicit): {"buckets": n} only, written before manifests existed
 
 
