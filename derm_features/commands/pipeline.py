@@ -263,6 +263,14 @@ def status_cmd(
             "sampled means Redis lost data (re-sync with `derm materialize --resync`).",
         ),
     ] = True,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also check every file of each newest pool against its manifest's crc32 "
+            "(reads every byte of them; without it: sizes, footers and unlisted files).",
+        ),
+    ] = False,
 ) -> None:
     """Show per model and entity which days are trained, inferred, materialized and online.
 
@@ -289,7 +297,7 @@ def status_cmd(
             reader = EmbeddingReader(store)
         except RuntimeError as exc:  # OnlineStoreUnavailable
             online_note = f"online: not checked ({exc})"
-    states = run_or_exit(lambda: status(wd, reader))  # a damaged pool: exit 2, named
+    states = run_or_exit(lambda: status(wd, reader, verify))  # a damaged pool: exit 2, named
     if as_json:
         rows = [dataclasses.asdict(s) for s in states]
         typer.echo(json.dumps({"workdir": str(wd.root), "views": rows, "note": online_note}))

@@ -427,10 +427,12 @@ class ModelStatus:
     online_found: str | None = None
 
 
-def status(workdir: Workdir, reader=None) -> list[ModelStatus]:
+def status(workdir: Workdir, reader=None, verify: bool = False) -> list[ModelStatus]:
     """What `derm status` prints: per model and entity, which days each step has done.
 
     reader: an `EmbeddingReader` to also sample the newest pools against Redis.
+    verify: also check every file of each newest pool against its manifest's crc32 (reads
+    every byte); otherwise sizes, footers and unlisted files only.
     """
     from materialize.resync import online_coverage
     from materialize.storage import pool_rows
@@ -452,7 +454,7 @@ def status(workdir: Workdir, reader=None) -> list[ModelStatus]:
             pools = days_in_dir(workdir.pool_dir(model, entity))
             live = None
             if pools:  # a damaged pool raises PoolIntegrityError, naming it and the fix
-                live = pool_rows(workdir.pool(model, entity, pools[-1]))
+                live = pool_rows(workdir.pool(model, entity, pools[-1]), checksums=verify)
             out.append(
                 ModelStatus(
                     model=model,

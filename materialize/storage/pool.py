@@ -437,12 +437,12 @@ def _pool_names(columns: Sequence[str]) -> set[str]:
     return {c for c in columns if c.endswith("_id")} | set(POOL_COLUMNS)
 
 
-def pool_rows(pool_dir: Path) -> int:
+def pool_rows(pool_dir: Path, checksums: bool = False) -> int:
     """The number of live entities in a pool: its manifest's row counts (read from the
     files' footers for a format-1 pool), after `verify_pool`'s checks (sizes, footers,
-    unlisted files: what `derm status` reports a damaged pool by). Raises
-    `PoolIntegrityError` as `verify_pool`."""
-    layout = verify_pool(pool_dir)
+    unlisted files, and with `checksums` every file's crc32: what `derm status [--verify]`
+    reports a damaged pool by). Raises `PoolIntegrityError` as `verify_pool`."""
+    layout = verify_pool(pool_dir, checksums)
     if layout.files is not None:
         return sum(f.rows for f in layout.files)
     return sum(

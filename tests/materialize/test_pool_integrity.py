@@ -436,3 +436,14 @@ def test_status_names_a_damaged_newest_pool(two_days, redis_url):
     result = _cli("status", "--workdir", str(two_days.root))
     assert result.returncode == 2, result.stdout
     assert "bucket=1/part-00000.arrow is" in result.stderr and "truncated" in result.stderr
+
+
+def test_status_verify_names_a_corrupted_byte_that_sizes_do_not_show(two_days, redis_url):
+    """A same-size corruption passes `derm status` (sizes, footers, unlisted files) and is
+    named by `derm status --verify` (every file's crc32), exit 2."""
+    flip_a_vector_byte(bucket_file(two_days, 2))
+    quick = _cli("status", "--workdir", str(two_days.root), "--no-online")
+    assert quick.returncode == 0, quick.stderr
+    verified = _cli("status", "--workdir", str(two_days.root), "--no-online", "--verify")
+    assert verified.returncode == 2, verified.stdout
+    assert "bucket=2/part-00000.arrow has crc32" in verified.stderr
