@@ -73,3 +73,13 @@ def flip_a_vector_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
     changed = read_pool_file(path)["embedding"].combine_chunks().values.to_numpy()
     assert changed[-1] != vectors[-1]
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` (relative path -> bytes): two trees compare equal
+    when they hold the same files with the same bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }

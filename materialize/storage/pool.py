@@ -365,12 +365,10 @@ def _read_verified(pool_dir: Path, f: PoolFile, columns: list[str] | None = None
     crc = _crc32(memoryview(mapped)) if mapped is not None else _file_crc32(path)[1]
     _check_crc32(pool_dir, f, crc)
     with _parsing(pool_dir, f.path):  # the bytes the manifest lists, but not a pool file
-        if mapped is not None:
+        if mapped is not None:  # the checksummed mapping, not a second one
             table = read_ipc_buffer(mapped, columns)
-        elif columns is not None:
-            table = pq.read_table(path, columns=columns)
         else:
-            table = read_contiguous(path)
+            table = read_pool_file(path, columns)
     if table.num_rows != f.rows:
         raise PoolIntegrityError(
             f"pool {pool_dir}: {f.path} holds {table.num_rows} rows, its manifest says "
@@ -408,15 +406,15 @@ def read_pool(pool_dir: Path, columns: list[str] | None = None) -> pa.Table:
     """
     if columns is not None and not columns:
         raise ValueError("read_pool: name at least one column (None reads them all)")
-    if columns is not None and (unknown := [c for c in columns if c not in _pool_names(columns)]):
+    is_column = lambda c: c in POOL_COLUMNS or c.endswith("_id")  # noqa: E731 (<entity>_id)
+    if columns is not None and (unknown := [c for c in columns if not is_column(c)]):
         raise KeyError(f"no column {unknown} in a pool (it has an id column and {POOL_COLUMNS})")
     layout = verify_pool(pool_dir)
     vectors = columns is None or any(c in _VECTOR_COLUMNS for c in columns)
     if layout.files is not None and vectors:
         return pa.concat_tables([_read_verified(pool_dir, f, columns) for f in layout.files])
-    paths = _pool_paths(pool_dir, layout)
     tables = []
-    for path in paths:
+    for path in _pool_paths(pool_dir, layout):
         with _parsing(pool_dir, path.relative_to(pool_dir)):
             tables.append(read_pool_file(path, columns))
     return pa.concat_tables(tables)
@@ -430,11 +428,6 @@ def _pool_paths(pool_dir: Path, layout: Layout) -> list[Path]:
     if layout.files is None:
         return [p for k in range(layout.buckets) for p in _legacy_files(pool_dir, layout, k)]
     return [pool_dir / f.path for f in layout.files]
-
-
-def _pool_names(columns: Sequence[str]) -> set[str]:
-    """The columns a pool has, its id column taken from `columns` (`<entity>_id`)."""
-    return {c for c in columns if c.endswith("_id")} | set(POOL_COLUMNS)
 
 
 def pool_rows(pool_dir: Path, checksums: bool = False) -> int:

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from materialize_helpers import DIM, VERSION, daily_table, unit_rows, write_daily
+from materialize_helpers import DIM, VERSION, daily_table, tree_bytes, unit_rows, write_daily
 
 from derm_features.core.workdir import Workdir
 from materialize import health
@@ -43,14 +43,6 @@ def add_day(workdir, d, ids, seed=0, version=VERSION, name="part-0") -> np.ndarr
     e = unit_rows(np.random.default_rng(seed), len(ids))
     write_daily(workdir, MODEL, ENTITY, d, daily_table(ids, e, d, version=version), name)
     return e
-
-
-def tree_bytes(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 def test_two_days_pool_offline_metrics_and_idempotent_rerun(workdir):

@@ -21,7 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from materialize_helpers import daily_table, flip_a_vector_byte, unit_rows, write_daily
+from materialize_helpers import (
+    daily_table,
+    flip_a_vector_byte,
+    tree_bytes,
+    unit_rows,
+    write_daily,
+)
 
 from derm_features.serving.ann import pool_unit_vectors
 from materialize.job import MaterializeConfig, dropped_ids, materialize_offline
@@ -187,7 +193,7 @@ def test_the_advice_for_a_damaged_older_pool_rebuilds_it(two_days):
     """_REBUILD for a pool that is not the newest: remove the later pools, re-run its day,
     then the later days, oldest first: the same pools as before the damage."""
     materialize_offline(config(two_days, DAY1))
-    good = {d: _files(two_days.pool(MODEL, ENTITY, d)) for d in (DAY, DAY1)}
+    good = {d: tree_bytes(two_days.pool(MODEL, ENTITY, d)) for d in (DAY, DAY1)}
     flip_a_vector_byte(bucket_file(two_days, 0))
     with pytest.raises(PoolIntegrityError) as info:
         read_pool(pool0(two_days))
@@ -195,11 +201,7 @@ def test_the_advice_for_a_damaged_older_pool_rebuilds_it(two_days):
     shutil.rmtree(two_days.pool(MODEL, ENTITY, DAY1))
     for d in (DAY, DAY1):
         materialize_offline(config(two_days, d))
-    assert {d: _files(two_days.pool(MODEL, ENTITY, d)) for d in (DAY, DAY1)} == good
-
-
-def _files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*.arrow")}
+    assert {d: tree_bytes(two_days.pool(MODEL, ENTITY, d)) for d in (DAY, DAY1)} == good
 
 
 def test_reading_a_column_no_pool_has_is_a_key_error_not_damage(two_days):

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from materialize_helpers import DIM, daily_table, unit_rows, write_daily
+from materialize_helpers import DIM, daily_table, tree_bytes, unit_rows, write_daily
 
 from materialize import storage
 from materialize.job import MaterializeConfig, materialize_day
@@ -44,12 +44,6 @@ def config(workdir, d) -> MaterializeConfig:
     return MaterializeConfig(
         workdir=workdir, model=MODEL, entity=ENTITY, day=d, online=False, buckets=BUCKETS
     )
-
-
-def tree_bytes(directory) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
-    }
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
