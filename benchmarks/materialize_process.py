@@ -21,8 +21,9 @@ matters), then runs, each as a fresh child process on the same input:
 
 Every run writes its outputs fresh, as the daily job does (one run per day): derm's pool(t)
 and offline day file, the peer's and the floor's output folders are removed, untimed, before
-each run. A re-run of a day also pays for replacing them (on ext4, `rename` over an existing
-file writes the old file's data back inside the call): `--rerun` measures that path.
+each run. A re-run of a day also removes the outputs it replaces, inside the run (and on
+ext4 a `rename` over an existing file starts writing the new one back): `--rerun` measures
+that path.
 
 Wall time and peak RSS of each child come from `os.wait4` (the child's own rusage:
 `ru_maxrss`, the largest resident set the process had). The scaling table runs derm alone
