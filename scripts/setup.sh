@@ -87,7 +87,7 @@ fi
 # 3. Register the DERM entities, views and services with Feast.
 export DERM_WORKDIR="${DERM_WORKDIR:-$PWD/data}"
 mkdir -p "$DERM_WORKDIR"
-echo "==> feast apply of feature_repo/ (workdir $DERM_WORKDIR)"
+echo "==> derm apply: the spec's Feast objects (workdir $DERM_WORKDIR)"
 derm apply --workdir "$DERM_WORKDIR"
 
 # 4. The main job on the embedded default.

@@ -105,7 +105,7 @@ def _int64_key_prefix(join_key: str) -> bytes:
     )
     prefix, id_bytes = serialized[:-8], serialized[-8:]
     if id_bytes != struct.pack("<q", probe):  # guards against a change in Feast's encoding
-        raise RuntimeError("Feast's entity key encoding changed; update feast_redis_layout")
+        raise RuntimeError("Feast's entity key encoding changed; update this module (redis_layout)")
     return prefix
 
 

@@ -1,9 +1,10 @@
 """Point-in-time-correct training sets: ad logs joined with DERM embeddings through Feast.
 
-For every day of a range, the log rows of that day are joined with the chosen embedding
-views by `FeatureStore.get_historical_features` and written as Parquet (or, with
-``file_format="arrow"``, as Arrow IPC files) under ``<workdir>/training_sets/<name>/ds=<day>/``,
-with a ``meta.json`` beside the partitions.
+For every day of a range, the log rows of that day are joined point-in-time with the chosen
+embedding views (by default one DuckDB ASOF join per view over the offline Parquet sources,
+`point_in_time_join`; or Feast's `FeatureStore.get_historical_features`) and written as
+Parquet (or, with ``file_format="arrow"``, as Arrow IPC files) under
+``<workdir>/training_sets/<name>/ds=<day>/``, with a ``meta.json`` beside the partitions.
 
 The point-in-time cut. An event on day t looks its embeddings up at the first microsecond
 of day t, 00:00:00.000001 UTC (the ``event_timestamp`` Feast sees). Feast's as-of join
