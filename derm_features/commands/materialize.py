@@ -110,8 +110,8 @@ def materialize_cmd(
 
     day = parse_day_option(date, "--date")
     settings = settings_or_exit(
-        config, workdir, heuristic=heuristic, w=w, ttl_days=ttl_days, engine=engine,
-        online=online, renormalize=renormalize,
+        config, workdir, model=model, entity=entity, heuristic=heuristic, w=w,
+        ttl_days=ttl_days, engine=engine, online=online, renormalize=renormalize,
     )  # fmt: skip
     from derm_features.commands.options import require_workdir
 

@@ -112,7 +112,7 @@ def index_cmd(
     from derm_features.serving.ann import AnnIndexError, IndexConfig, build_index
 
     try:
-        settings = settings_or_exit(config, workdir)
+        settings = settings_or_exit(config, workdir, model=model)
         index_cfg = IndexConfig(
             settings.workdir,
             model,
@@ -183,7 +183,7 @@ def retrieve_cmd(
 
     if source not in ("pool", "redis"):
         raise fail(f"--from must be 'pool' or 'redis', got '{source}'")
-    wd = settings_or_exit(config, workdir).workdir
+    wd = settings_or_exit(config, workdir, model=model).workdir
     try:
         index = load_index(wd, model, parse_day_option(date, "--date") if date else None)
         day = parse_day(index.manifest.day)

@@ -46,7 +46,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from derm_features.core.spec import DermSpec, SpecError, spec_from_config
+from derm_features.core.spec import ENTITY_NAMES, DermSpec, SpecError, spec_from_config
 from derm_features.core.workdir import Workdir, workdir_root
 
 DEFAULT_FILE = "derm.yaml"
@@ -230,8 +230,9 @@ def resolve_settings(
 ) -> Settings:
     """Settings from derm.yaml (`config`), the environment and the command's `flags`.
 
-    flags: any of --heuristic, --w, --ttl-days (spec values for this run; a TTL must still
-    equal the registered views'), --threads, --min-steps,
+    flags: any of --model (one of the spec's models), --entity (user or pin), --heuristic,
+    --w, --ttl-days (spec values for this run; a TTL must still equal the registered
+    views'), --threads, --min-steps,
     --max-epochs, --replay-days (train:), --engine, --online, --renormalize (materialize:),
     --window-days, --seed, --models (a comma list), --index (pipeline:), by their Python
     names; None means "not given". Raises SettingsError naming the flag or file and key.
@@ -247,6 +248,16 @@ def resolve_settings(
             except SpecError as exc:
                 message = str(exc).split(": ", 1)[1]
                 raise SettingsError(f"--{flag.replace('_', '-')}: {message}") from None
+
+    # Before anything heavy (a command's Feast import takes seconds): named as flags.
+    if "model" in given and given["model"] not in spec.models:
+        raise SettingsError(
+            f"--model must be one of {', '.join(spec.model_names)}, got '{given['model']}'"
+        )
+    if "entity" in given and given["entity"] not in ENTITY_NAMES:
+        raise SettingsError(
+            f"--entity must be one of {', '.join(ENTITY_NAMES)}, got '{given['entity']}'"
+        )
 
     root = workdir_root(workdir or os.environ.get("DERM_WORKDIR") or data.get("workdir"))
     redis_url = os.environ.get("REDIS_URL") or data.get("redis_url")

@@ -145,7 +145,7 @@ def train_cmd(
         "accelerator": accelerator, "strategy": strategy,
         "devices": None if devices is None else int(devices) if devices.isdigit() else devices,
     }  # fmt: skip
-    settings = settings_or_exit(config, workdir, threads=threads, seed=seed)
+    settings = settings_or_exit(config, workdir, model=model, threads=threads, seed=seed)
     train_values = {**settings.train, **{k: v for k, v in flags.items() if v is not None}}
     try:
         model_cfg = None
@@ -206,7 +206,7 @@ def infer_cmd(
     from derm_features.core.logs import LogContractError
     from trainers.upstream.config import InferConfig
 
-    settings = settings_or_exit(config, workdir)
+    settings = settings_or_exit(config, workdir, model=model)
     try:
         cfg = InferConfig(
             model=model,

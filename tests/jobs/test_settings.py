@@ -60,6 +60,39 @@ def test_backfill_refuses_bad_settings_before_any_work(tmp_path, flags, yaml, me
     assert not (tmp_path / "wd").exists(), "nothing may be written"
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["materialize", "--model", "ltv", "--entity", "user", "--date", "2026-01-01"],
+         "--model must be one of ctr, cvr, got 'ltv'"),
+        (["materialize", "--model", "ctr", "--entity", "ad", "--date", "2026-01-01"],
+         "--entity must be one of user, pin, got 'ad'"),
+        (["train", "--model", "ltv", "--logs", "no-log"], "--model must be one of ctr, cvr"),
+        (["infer", "--model", "ltv", "--logs", "no-log", "--date", "2026-01-01"],
+         "--model must be one of ctr, cvr"),
+        (["index", "--model", "ltv", "--date", "2026-01-01"], "--model must be one of ctr, cvr"),
+        (["retrieve", "--model", "ltv", "--user", "1"], "--model must be one of ctr, cvr"),
+    ],
+)  # fmt: skip
+def test_model_and_entity_flags_are_named_before_any_work(tmp_path, args, message):
+    """A model the spec does not have, or an entity other than user and pin, is named as
+    the flag (it was named as a library argument, after the command had imported Feast)."""
+    done = derm(*args, "--workdir", str(tmp_path / "wd"), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "wd").exists(), "nothing may be written"
+
+
+def test_a_model_added_in_derm_yaml_is_a_valid_model_flag(tmp_path):
+    config = tmp_path / "derm.yaml"
+    config.write_text("spec:\n  models: {ctr: click, save: save}\n")
+    settings = resolve_settings(config, tmp_path / "wd", model="save", entity="pin")
+    assert settings.spec.model_names == ("ctr", "save")
+    with pytest.raises(SettingsError, match="--model must be one of ctr, save, got 'cvr'"):
+        resolve_settings(config, tmp_path / "wd", model="cvr")
+
+
 def test_derm_yaml_online_and_index_false_are_obeyed_unless_a_flag_says_otherwise(tmp_path):
     from derm_features.commands.pipeline import _pipeline_config
 
