@@ -330,6 +330,16 @@ def status_cmd(
                 f"entities; re-sync: derm materialize --workdir {wd.root} --model {s.model} "
                 f"--entity {s.entity} --date {s.pool_days[-1]} --resync"
             )
+    if verify:
+        checked = [s.verified_files for s in states if s.verified_files is not None]
+        unchecked = sum(1 for s in states if s.pool_days and s.verified_files is None)
+        line = (
+            f"verified: {sum(checked)} file(s) of {len(checked)} newest pool(s) match their "
+            "manifests' crc32"
+        )
+        if unchecked:
+            line += f"; {unchecked} without a manifest (written before manifests) not checked"
+        typer.echo(line)
     if online_note:
         logging.getLogger("derm.status").warning(online_note)
 

@@ -425,6 +425,9 @@ class ModelStatus:
     # Of a sample of the newest pool's entities, how many Redis holds ("found/sampled");
     # None when not checked. Far below sampled: Redis lost data (`derm materialize --resync`).
     online_found: str | None = None
+    # With `verify`: how many files of the newest pool matched their manifest's crc32 (all
+    # of them, or status raised); None when not asked, or for a pool without a manifest.
+    verified_files: int | None = None
 
 
 def status(workdir: Workdir, reader=None, verify: bool = False) -> list[ModelStatus]:
@@ -435,7 +438,7 @@ def status(workdir: Workdir, reader=None, verify: bool = False) -> list[ModelSta
     every byte); otherwise sizes, footers and unlisted files only.
     """
     from materialize.resync import online_coverage
-    from materialize.storage import pool_rows
+    from materialize.storage import pool_rows, read_layout
 
     out = []
     for model in workdir.spec.model_names:
@@ -452,9 +455,12 @@ def status(workdir: Workdir, reader=None, verify: bool = False) -> list[ModelSta
             ).get("model_version")
         for entity in workdir.spec.entity_names:
             pools = days_in_dir(workdir.pool_dir(model, entity))
-            live = None
+            live = verified = None
             if pools:  # a damaged pool raises PoolIntegrityError, naming it and the fix
-                live = pool_rows(workdir.pool(model, entity, pools[-1]), checksums=verify)
+                newest = workdir.pool(model, entity, pools[-1])
+                live = pool_rows(newest, checksums=verify)
+                files = read_layout(newest).files
+                verified = len(files) if verify and files is not None else None
             out.append(
                 ModelStatus(
                     model=model,
@@ -483,6 +489,7 @@ def status(workdir: Workdir, reader=None, verify: bool = False) -> list[ModelSta
                     online_found=None
                     if reader is None or not pools
                     else "{}/{}".format(*online_coverage(workdir, model, entity, reader)),
+                    verified_files=verified,
                 )
             )
     return out

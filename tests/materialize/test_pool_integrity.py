@@ -440,6 +440,30 @@ def test_status_names_a_damaged_newest_pool(two_days, redis_url):
     assert "bucket=1/part-00000.arrow is" in result.stderr and "truncated" in result.stderr
 
 
+def test_status_verify_says_what_it_checked(two_days, redis_url):
+    """On intact pools `derm status --verify` says how many files it checksummed (the
+    table alone looked the same with and without it), and `--json` carries the count."""
+    files = len(read_layout(pool0(two_days)).files)
+    assert files == 3
+    plain = _cli("status", "--workdir", str(two_days.root), "--no-online")
+    assert plain.returncode == 0 and "verified:" not in plain.stdout, plain.stderr
+    verified = _cli("status", "--workdir", str(two_days.root), "--no-online", "--verify")
+    assert verified.returncode == 0, verified.stderr
+    assert f"verified: {files} file(s) of 1 newest pool(s) match their manifests' crc32" in (
+        verified.stdout
+    )
+    as_json = _cli("status", "--workdir", str(two_days.root), "--no-online", "--verify", "--json")
+    views = json.loads(as_json.stdout)["views"]
+    assert [v["verified_files"] for v in views if v["pool_days"]] == [files]
+    assert all(v["verified_files"] is None for v in views if not v["pool_days"])
+    as_parquet_pool(pool0(two_days))  # written before manifests: nothing to check against
+    _as_format_1(pool0(two_days))
+    legacy = _cli("status", "--workdir", str(two_days.root), "--no-online", "--verify")
+    assert legacy.returncode == 0, legacy.stderr
+    assert "verified: 0 file(s) of 0 newest pool(s)" in legacy.stdout
+    assert "1 without a manifest (written before manifests) not checked" in legacy.stdout
+
+
 def test_status_verify_names_a_corrupted_byte_that_sizes_do_not_show(two_days, redis_url):
     """A same-size corruption passes `derm status` (sizes, footers, unlisted files) and is
     named by `derm status --verify` (every file's crc32), exit 2."""
