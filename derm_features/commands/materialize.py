@@ -59,26 +59,32 @@ def materialize_cmd(
     online_only: Annotated[
         bool,
         typer.Option(
+            "--online-only",
             help="Only replay the online push of the newest materialized day "
-            "(after Redis was unreachable; exit code 3 names this option)."
+            "(after Redis was unreachable; exit code 3 names this option).",
         ),
     ] = False,
     resync: Annotated[
         bool,
         typer.Option(
+            "--resync",
             help="Push the whole live pool of DATE (the newest day) to Redis: after Redis "
             "lost its data (a restart without persistence), when --online-only would restore "
-            "only DATE's changes."
+            "only DATE's changes.",
         ),
     ] = False,
     allow_gap: Annotated[
-        bool, typer.Option(help="Build on the newest earlier pool when day t-1 is missing.")
+        bool,
+        typer.Option(
+            "--allow-gap", help="Build on the newest earlier pool when day t-1 is missing."
+        ),
     ] = False,
     reset_on_new_model: Annotated[
         bool,
         typer.Option(
+            "--reset-on-new-model",
             help="Restart the pool when the day's model version is incompatible "
-            "with the pool's (new lineage or D) instead of refusing."
+            "with the pool's (new lineage or D) instead of refusing.",
         ),
     ] = False,
     renormalize: Annotated[
