@@ -33,8 +33,13 @@ STAMP=.venv/.derm-installed
 WANT="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "==> installing pinned dependencies into .venv (about 2 minutes the first time)"
-  # pip warns about every local index path it does not find: noise, filtered out.
-  quiet_pip() { .venv/bin/python -m pip "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+  # pip warns about every local index path it does not find, and setuptools that an editable
+  # install lets same-named folders of the working directory shadow the package (here they
+  # are the package): noise, filtered out.
+  quiet_pip() {
+    PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip "$@" 2>&1 |
+      { grep -v "^WARNING: Location" || true; }
+  }
   quiet_pip install --quiet --upgrade pip
   # torch==2.13.0 resolves to the CPU build when it is available locally (see README).
   quiet_pip install --quiet -c constraints.txt -e ".[dev]"
