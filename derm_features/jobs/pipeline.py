@@ -459,8 +459,8 @@ def status(workdir: Workdir, reader=None, verify: bool = False) -> list[ModelSta
             if pools:  # a damaged pool raises PoolIntegrityError, naming it and the fix
                 newest = workdir.pool(model, entity, pools[-1])
                 live = pool_rows(newest, checksums=verify)
-                files = read_layout(newest).files
-                verified = len(files) if verify and files is not None else None
+                if verify and (files := read_layout(newest).files) is not None:
+                    verified = len(files)
             out.append(
                 ModelStatus(
                     model=model,
