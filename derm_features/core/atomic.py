@@ -64,9 +64,16 @@ def clean_stale_tmp(directory: Path) -> None:
     """Removes leftovers of crashed writes (``.tmp-*``) inside `directory`."""
     if directory.is_dir():
         for child in directory.glob(".tmp-*"):
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(
-                missing_ok=True
-            )
+            _remove(child)
+
+
+def _remove(path: Path) -> None:
+    """Removes a directory tree, a file or a symbolic link (a replaced path that was one:
+    unlinked, never followed), if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -80,12 +87,12 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists() and _exchange(tmp, path):
-            shutil.rmtree(tmp, ignore_errors=True)  # the older copy, under tmp's name now
+            _remove(tmp)  # the older copy, under tmp's name now
         elif path.exists():
             old = _tmp_sibling(path)
             os.rename(path, old)
             os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.rename(tmp, path)
     except BaseException:

@@ -85,3 +85,31 @@ def test_exchange_swaps_two_names(tmp_path):
     assert (a / "x").exists() is False and (b / "x").read_text() == "a"
     with pytest.raises(FileNotFoundError):
         atomic._exchange(tmp_path / "missing", b)
+
+
+def test_a_replaced_symlink_is_unlinked_and_its_target_left_alone(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep").write_text("theirs")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "pool").symlink_to(target)
+    write_copy(runs / "pool", "new")
+    assert not (runs / "pool").is_symlink() and (runs / "pool" / "part").read_text() == "new"
+    assert [p.name for p in runs.iterdir()] == ["pool"]
+    assert (target / "keep").read_text() == "theirs"
+    # A crash's leftover link (`clean_stale_tmp` followed it into rmtree, which refused it).
+    (runs / ".tmp-pool-0").symlink_to(target)
+    clean_stale_tmp(runs)
+    assert [p.name for p in runs.iterdir()] == ["pool"]
+    assert (target / "keep").read_text() == "theirs"
+
+
+@pytest.mark.parametrize("swap", [True, False])
+def test_a_file_in_the_way_is_replaced_and_removed(tmp_path, monkeypatch, swap):
+    if not swap:
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    (tmp_path / "pool").write_text("a file, not a copy")
+    write_copy(tmp_path / "pool", "new")
+    assert (tmp_path / "pool" / "part").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["pool"]
