@@ -184,11 +184,16 @@ class Run:
     cpu_s: float  # user + system CPU seconds of the child (what the wall time is on 1 core)
 
 
-def clear_outputs(wd: Workdir) -> None:
-    """Removes what `derm materialize` writes for day t (pool(t), the offline day file), so
-    the next run materializes the day for the first time."""
-    shutil.rmtree(wd.pool("ctr", "user", DAY), ignore_errors=True)
-    offline_day_path(wd.offline("ctr", "user"), DAY).unlink(missing_ok=True)
+def derm_outputs(wd: Workdir) -> list[Path]:
+    """What `derm materialize` writes for day t: pool(t) and the offline day file."""
+    return [wd.pool("ctr", "user", DAY), offline_day_path(wd.offline("ctr", "user"), DAY)]
+
+
+def fresh(args, outputs: list[Path]) -> None:
+    """Removes a contender's `outputs` (folders or files) before its run, so it writes
+    them for the first time; `--rerun` keeps them."""
+    for path in [] if args.rerun else outputs:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def run_child(argv: list[str], log: Path) -> Run:
@@ -382,17 +387,14 @@ def versus_peer(base: Path, args) -> None:
     print(f"  day t: {rows:,} daily rows; {os.getloadavg()[0]:.2f} load", flush=True)
     ours, theirs, floors = [], [], []
     for i in range(args.repeat):
-        if not args.rerun:
-            clear_outputs(wd)
+        fresh(args, derm_outputs(wd))
         ours.append(run_child(derm_argv(wd), base / "derm.log"))
         print(f"  derm materialize  run {i + 1}: {fmt_run(ours[-1])}", flush=True)
         if args.peer:
-            if not args.rerun:
-                shutil.rmtree(base / "peer", ignore_errors=True)
+            fresh(args, [base / "peer"])
             theirs.append(run_child(peer_argv(wd, base / "peer"), base / "peer.log"))
             print(f"  pandas peer       run {i + 1}: {fmt_run(theirs[-1])}", flush=True)
-        if not args.rerun:
-            shutil.rmtree(base / "floor", ignore_errors=True)
+        fresh(args, [base / "floor"])
         floors.append(run_child(floor_argv(wd, base / "floor"), base / "floor.log"))
         print(f"  I/O floor         run {i + 1}: {fmt_run(floors[-1])}", flush=True)
     a = best(ours)
@@ -461,8 +463,7 @@ def scaling(base: Path, sizes: list[int], dim: int, args) -> None:
         buckets = buckets_for(e, dim)
         runs = []
         for _ in range(args.repeat):
-            if not args.rerun:
-                clear_outputs(wd)
+            fresh(args, derm_outputs(wd))
             runs.append(run_child(derm_argv(wd), base / "derm.log"))
         r = best(runs)
         print(

@@ -96,7 +96,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         else:
             os.rename(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)  # the new copy; or, after a swap, the older one
         raise
 
 

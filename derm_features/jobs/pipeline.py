@@ -438,7 +438,7 @@ def status(workdir: Workdir, reader=None, verify: bool = False) -> list[ModelSta
     every byte); otherwise sizes, footers and unlisted files only.
     """
     from materialize.resync import online_coverage
-    from materialize.storage import pool_rows, read_layout
+    from materialize.storage import pool_rows, verify_pool
 
     out = []
     for model in workdir.spec.model_names:
@@ -458,9 +458,10 @@ def status(workdir: Workdir, reader=None, verify: bool = False) -> list[ModelSta
             live = verified = None
             if pools:  # a damaged pool raises PoolIntegrityError, naming it and the fix
                 newest = workdir.pool(model, entity, pools[-1])
-                live = pool_rows(newest, checksums=verify)
-                if verify and (files := read_layout(newest).files) is not None:
-                    verified = len(files)
+                layout = verify_pool(newest, checksums=verify)
+                live = pool_rows(newest, layout)
+                if verify and layout.files is not None:
+                    verified = len(layout.files)
             out.append(
                 ModelStatus(
                     model=model,

@@ -238,9 +238,8 @@ def verify_pool(pool_dir: Path, checksums: bool = False) -> Layout:
     layout = read_layout(pool_dir)
     if layout.files is None:
         _warn_unverified(pool_dir)
-        for bucket in range(layout.buckets):
-            for path in _legacy_files(pool_dir, layout, bucket):
-                _footer_rows(pool_dir, path)
+        for path in _pool_paths(pool_dir, layout):
+            _footer_rows(pool_dir, path)
         return layout
     for f in layout.files:
         _check_size(pool_dir, f)
@@ -430,19 +429,13 @@ def _pool_paths(pool_dir: Path, layout: Layout) -> list[Path]:
     return [pool_dir / f.path for f in layout.files]
 
 
-def pool_rows(pool_dir: Path, checksums: bool = False) -> int:
-    """The number of live entities in a pool: its manifest's row counts (read from the
-    files' footers for a format-1 pool), after `verify_pool`'s checks (sizes, footers,
-    unlisted files, and with `checksums` every file's crc32: what `derm status [--verify]`
-    reports a damaged pool by). Raises `PoolIntegrityError` as `verify_pool`."""
-    layout = verify_pool(pool_dir, checksums)
+def pool_rows(pool_dir: Path, layout: Layout) -> int:
+    """The number of live entities of a pool whose `layout` `verify_pool` returned (its
+    checks are what `derm status [--verify]` reports a damaged pool by): the manifest's row
+    counts, or the files' footers for a format-1 pool."""
     if layout.files is not None:
         return sum(f.rows for f in layout.files)
-    return sum(
-        _footer_rows(pool_dir, p)
-        for k in range(layout.buckets)
-        for p in _legacy_files(pool_dir, layout, k)
-    )
+    return sum(_footer_rows(pool_dir, p) for p in _pool_paths(pool_dir, layout))
 
 
 def pool_versions(pool_dir: Path) -> list[str]:

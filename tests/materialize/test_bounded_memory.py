@@ -170,7 +170,7 @@ def test_returning_memory_pool_restores_the_default_pool():
 
 
 def test_small_pages_turns_numpys_huge_page_advice_off_and_back():
-    switch = np._core.multiarray._set_madvise_hugepage  # returns the setting it replaces
+    switch = memory._HUGEPAGE_SWITCH  # NumPy's; returns the setting it replaces
     original = switch(True)
     try:
         with memory.small_pages():
@@ -188,7 +188,7 @@ def test_small_pages_turns_numpys_huge_page_advice_off_and_back():
 def test_overlapping_holders_keep_the_setting_until_the_last_leaves():
     """Two days materialized at once in one process (threads of a library caller): the
     first out must not restore NumPy's advice under the second, nor leave it off."""
-    switch = np._core.multiarray._set_madvise_hugepage
+    switch = memory._HUGEPAGE_SWITCH
     original = switch(True)
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
     seen = {}
